@@ -1,0 +1,154 @@
+import { inspect } from 'node:util';
+import { readFileSync } from 'node:fs';
+import { parse as parseDotenv } from 'dotenv';
+import { ConfigError } from '../errors.js';
+import { parseVersionLabel, versionLabel } from './envelope.js';
+
+/**
+ * The application's own variable names:
+ *   LIBSODIUM_ENCRYPTION_KEY          version 1
+ *   LIBSODIUM_ENCRYPTION_KEY_V2..._V9 versions 2..9
+ *   LIBSODIUM_ENCRYPTION_KEY_VERSION  target version, e.g. "v2"
+ */
+export const KEY_VAR_V1 = 'LIBSODIUM_ENCRYPTION_KEY';
+export const TARGET_VAR = 'LIBSODIUM_ENCRYPTION_KEY_VERSION';
+export const MAX_VERSION = 9;
+export const KEY_BYTES = 32;
+
+export function keyVarName(version: number): string {
+  return version === 1 ? KEY_VAR_V1 : `${KEY_VAR_V1}_V${version}`;
+}
+
+/**
+ * Key bytes live in this module-private map, not on the KeyRing object, so
+ * console.log, JSON.stringify, pino and stack traces of a KeyRing (or of a
+ * config holding one) cannot reveal them.
+ */
+const secrets = new WeakMap<KeyRing, Map<number, Uint8Array>>();
+
+export class KeyRing {
+  constructor(
+    readonly target: number,
+    keys: Map<number, Uint8Array>,
+  ) {
+    secrets.set(this, keys);
+    Object.freeze(this);
+  }
+
+  /** Versions with a key, ascending. */
+  get versions(): number[] {
+    return [...this.keys().keys()].sort((a, b) => a - b);
+  }
+
+  /** Versions that are not the target: what pg-rekey rewrites. */
+  get oldVersions(): number[] {
+    return this.versions.filter((v) => v !== this.target);
+  }
+
+  has(version: number): boolean {
+    return this.keys().has(version);
+  }
+
+  /** Raw key bytes for the codec; never log or copy them. */
+  key(version: number): Uint8Array | undefined {
+    return this.keys().get(version);
+  }
+
+  /** Overwrites every key with zeros (call on shutdown). */
+  wipe(wipeBytes: (b: Uint8Array) => void = (b) => b.fill(0)): void {
+    for (const k of this.keys().values()) wipeBytes(k);
+  }
+
+  toJSON(): object {
+    return { target: versionLabel(this.target), versions: this.versions.map(versionLabel) };
+  }
+
+  [inspect.custom](): string {
+    return `KeyRing(target=${versionLabel(this.target)}, versions=[${this.versions.map(versionLabel).join(', ')}])`;
+  }
+
+  private keys(): Map<number, Uint8Array> {
+    const k = secrets.get(this);
+    if (!k) throw new Error('KeyRing used after construction failed');
+    return k;
+  }
+}
+
+export interface KeySources {
+  /** Usually process.env; wins over the env file, as dotenv does. */
+  env: Record<string, string | undefined>;
+  /** Path of a dotenv file (the application's .env.local), optional. */
+  envFile?: string;
+}
+
+/** Reads the variables pg-rekey cares about from env and dotenv file. */
+export function readKeyVariables(src: KeySources): Record<string, string> {
+  let fromFile: Record<string, string> = {};
+  if (src.envFile) {
+    let text: string;
+    try {
+      text = readFileSync(src.envFile, 'utf8');
+    } catch (e) {
+      throw new ConfigError(
+        `cannot read env file ${src.envFile}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`,
+        'check the --env-file path and that this user may read it',
+      );
+    }
+    fromFile = parseDotenv(text);
+  }
+  const out: Record<string, string> = {};
+  const names = [TARGET_VAR, ...Array.from({ length: MAX_VERSION }, (_, i) => keyVarName(i + 1))];
+  for (const name of names) {
+    const v = src.env[name] ?? fromFile[name];
+    if (v !== undefined && v !== '') out[name] = v;
+  }
+  return out;
+}
+
+/** Builds a KeyRing, reporting every problem at once; values never appear in messages. */
+export function loadKeyRing(src: KeySources): KeyRing {
+  const vars = readKeyVariables(src);
+  const problems: string[] = [];
+  const keys = new Map<number, Uint8Array>();
+  for (let v = 1; v <= MAX_VERSION; v++) {
+    const name = keyVarName(v);
+    const raw = vars[name];
+    if (raw === undefined) continue;
+    const hex = raw.trim();
+    if (!/^[0-9a-fA-F]{64}$/.test(hex)) {
+      problems.push(
+        `${name} must be 64 hex characters (32 bytes); it has ${hex.length} characters` +
+          (/^[0-9a-fA-F]*$/.test(hex) ? '' : ' including non-hex ones'),
+      );
+      continue;
+    }
+    keys.set(v, Uint8Array.from(Buffer.from(hex, 'hex')));
+  }
+  const targetRaw = vars[TARGET_VAR];
+  let target: number | null = null;
+  if (targetRaw === undefined) {
+    problems.push(`${TARGET_VAR} is not set; set it to the version new writes use, e.g. ${TARGET_VAR}=v2`);
+  } else {
+    target = parseVersionLabel(targetRaw);
+    if (target === null || target > MAX_VERSION) {
+      problems.push(`${TARGET_VAR} must look like v1..v${MAX_VERSION}`);
+      target = null;
+    } else if (!keys.has(target) && !problems.some((p) => p.startsWith(keyVarName(target!) + ' '))) {
+      problems.push(`target version ${versionLabel(target)} has no key: set ${keyVarName(target)}`);
+    }
+  }
+  if (target !== null && problems.length === 0 && [...keys.keys()].every((v) => v === target)) {
+    problems.push(
+      `only the target key ${versionLabel(target)} is configured; pg-rekey also needs the old key(s) it rotates away from, e.g. ${KEY_VAR_V1} for v1`,
+    );
+  }
+  if (problems.length > 0 || target === null) {
+    for (const k of keys.values()) k.fill(0);
+    throw new ConfigError(
+      'the encryption keys are not usable',
+      `fix the variables above in the environment${src.envFile ? ` or in ${src.envFile}` : ' or pass --env-file'}; \`pg-rekey keygen\` prints a new key`,
+      problems,
+    );
+  }
+  return new KeyRing(target, keys);
+}

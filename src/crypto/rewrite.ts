@@ -1,0 +1,69 @@
+import type { KeyRing } from './key-ring.js';
+import { decodeBase64Strict, formatVersioned, parseVersioned } from './envelope.js';
+import { MAC_BYTES, NONCE_BYTES, open, seal } from './secretbox.js';
+
+/**
+ * Why a value could not be rewritten. Recorded in the quarantine; the value
+ * itself is never recorded or logged.
+ */
+export type FailureReason =
+  | 'bad-base64' // body is not canonical padded base64
+  | 'too-short' // fewer than nonce + MAC bytes
+  | 'mac-failure' // the key for its version does not open it
+  | 'unknown-version' // no key configured for its version
+  | 'roundtrip-failed'; // re-encrypted value did not decrypt to the same bytes
+
+export type RewriteOutcome =
+  | { kind: 'at-target' }
+  | { kind: 'not-ours' }
+  | { kind: 'skipped'; version: number } // a non-target version excluded by --from
+  | { kind: 'rewritten'; version: number; value: string }
+  | { kind: 'failed'; version: number; reason: FailureReason };
+
+export interface RewriteOptions {
+  /** Only rewrite these versions (backfill --from); others are 'skipped'. */
+  onlyVersions?: ReadonlySet<number>;
+}
+
+/**
+ * The rewrite core, pure apart from nonce generation: decrypt with the key of
+ * the value's version, encrypt with the target key, and decrypt the result
+ * again to prove the round trip before anything is written.
+ */
+export function rewriteValue(value: string, ring: KeyRing, opts: RewriteOptions = {}): RewriteOutcome {
+  const parsed = parseVersioned(value);
+  if (!parsed) return { kind: 'not-ours' };
+  const { version, body } = parsed;
+  if (version === ring.target) return { kind: 'at-target' };
+  if (opts.onlyVersions && !opts.onlyVersions.has(version)) return { kind: 'skipped', version };
+  const oldKey = ring.key(version);
+  if (!oldKey) return { kind: 'failed', version, reason: 'unknown-version' };
+  const sealed = decodeBase64Strict(body);
+  if (!sealed) return { kind: 'failed', version, reason: 'bad-base64' };
+  if (sealed.length < NONCE_BYTES + MAC_BYTES) return { kind: 'failed', version, reason: 'too-short' };
+  const plaintext = open(sealed, oldKey);
+  if (!plaintext) return { kind: 'failed', version, reason: 'mac-failure' };
+  const targetKey = ring.key(ring.target)!;
+  const resealed = seal(plaintext, targetKey);
+  const check = open(resealed, targetKey);
+  const same = check !== null && Buffer.compare(check, plaintext) === 0;
+  plaintext.fill(0);
+  check?.fill(0);
+  if (!same) return { kind: 'failed', version, reason: 'roundtrip-failed' };
+  return { kind: 'rewritten', version, value: formatVersioned(ring.target, resealed.toString('base64')) };
+}
+
+/** Decrypts a stored value to bytes (tests, verify sampling); null if it cannot. */
+export function decryptValue(value: string, ring: KeyRing): Uint8Array | null {
+  const parsed = parseVersioned(value);
+  const key = parsed && ring.key(parsed.version);
+  const sealed = parsed && decodeBase64Strict(parsed.body);
+  return key && sealed ? open(sealed, key) : null;
+}
+
+/** Encrypts bytes for a version (tests, demo writers). */
+export function encryptValue(plaintext: Uint8Array, version: number, ring: KeyRing): string {
+  const key = ring.key(version);
+  if (!key) throw new Error(`no key for v${version}`);
+  return formatVersioned(version, seal(plaintext, key).toString('base64'));
+}

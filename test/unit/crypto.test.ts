@@ -1,0 +1,132 @@
+import { readFileSync } from 'node:fs';
+import { inspect } from 'node:util';
+import nacl from 'tweetnacl';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { decodeBase64Strict, parseVersioned } from '../../src/crypto/envelope.js';
+import { KeyRing } from '../../src/crypto/key-ring.js';
+import { decryptValue, encryptValue, rewriteValue } from '../../src/crypto/rewrite.js';
+import { freshNonce, initSodium, open, seal } from '../../src/crypto/secretbox.js';
+
+interface Vector { version: number; plaintext_hex: string; nonce_hex: string; stored: string }
+const fixture = JSON.parse(readFileSync(new URL('../fixtures/secretbox-vectors.json', import.meta.url), 'utf8')) as {
+  keys_hex: Record<string, string>;
+  vectors: Vector[];
+};
+const keyBytes = (v: number) => Uint8Array.from(Buffer.from(fixture.keys_hex[String(v)]!, 'hex'));
+const ring = (target: number, versions = [1, 2, 3]) => new KeyRing(target, new Map(versions.map((v) => [v, keyBytes(v)])));
+
+beforeAll(initSodium);
+
+describe('envelope', () => {
+  it('parses only lowercase v<N>: prefixes without leading zeros', () => {
+    expect(parseVersioned('v1:abc')).toEqual({ version: 1, body: 'abc' });
+    expect(parseVersioned('v12:')).toEqual({ version: 12, body: '' });
+    for (const notOurs of ['V1:x', 'v1 :x', ' v1:x', 'v01:x', 'v0:x', 'vx:1', 'text v1:x', '', 'v:', 'v1']) {
+      expect(parseVersioned(notOurs), notOurs).toBeNull();
+    }
+  });
+
+  it('decodes only canonical padded base64', () => {
+    expect(decodeBase64Strict('QQ==')?.toString()).toBe('A');
+    expect(decodeBase64Strict('')?.length).toBe(0);
+    for (const bad of ['QQ', 'QQ=', 'Q===', 'QR==', 'QQ==\n', 'Q Q==', '!!!!', 'QUJD-A==']) {
+      expect(decodeBase64Strict(bad), JSON.stringify(bad)).toBeNull();
+    }
+  });
+});
+
+describe('secretbox compatibility with libsodium outside libsodium-wrappers', () => {
+  it.each(fixture.vectors)('seal reproduces the system libsodium output for v$version', (vec) => {
+    const sealed = seal(Buffer.from(vec.plaintext_hex, 'hex'), keyBytes(vec.version), Buffer.from(vec.nonce_hex, 'hex'));
+    expect(`v${vec.version}:${sealed.toString('base64')}`).toBe(vec.stored);
+  });
+
+  it.each(fixture.vectors)('decrypts the system libsodium output for v$version', (vec) => {
+    expect(Buffer.from(decryptValue(vec.stored, ring(2))!).toString('hex')).toBe(vec.plaintext_hex);
+  });
+
+  it('tweetnacl (an independent implementation) opens what pg-rekey writes, and vice versa', () => {
+    const msg = Buffer.from('Wohnungsbrand, 2 Personen vermisst \u{1F692}');
+    const stored = encryptValue(msg, 2, ring(2));
+    const sealed = Buffer.from(parseVersioned(stored)!.body, 'base64');
+    const opened = nacl.secretbox.open(sealed.subarray(24), sealed.subarray(0, 24), keyBytes(2));
+    expect(Buffer.from(opened!).equals(msg)).toBe(true);
+
+    const nonce = nacl.randomBytes(24);
+    const theirs = Buffer.concat([nonce, nacl.secretbox(msg, nonce, keyBytes(1))]);
+    expect(Buffer.from(open(theirs, keyBytes(1))!).equals(msg)).toBe(true);
+  });
+
+  it('hands out distinct nonces across pool refills', () => {
+    const seen = new Set<string>();
+    for (let i = 0; i < 5000; i++) seen.add(Buffer.from(freshNonce()).toString('hex'));
+    expect(seen.size).toBe(5000);
+  });
+});
+
+describe('rewriteValue', () => {
+  const target2 = ring(2);
+
+  it('rewrites an old version to the target, preserving the exact bytes', () => {
+    for (const vec of fixture.vectors.filter((v) => v.version !== 2)) {
+      const out = rewriteValue(vec.stored, target2);
+      expect(out.kind).toBe('rewritten');
+      if (out.kind !== 'rewritten') continue;
+      expect(out.version).toBe(vec.version);
+      expect(out.value.startsWith('v2:')).toBe(true);
+      expect(Buffer.from(decryptValue(out.value, ring(2, [2]))!).toString('hex')).toBe(vec.plaintext_hex);
+    }
+  });
+
+  it('leaves target values and values that are not ours alone', () => {
+    const v2 = fixture.vectors.find((v) => v.version === 2)!.stored;
+    expect(rewriteValue(v2, target2)).toEqual({ kind: 'at-target' });
+    expect(rewriteValue('plain text', target2)).toEqual({ kind: 'not-ours' });
+    expect(rewriteValue('V1:abc', target2)).toEqual({ kind: 'not-ours' });
+  });
+
+  it('reports every failure kind without touching the value', () => {
+    const v1 = fixture.vectors[1]!.stored;
+    const body = v1.slice(3);
+    const flipped = Buffer.from(body, 'base64');
+    flipped[30]! ^= 1;
+    const cases: [string, string][] = [
+      ['v1:!!!notbase64', 'bad-base64'],
+      ['v1:', 'too-short'],
+      [`v1:${Buffer.alloc(39).toString('base64')}`, 'too-short'],
+      [`v1:${flipped.toString('base64')}`, 'mac-failure'],
+      [`v3:${body}`, 'mac-failure'], // v1 ciphertext labelled v3: wrong key
+      [`v7:${body}`, 'unknown-version'],
+    ];
+    for (const [value, reason] of cases) {
+      expect(rewriteValue(value, target2), `${value.slice(0, 8)} -> ${reason}`).toEqual({
+        kind: 'failed',
+        version: Number(value.slice(1, 2)),
+        reason,
+      });
+    }
+  });
+
+  it('skips versions outside --from', () => {
+    expect(rewriteValue(fixture.vectors[4]!.stored, target2, { onlyVersions: new Set([1]) })).toEqual({
+      kind: 'skipped',
+      version: 3,
+    });
+  });
+});
+
+describe('KeyRing secrecy', () => {
+  it('never shows key bytes through inspect, JSON or enumeration', () => {
+    const r = ring(2);
+    const hexes = [1, 2, 3].map((v) => fixture.keys_hex[String(v)]!);
+    const shown = [inspect(r, { showHidden: true, depth: 10 }), JSON.stringify({ r }), String(Object.keys(r)), inspect({ cfg: { r } })];
+    for (const s of shown) for (const h of hexes) expect(s).not.toContain(h.slice(0, 16));
+    expect(JSON.stringify(r)).toBe('{"target":"v2","versions":["v1","v2","v3"]}');
+  });
+
+  it('wipes keys', () => {
+    const r = ring(2);
+    r.wipe();
+    expect(r.key(1)!.every((b) => b === 0)).toBe(true);
+  });
+});
