@@ -152,3 +152,19 @@ export function loadKeyRing(src: KeySources): KeyRing {
   }
   return new KeyRing(target, keys);
 }
+
+/**
+ * Only the target version, for commands that count but never decrypt
+ * (verify, status): they keep working after the old key has been removed.
+ */
+export function loadTargetVersion(src: KeySources): number {
+  const raw = readKeyVariables(src)[TARGET_VAR];
+  const target = raw === undefined ? null : parseVersionLabel(raw);
+  if (target === null) {
+    throw new ConfigError(
+      `${TARGET_VAR} is ${raw === undefined ? 'not set' : 'not a version like v2'}`,
+      `set ${TARGET_VAR}=v2 (the version new writes use) in the environment or the --env-file`,
+    );
+  }
+  return target;
+}

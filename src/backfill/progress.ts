@@ -1,0 +1,97 @@
+import type { Logger } from '../logger.js';
+import { percentDone } from './chunk-plan.js';
+
+export interface ChunkProgress {
+  nextBlock: number;
+  totalBlocks: number;
+  chunks: number;
+  scanned: number;
+  rewritten: number;
+  conflicts: number;
+  quarantined: number;
+  elapsedMs: number;
+}
+
+/** Where the sweep reports progress: a bar on a terminal, log lines otherwise. */
+export interface ProgressSink {
+  start(relation: string, nextBlock: number): void;
+  chunk(relation: string, p: ChunkProgress): void;
+  finish(relation: string, p: Omit<ChunkProgress, 'nextBlock' | 'totalBlocks' | 'elapsedMs'>): void;
+}
+
+function rate(p: ChunkProgress): number {
+  return p.elapsedMs > 0 ? Math.round((p.rewritten * 1000) / p.elapsedMs) : 0;
+}
+
+/** Seconds left, from blocks per second so far; null until it can tell. */
+export function etaSeconds(startBlock: number, p: ChunkProgress): number | null {
+  const done = p.nextBlock - startBlock;
+  if (done <= 0 || p.elapsedMs <= 0) return null;
+  return Math.max(0, Math.round(((p.totalBlocks - p.nextBlock) * p.elapsedMs) / done / 1000));
+}
+
+/** Structured lines, at most one per interval per relation, plus one at the end. */
+export class LogProgress implements ProgressSink {
+  private readonly last = new Map<string, number>();
+  private readonly startBlock = new Map<string, number>();
+  constructor(
+    private readonly log: Logger,
+    private readonly intervalMs: number,
+  ) {}
+
+  start(relation: string, nextBlock: number): void {
+    this.startBlock.set(relation, nextBlock);
+    this.last.set(relation, Date.now());
+  }
+
+  chunk(relation: string, p: ChunkProgress): void {
+    const now = Date.now();
+    if (now - (this.last.get(relation) ?? 0) < this.intervalMs) return;
+    this.last.set(relation, now);
+    this.log.info(
+      {
+        component: 'sweep',
+        relation,
+        chunk: p.chunks,
+        block: p.nextBlock,
+        blocks: p.totalBlocks,
+        percent: Number(percentDone(p.nextBlock, p.totalBlocks).toFixed(1)),
+        rewritten: p.rewritten,
+        rowsPerSec: rate(p),
+        etaSec: etaSeconds(this.startBlock.get(relation) ?? 0, p),
+      },
+      'sweep progress',
+    );
+  }
+
+  finish(relation: string, p: Parameters<ProgressSink['finish']>[1]): void {
+    this.log.info({ component: 'sweep', relation, ...p }, 'relation swept');
+  }
+}
+
+/** One redrawn line per relation on a terminal (stderr). */
+export class TtyProgress implements ProgressSink {
+  private readonly startBlock = new Map<string, number>();
+  constructor(private readonly out: NodeJS.WriteStream = process.stderr) {}
+
+  start(relation: string, nextBlock: number): void {
+    this.startBlock.set(relation, nextBlock);
+  }
+
+  chunk(relation: string, p: ChunkProgress): void {
+    const pct = percentDone(p.nextBlock, p.totalBlocks);
+    const width = 24;
+    const filled = Math.round((pct / 100) * width);
+    const eta = etaSeconds(this.startBlock.get(relation) ?? 0, p);
+    this.out.write(
+      `\r${relation.padEnd(28).slice(0, 28)} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${pct.toFixed(1).padStart(5)}%` +
+        `  ${p.rewritten} rewritten  ${rate(p)}/s  ETA ${eta === null ? '?' : `${eta}s`}   `,
+    );
+  }
+
+  finish(relation: string, p: Parameters<ProgressSink['finish']>[1]): void {
+    this.out.write(`\r${relation.padEnd(28).slice(0, 28)} done: ${p.rewritten} rewritten, ${p.conflicts} CAS conflicts, ${p.quarantined} quarantined${' '.repeat(20)}\n`);
+  }
+}
+
+export const silentProgress: ProgressSink = { start() {}, chunk() {}, finish() {} };

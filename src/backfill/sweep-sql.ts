@@ -1,0 +1,65 @@
+import { quoteIdent, quoteQualified, type QualifiedName } from '../db/ident.js';
+import type { ChunkRange } from './chunk-plan.js';
+
+/**
+ * SQL text for one relation. Only quoted identifiers are interpolated; every
+ * value (block numbers, versions, ctids, stored values) is a $n parameter.
+ */
+
+/**
+ * The key version of a stored value as an int, or NULL when it is not ours.
+ * substr() reads a TOASTed value by slice, so a 10 MB value is not fetched
+ * whole just to look at its prefix (regexp or left() would detoast it all).
+ */
+export function versionExpr(columnSql: string): string {
+  return `substring(substr(${columnSql}, 1, 12) from '^v([1-9][0-9]{0,8}):')::int`;
+}
+
+/**
+ * Rows of the chunk with at least one configured column at a non-target
+ * version. $1 block start, $2 block end (omitted when open-ended), then
+ * $n target version, $n+1 key column names, $n+2 versions to rewrite (or null = all).
+ */
+export function selectChunkSql(leaf: QualifiedName, columns: readonly string[], keyColumns: readonly string[], range: ChunkRange): string {
+  const rel = quoteQualified(leaf);
+  const bounds =
+    range.end === null
+      ? `t.ctid >= format('(%s,0)', $1::bigint)::tid`
+      : `t.ctid >= format('(%s,0)', $1::bigint)::tid and t.ctid < format('(%s,0)', $2::bigint)::tid`;
+  const p = range.end === null ? 2 : 3;
+  const wanted = columns
+    .map((c) => {
+      const v = versionExpr(`t.${quoteIdent(c)}`);
+      return `(${v} <> $${p} and ($${p + 2}::int[] is null or ${v} = any($${p + 2}::int[])))`;
+    })
+    .join(' or ');
+  const key = `jsonb_object($${p + 1}::text[], array[${keyColumns.map((k) => `t.${quoteIdent(k)}::text`).join(', ')}])`;
+  return `select t.ctid::text as ctid, ${key} as row_key, ${columns.map((c) => `t.${quoteIdent(c)}`).join(', ')}
+  from only ${rel} t
+ where ${bounds} and (${wanted})`;
+}
+
+/**
+ * Batched compare-and-swap. A row is written only if it is still the same
+ * tuple version (ctid) and every column being rewritten still holds the value
+ * that was decrypted. If an application updated the row in between, the new
+ * version has another ctid, the CAS matches nothing, and the stream handles
+ * the new version. Under READ COMMITTED a row updated while we wait for its
+ * lock is re-checked against these conditions (EvalPlanQual), so the same holds.
+ * $1 tid[], then per column ($old text[], $new text[]). Returns the ctids
+ * (as read) of the rows written.
+ */
+export function casUpdateSql(leaf: QualifiedName, columns: readonly string[]): string {
+  const rel = quoteQualified(leaf);
+  const names = columns.flatMap((_, i) => [`o${i}`, `n${i}`]);
+  const arrays = columns.flatMap((_, i) => [`$${2 + 2 * i}::text[]`, `$${3 + 2 * i}::text[]`]);
+  const sets = columns.map((c, i) => `${quoteIdent(c)} = coalesce(v.n${i}, t.${quoteIdent(c)})`).join(', ');
+  const guards = columns.map((c, i) => `(v.n${i} is null or t.${quoteIdent(c)} = v.o${i})`).join(' and ');
+  return `update only ${rel} as t set ${sets}
+  from unnest($1::tid[], ${arrays.join(', ')}) as v(tid, ${names.join(', ')})
+ where t.ctid = any($1::tid[]) and t.ctid = v.tid and ${guards}
+returning v.tid::text as tid`;
+}
+
+/** Relation size in blocks, fresh (relpages is a stale estimate). */
+export const RELATION_BLOCKS_SQL = `select (pg_relation_size($1::regclass) / current_setting('block_size')::bigint)::bigint as blocks`;

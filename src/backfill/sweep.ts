@@ -1,0 +1,209 @@
+import type pg from 'pg';
+import type { Logger } from '../logger.js';
+import type { KeyRing } from '../crypto/key-ring.js';
+import { versionLabel } from '../crypto/envelope.js';
+import type { SweepSettings } from '../config/load-config.js';
+import type { TableInfo } from '../db/catalog.js';
+import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js';
+import { isRetryable } from '../db/connect.js';
+import { RuntimeFailure } from '../errors.js';
+import { ensureSegment, advanceSegment, restartSegments, type ChunkCounts } from '../state/segments.js';
+import { clearQuarantine, countQuarantine, recordQuarantine } from '../state/quarantine.js';
+import { planChunk } from './chunk-plan.js';
+import { evaluateRows, mergeCounts, suspectWrongKey, type ScannedRow } from './evaluate-rows.js';
+import { casUpdateSql, RELATION_BLOCKS_SQL, selectChunkSql } from './sweep-sql.js';
+import type { ProgressSink } from './progress.js';
+
+export interface SweepOptions {
+  settings: SweepSettings;
+  ring: KeyRing;
+  dryRun?: boolean;
+  restart?: boolean;
+  /** backfill --from: only these versions are rewritten. */
+  onlyVersions?: ReadonlySet<number>;
+  signal?: AbortSignal;
+  progress: ProgressSink;
+  log: Logger;
+  /** Called before every chunk; resolves when the sweep may go on (throttle hook). */
+  beforeChunk?: () => Promise<void>;
+}
+
+export interface RelationResult extends ChunkCounts {
+  table: string;
+  relation: string;
+  blocks: number;
+  chunks: number;
+  /** Already complete from an earlier run; nothing scanned now. */
+  alreadyDone: boolean;
+}
+
+const MAX_CHUNK_RETRIES = 10;
+
+/**
+ * One full sweep of every configured table (each leaf partition in turn).
+ * Each chunk is one short transaction: select rows with non-target values in
+ * a ctid block range, rewrite them with one batched compare-and-swap, record
+ * failures in the quarantine, and checkpoint, all committed together, so a
+ * crash anywhere replays at most one chunk.
+ */
+export async function sweepTables(pool: pg.Pool, tables: TableInfo[], opts: SweepOptions): Promise<RelationResult[]> {
+  const results: RelationResult[] = [];
+  const opened = new Map<number, number>();
+  const macFailures = new Map<number, number>();
+  if (opts.restart && !opts.dryRun) {
+    await restartSegments(pool, tables.flatMap((t) => t.leaves.map(displayName)));
+    for (const t of tables) await pool.query(`delete from pg_rekey.quarantine where table_name = $1 and source = 'sweep'`, [t.display]);
+  }
+  for (const table of tables) {
+    for (const leaf of table.leaves) {
+      if (opts.signal?.aborted) return results;
+      results.push(await sweepRelation(pool, table, leaf, opts, opened, macFailures));
+    }
+  }
+  return results;
+}
+
+async function sweepRelation(
+  pool: pg.Pool,
+  table: TableInfo,
+  leaf: QualifiedName,
+  opts: SweepOptions,
+  opened: Map<number, number>,
+  macFailures: Map<number, number>,
+): Promise<RelationResult> {
+  const relation = displayName(leaf);
+  const log = opts.log.child({ component: 'sweep', table: table.display, relation });
+  const columns = table.config.columns;
+  const result: RelationResult = { table: table.display, relation, blocks: 0, chunks: 0, scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0, alreadyDone: false };
+  const dry = opts.dryRun === true;
+  let next = 0;
+  if (!dry) {
+    const seg = await ensureSegment(pool, table.display, relation);
+    if (seg.state === 'done') {
+      log.info({ generation: seg.generation, finishedAt: seg.finishedAt }, 'already swept in this generation; use --restart to sweep again');
+      return { ...result, alreadyDone: true, blocks: seg.totalBlocks ?? 0 };
+    }
+    next = seg.nextBlock;
+    if (next > 0) log.info({ resumeAt: next }, 'resuming sweep');
+  }
+  const hadQuarantine = !dry && (await countQuarantine(pool, table.display)) > 0;
+  const selectArgs = (start: number, end: number | null) => [
+    start,
+    ...(end === null ? [] : [end]),
+    opts.ring.target,
+    table.keyColumns,
+    opts.onlyVersions ? [...opts.onlyVersions] : null,
+  ];
+  const started = Date.now();
+  opts.progress.start(relation, next);
+  for (;;) {
+    if (opts.signal?.aborted) {
+      log.info({ nextBlock: next }, 'interrupted; the next run resumes here');
+      break;
+    }
+    await opts.beforeChunk?.();
+    const chunkStarted = Date.now();
+    const { total, range, counts } = await withRetries(log, () =>
+      inTransaction(pool, dry, opts.settings, async (client) => {
+        const total = Number((await client.query<{ blocks: string }>(RELATION_BLOCKS_SQL, [quoteQualified(leaf)])).rows[0]!.blocks);
+        const range = planChunk(next, total, opts.settings.chunkBlocks);
+        const rows = await client.query({ text: selectChunkSql(leaf, columns, table.keyColumns, range), values: selectArgs(range.start, range.end), rowMode: 'array' });
+        const scanned: ScannedRow[] = rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, rowKey: r[1] as Record<string, string | null>, values: r.slice(2) as (string | null)[] }));
+        const plan = evaluateRows(scanned, columns, opts.ring, { onlyVersions: opts.onlyVersions });
+        const okSoFar = new Map(opened);
+        const badSoFar = new Map(macFailures);
+        mergeCounts(okSoFar, plan.opened);
+        mergeCounts(badSoFar, plan.macFailures);
+        const suspect = suspectWrongKey(okSoFar, badSoFar, opts.settings.wrongKeyThreshold);
+        if (suspect !== null) throw wrongKeyError(suspect, badSoFar.get(suspect)!, relation);
+        let written = plan.rewrittenKeys;
+        if (!dry && plan.ctids.length > 0) {
+          const params: unknown[] = [plan.ctids];
+          columns.forEach((_, i) => params.push(plan.olds[i], plan.news[i]));
+          const upd = await client.query<{ tid: string }>(casUpdateSql(leaf, columns), params);
+          const matched = new Set(upd.rows.map((r) => r.tid));
+          written = plan.rewrittenKeys.filter((k) => matched.has(k.ctid));
+        }
+        const conflicts = new Set(plan.rewrittenKeys.map((k) => k.ctid)).size - new Set(written.map((k) => k.ctid)).size;
+        const counts: ChunkCounts = { scanned: scanned.length, rewritten: written.length, conflicts, quarantined: plan.failures.length };
+        if (!dry) {
+          await recordQuarantine(client, plan.failures.map((f) => ({ ...f, table: table.display })), 'sweep');
+          if (hadQuarantine) await clearQuarantine(client, table.display, written);
+          await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts);
+        }
+        mergeCounts(opened, plan.opened);
+        mergeCounts(macFailures, plan.macFailures);
+        return { total, range, counts };
+      }),
+    );
+    result.chunks++;
+    result.blocks = total;
+    result.scanned += counts.scanned;
+    // A CAS conflict means the row changed after it was read; its new version is the stream's job.
+    result.rewritten += counts.rewritten;
+    result.conflicts += counts.conflicts;
+    result.quarantined += counts.quarantined;
+    if (counts.quarantined > 0) log.warn({ quarantined: counts.quarantined, block: range.start }, 'values could not be rewritten; recorded in pg_rekey.quarantine and left untouched');
+    next = range.end ?? total;
+    opts.progress.chunk(relation, { nextBlock: next, totalBlocks: total, ...result, elapsedMs: Date.now() - started });
+    if (range.end === null) break;
+    if (opts.settings.niceRatio > 0) await sleep(opts.settings.niceRatio * (Date.now() - chunkStarted), opts.signal);
+  }
+  opts.progress.finish(relation, result);
+  return result;
+}
+
+function wrongKeyError(version: number, failed: number, relation: string): RuntimeFailure {
+  const label = versionLabel(version);
+  return new RuntimeFailure(
+    `wrong key for ${label}? the first ${failed} ${label} values read (in ${relation}) all failed to decrypt, none succeeded; stopped before quarantining them`,
+    `check that the ${label} key variable holds the key the application used for ${label}; nothing was written for this chunk, and the sweep resumes from its last checkpoint`,
+  );
+}
+
+async function inTransaction<T>(pool: pg.Pool, readOnly: boolean, s: SweepSettings, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query(readOnly ? 'begin read only' : 'begin');
+    // set_config(..., true) is SET LOCAL with the value as a parameter.
+    await client.query(`select set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)`, [
+      String(s.statementTimeoutMs),
+      String(s.lockTimeoutMs),
+    ]);
+    const out = await fn(client);
+    await client.query(readOnly ? 'rollback' : 'commit');
+    client.release();
+    return out;
+  } catch (e) {
+    await client.query('rollback').catch(() => undefined);
+    client.release(isRetryable(e) ? true : undefined);
+    throw e;
+  }
+}
+
+/** Lock and statement timeouts, dropped connections: wait and redo the chunk. */
+async function withRetries<T>(log: Logger, fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!isRetryable(e) || attempt >= MAX_CHUNK_RETRIES) throw e;
+      const waitMs = Math.min(30_000, 250 * 2 ** (attempt - 1));
+      log.warn({ attempt, waitMs, code: (e as { code?: string }).code, reason: (e as Error).message }, 'chunk failed with a retryable error; retrying');
+      await sleep(waitMs);
+    }
+  }
+}
+
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (ms <= 0 || signal?.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+    function done() {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+  });
+}

@@ -1,0 +1,126 @@
+import { Command, CommanderError, Option } from 'commander';
+import type { GlobalFlags } from './config/load-config.js';
+import { describeError, exitCodeOf, EXIT_USAGE } from './errors.js';
+import { setupCommand } from './commands/setup.js';
+import { backfillCommand } from './commands/backfill.js';
+import { verifyCommand } from './commands/verify.js';
+import { statusCommand } from './commands/status.js';
+import { keygenCommand } from './commands/keygen.js';
+
+const EXIT_CODES = `
+Exit codes:
+  0  ok (verify: converged)
+  1  verify: values of a non-target version remain
+  2  usage or configuration error (flags, config file, keys, tables)
+  3  runtime failure (database unreachable, wrong key, interrupted)`;
+
+const KEYS = `
+Keys (environment, or a dotenv file via --env-file; the environment wins):
+  LIBSODIUM_ENCRYPTION_KEY          key of version v1 (64 hex characters)
+  LIBSODIUM_ENCRYPTION_KEY_V2 .._V9 keys of versions v2..v9
+  LIBSODIUM_ENCRYPTION_KEY_VERSION  target version new writes use, e.g. v2`;
+
+function globals(cmd: Command): GlobalFlags {
+  const o = cmd.optsWithGlobals<GlobalFlags>();
+  return { config: o.config, envFile: o.envFile, databaseUrl: o.databaseUrl, logLevel: o.logLevel };
+}
+
+export function buildProgram(setExitCode: (code: number) => void): Command {
+  const program = new Command('pg-rekey')
+    .description(
+      'Rotate libsodium application-level encryption keys in PostgreSQL without a maintenance window. ' +
+        'Re-encrypts every "v<N>:" value of the configured columns to the target key version, ' +
+        'with compare-and-swap writes that never overwrite an application write.',
+    )
+    .version('0.1.0')
+    .addOption(new Option('-c, --config <file>', 'config file (or PG_REKEY_CONFIG)').default(undefined, './pg-rekey.yaml'))
+    .option('--env-file <file>', "dotenv file with the key variables (the application's .env.local)")
+    .option('--database-url <url>', 'connection string; overrides DATABASE_URL and `database:` in the config')
+    .addOption(new Option('--log-level <level>', 'log level (logs are JSON lines on stderr)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
+    .showHelpAfterError('(run with --help for usage)')
+    .addHelpText(
+      'after',
+      `${KEYS}
+${EXIT_CODES}
+
+Typical rotation:
+  pg-rekey keygen                      # new key -> LIBSODIUM_ENCRYPTION_KEY_V2, deploy apps with VERSION=v2
+  pg-rekey setup -c pg-rekey.yaml      # checks + state schema (idempotent)
+  pg-rekey backfill --dry-run          # what would be rewritten, nothing written
+  pg-rekey backfill                    # sweep every table; resumable
+  pg-rekey verify && echo "old key can go"`,
+    )
+    .exitOverride();
+
+  const run = (fn: (cmd: Command) => Promise<number> | number) => async (...args: unknown[]) => {
+    setExitCode(await fn(args[args.length - 1] as Command));
+  };
+
+  program
+    .command('setup')
+    .description('check server, role and tables, then create/upgrade the pg_rekey state schema (idempotent)')
+    .addHelpText('after', '\nChecks PostgreSQL >= 14, wal_level=logical, privileges, and that every configured\ncolumn exists, is text-like, and its table has a primary key or replica identity index.\nReports every problem at once and changes nothing until all are fixed.')
+    .action(run((cmd) => setupCommand(globals(cmd))));
+
+  program
+    .command('backfill')
+    .description('sweep every configured table once by ctid block ranges, re-encrypting non-target values, then exit')
+    .option('--dry-run', 'read and decrypt, write nothing, report what would be done (always scans from block 0)')
+    .option('--from <versions>', 'only rewrite these versions, e.g. v1 or v1,v3 (default: every non-target version)')
+    .option('--restart', 'start over from block 0 instead of resuming from the last checkpoint')
+    .option('--json', 'print the summary as JSON on stdout')
+    .addHelpText(
+      'after',
+      '\nEach chunk is one short transaction: read rows with non-target values, rewrite them with a\n' +
+        'compare-and-swap (ctid and old value must still match), record undecryptable values in\n' +
+        'pg_rekey.quarantine (untouched), checkpoint. Kill it at any time; the next run resumes.\n' +
+        'If the first values of a version all fail to decrypt it stops: wrong key for that version?\n' +
+        'Progress: a bar on a terminal, JSON log lines on stderr otherwise. Ctrl-C finishes the chunk\n' +
+        'in flight and exits 3; a second Ctrl-C exits at once.',
+    )
+    .action(run((cmd) => backfillCommand(globals(cmd), cmd.opts())));
+
+  program
+    .command('verify')
+    .description('count values by key version per table and column; exit 0 only when none but the target remain')
+    .option('--json', 'print the report as JSON on stdout')
+    .addHelpText('after', '\nNeeds only LIBSODIUM_ENCRYPTION_KEY_VERSION (no keys), so it still runs after the old key\nhas been removed. Quarantined values count as remaining. Exit 1 when not converged.')
+    .action(run((cmd) => verifyCommand(globals(cmd), cmd.opts())));
+
+  program
+    .command('status')
+    .description('sweep progress per relation, quarantine summary and recent runs (reads pg_rekey state only)')
+    .option('--json', 'print the report as JSON on stdout')
+    .action(run((cmd) => statusCommand(globals(cmd), cmd.opts())));
+
+  program
+    .command('keygen')
+    .description('print a new random 32-byte key as 64 hex characters')
+    .action(run(() => keygenCommand()));
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let code = 0;
+  const program = buildProgram((c) => (code = c));
+  try {
+    if (argv.length <= 2) {
+      program.outputHelp();
+      return EXIT_USAGE;
+    }
+    await program.parseAsync(argv);
+    return code;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : EXIT_USAGE;
+    process.stderr.write(`${describeError(e)}\n`);
+    return exitCodeOf(e);
+  }
+}
+
+// `pg-rekey --help | head` closes stdout early: that is not an error.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw e;
+});
+process.exitCode = await main(process.argv);

@@ -1,0 +1,178 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { parseDocument } from 'yaml';
+import { ConfigError } from '../errors.js';
+import { parseIdentifierPath, type QualifiedName } from '../db/ident.js';
+import { fileSchema, replicationSchema, sweepSchema, toMillis, type FileConfig } from './schema.js';
+
+/** Flags shared by every command that talks to the database. */
+export interface GlobalFlags {
+  config?: string;
+  envFile?: string;
+  databaseUrl?: string;
+  logLevel?: string;
+}
+
+export interface TableConfig extends QualifiedName {
+  columns: string[];
+}
+
+export interface SweepSettings {
+  chunkBlocks: number;
+  niceRatio: number;
+  statementTimeoutMs: number;
+  lockTimeoutMs: number;
+  wrongKeyThreshold: number;
+  progressIntervalMs: number;
+}
+
+export interface Config {
+  configPath: string;
+  /** undefined: let libpq-style PG* variables decide (pg does that). */
+  connectionString: string | undefined;
+  connectionSource: 'flag' | 'env' | 'file' | 'PG* variables';
+  tables: readonly TableConfig[];
+  sweep: SweepSettings;
+  replication: { slot: string; publication: string };
+  logLevel: FileConfig['log_level'];
+}
+
+export const DEFAULT_CONFIG_PATH = 'pg-rekey.yaml';
+
+/**
+ * Environment overrides for tuning, derived from the schema:
+ * PG_REKEY_SWEEP_CHUNK_BLOCKS, PG_REKEY_REPLICATION_SLOT, ... and PG_REKEY_LOG_LEVEL.
+ */
+function envOverrides(env: Record<string, string | undefined>): Record<string, unknown> {
+  const out: Record<string, Record<string, unknown>> = {};
+  const sections = { sweep: sweepSchema, replication: replicationSchema } as const;
+  for (const [section, schema] of Object.entries(sections)) {
+    for (const key of Object.keys(schema.shape)) {
+      const raw = env[`PG_REKEY_${section}_${key}`.toUpperCase()];
+      if (raw === undefined || raw === '') continue;
+      (out[section] ??= {})[key] = /^-?\d+(\.\d+)?$/.test(raw) ? Number(raw) : raw;
+    }
+  }
+  return out;
+}
+
+function readYaml(path: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError(
+      `cannot read config file ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`,
+      'pass the file with -c/--config or PG_REKEY_CONFIG; see pg-rekey.example.yaml',
+    );
+  }
+  const doc = parseDocument(text);
+  if (doc.errors.length > 0) {
+    throw new ConfigError(
+      `${path} is not valid YAML`,
+      'fix the syntax at the positions listed',
+      doc.errors.map((e) => e.message.split('\n')[0]!),
+    );
+  }
+  return doc.toJS() ?? {};
+}
+
+function parseTables(tables: FileConfig['tables'], problems: string[]): TableConfig[] {
+  const seen = new Set<string>();
+  return tables.flatMap((t, i) => {
+    const parts = parseIdentifierPath(t.name);
+    if (typeof parts === 'string' || parts.length > 2) {
+      problems.push(`tables[${i}].name: ${typeof parts === 'string' ? parts : 'use table or schema.table'}`);
+      return [];
+    }
+    const [schema, name] = parts.length === 2 ? parts : ['public', parts[0]!];
+    const key = JSON.stringify([schema, name]);
+    if (seen.has(key)) problems.push(`tables[${i}].name: ${t.name} is listed twice; list its columns once`);
+    seen.add(key);
+    const columns = t.columns.map((c, j) => {
+      const p = parseIdentifierPath(c);
+      if (typeof p === 'string' || p.length !== 1) {
+        problems.push(`tables[${i}].columns[${j}]: ${typeof p === 'string' ? p : 'a column name, without table'}`);
+        return c;
+      }
+      return p[0]!;
+    });
+    if (new Set(columns).size !== columns.length) problems.push(`tables[${i}].columns: a column is listed twice`);
+    return [{ schema: schema!, name: name!, columns }];
+  });
+}
+
+/**
+ * Resolves the configuration. Precedence: flag > environment > file > default.
+ * Returns a frozen object; throws one ConfigError listing every problem.
+ */
+export function loadConfig(flags: GlobalFlags, env: Record<string, string | undefined> = process.env): Config {
+  const configPath = flags.config ?? env.PG_REKEY_CONFIG ?? DEFAULT_CONFIG_PATH;
+  if (!flags.config && !env.PG_REKEY_CONFIG && !existsSync(configPath)) {
+    throw new ConfigError(
+      `no config file: ${DEFAULT_CONFIG_PATH} is not in ${process.cwd()}`,
+      'pass -c path/to/pg-rekey.yaml (or set PG_REKEY_CONFIG); see pg-rekey.example.yaml for the format',
+    );
+  }
+  const raw = readYaml(configPath);
+  const merged = mergeOverrides(raw, envOverrides(env));
+  if (env.PG_REKEY_LOG_LEVEL) merged.log_level = env.PG_REKEY_LOG_LEVEL;
+  if (flags.logLevel) merged.log_level = flags.logLevel;
+  const parsed = fileSchema.safeParse(merged);
+  if (!parsed.success) {
+    throw new ConfigError(
+      `${configPath} has ${parsed.error.issues.length} problem(s)`,
+      'fix the fields named above (environment overrides are PG_REKEY_<SECTION>_<FIELD>)',
+      parsed.error.issues.map((iss) => `${iss.path.join('.') || '(top level)'}: ${iss.message}`),
+    );
+  }
+  const file = parsed.data;
+  const problems: string[] = [];
+  const tables = parseTables(file.tables, problems);
+  if (problems.length) throw new ConfigError(`${configPath} has ${problems.length} problem(s)`, 'fix the fields named above', problems);
+
+  const [connectionString, connectionSource] = flags.databaseUrl
+    ? [flags.databaseUrl, 'flag' as const]
+    : env.DATABASE_URL
+      ? [env.DATABASE_URL, 'env' as const]
+      : file.database
+        ? [file.database, 'file' as const]
+        : [undefined, 'PG* variables' as const];
+
+  const s = file.sweep;
+  return deepFreeze({
+    configPath,
+    connectionString,
+    connectionSource,
+    tables,
+    sweep: {
+      chunkBlocks: s.chunk_blocks,
+      niceRatio: s.nice_ratio,
+      statementTimeoutMs: toMillis(s.statement_timeout),
+      lockTimeoutMs: toMillis(s.lock_timeout),
+      wrongKeyThreshold: s.wrong_key_threshold,
+      progressIntervalMs: toMillis(s.progress_interval),
+    },
+    replication: { ...file.replication },
+    logLevel: file.log_level,
+  });
+}
+
+function mergeOverrides(raw: unknown, overrides: Record<string, unknown>): Record<string, unknown> {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new ConfigError('the config file must be a YAML mapping with a `tables:` list', 'see pg-rekey.example.yaml');
+  }
+  const out: Record<string, unknown> = { ...(raw as Record<string, unknown>) };
+  for (const [section, values] of Object.entries(overrides)) {
+    const base = out[section];
+    out[section] = { ...(typeof base === 'object' && base !== null ? base : {}), ...(values as object) };
+  }
+  return out;
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object') {
+    for (const v of Object.values(o)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}

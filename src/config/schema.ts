@@ -1,0 +1,56 @@
+import { z } from 'zod';
+
+/**
+ * The pg-rekey.yaml file. Every tuning field has a default; only `tables` is
+ * required. Field names are snake_case as YAML users expect.
+ */
+const duration = z.union([z.number().nonnegative(), z.string().regex(/^\d+(\.\d+)?\s*(ms|s|m|h)$/, 'a duration like 500ms, 2s, 5m')]);
+
+export const tableSchema = z.strictObject({
+  /** `table` (schema public) or `schema.table`; quote unusual names: `"My Schema"."Calls"`. */
+  name: z.string().min(1),
+  /** Text columns holding `v<N>:` values. */
+  columns: z.array(z.string().min(1)).min(1),
+});
+
+export const sweepSchema = z.strictObject({
+  /** Heap blocks (8 kB pages) per chunk; each chunk is one short transaction. */
+  chunk_blocks: z.number().int().min(1).max(131072).default(256),
+  /** Sleep this many ms per ms of chunk work (gh-ost's nice-ratio); 0 = no pause. */
+  nice_ratio: z.number().min(0).max(100).default(0),
+  /** statement_timeout for each chunk's statements. */
+  statement_timeout: duration.default('30s'),
+  /** lock_timeout for each chunk: the sweep yields to application locks. */
+  lock_timeout: duration.default('2s'),
+  /** Stop with "wrong key?" when this many values of a version fail to decrypt before any succeeds. */
+  wrong_key_threshold: z.number().int().min(1).default(8),
+  /** Seconds between progress log lines when stderr is not a terminal. */
+  progress_interval: duration.default('5s'),
+});
+
+export const replicationSchema = z.strictObject({
+  /** Logical replication slot name. */
+  slot: z.string().regex(/^[a-z0-9_]{1,63}$/, 'lower case letters, digits and _ only (a PostgreSQL slot name)').default('pg_rekey'),
+  /** Publication name. */
+  publication: z.string().min(1).max(63).default('pg_rekey'),
+});
+
+export const fileSchema = z.strictObject({
+  /** Connection string; else DATABASE_URL; else libpq PG* variables. */
+  database: z.string().min(1).optional(),
+  tables: z.array(tableSchema).min(1),
+  sweep: sweepSchema.default(() => sweepSchema.parse({})),
+  replication: replicationSchema.default(() => replicationSchema.parse({})),
+  log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export type FileConfig = z.infer<typeof fileSchema>;
+
+/** Converts `2s`, `500ms`, `5m` or a number of milliseconds to milliseconds. */
+export function toMillis(d: number | string): number {
+  if (typeof d === 'number') return d;
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/.exec(d.trim());
+  if (!m) throw new Error(`not a duration: ${d}`);
+  const n = Number(m[1]);
+  return Math.round(n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h']);
+}

@@ -1,0 +1,33 @@
+import type pg from 'pg';
+import { loadConfig, type Config, type GlobalFlags } from './config/load-config.js';
+import { createLogger, type Logger } from './logger.js';
+import { checkConnection, createPool } from './db/connect.js';
+import { stateIsCurrent } from './db/migrate.js';
+import { ConfigError } from './errors.js';
+
+/** What a command gets: frozen config, a logger, a pool; close() releases it all. */
+export interface Context {
+  config: Config;
+  log: Logger;
+  pool: pg.Pool;
+  close(): Promise<void>;
+}
+
+export async function openContext(flags: GlobalFlags, opts: { poolSize?: number } = {}): Promise<Context> {
+  const config = loadConfig(flags);
+  const log = createLogger(config.logLevel);
+  const pool = createPool({ connectionString: config.connectionString, max: opts.poolSize });
+  try {
+    await checkConnection(pool, config.connectionSource);
+  } catch (e) {
+    await pool.end();
+    throw e;
+  }
+  return { config, log, pool, close: () => pool.end() };
+}
+
+export async function requireState(pool: pg.Pool): Promise<void> {
+  if (!(await stateIsCurrent(pool))) {
+    throw new ConfigError('the pg_rekey state schema is missing or out of date', 'run `pg-rekey setup` first (it is idempotent)');
+  }
+}

@@ -1,0 +1,65 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type pg from 'pg';
+
+/** sql/NNN_name.sql, shipped next to dist/ in the package. */
+const SQL_DIR = fileURLToPath(new URL('../../sql/', import.meta.url));
+export const STATE_SCHEMA = 'pg_rekey';
+// Any constant works; it only has to be the same for every pg-rekey process.
+const MIGRATION_LOCK = 0x70677265; // "pgre"
+
+export interface Migration {
+  id: number;
+  name: string;
+  sql: string;
+}
+
+export function listMigrations(dir = SQL_DIR): Migration[] {
+  return readdirSync(dir)
+    .filter((f) => /^\d{3}_[a-z0-9_]+\.sql$/.test(f))
+    .sort()
+    .map((f) => ({ id: Number(f.slice(0, 3)), name: f, sql: readFileSync(`${dir}/${f}`, 'utf8') }));
+}
+
+/**
+ * Applies pending migrations, each in its own transaction, under an advisory
+ * lock so two `setup` runs cannot race. Returns the names applied (empty when
+ * up to date: setup is idempotent).
+ */
+export async function migrate(client: pg.ClientBase): Promise<string[]> {
+  const applied: string[] = [];
+  await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK]);
+  try {
+    await client.query(`create schema if not exists ${STATE_SCHEMA}`);
+    await client.query(
+      `create table if not exists ${STATE_SCHEMA}.migration (id integer primary key, name text not null, applied_at timestamptz not null default now())`,
+    );
+    const done = new Set(
+      (await client.query<{ id: number }>(`select id from ${STATE_SCHEMA}.migration`)).rows.map((r) => r.id),
+    );
+    for (const m of listMigrations()) {
+      if (done.has(m.id)) continue;
+      await client.query('begin');
+      try {
+        await client.query(m.sql);
+        await client.query(`insert into ${STATE_SCHEMA}.migration (id, name) values ($1, $2)`, [m.id, m.name]);
+        await client.query('commit');
+      } catch (e) {
+        await client.query('rollback');
+        throw e;
+      }
+      applied.push(m.name);
+    }
+  } finally {
+    await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK]);
+  }
+  return applied;
+}
+
+/** True when setup has been run (the state schema is there and current). */
+export async function stateIsCurrent(client: pg.ClientBase | pg.Pool): Promise<boolean> {
+  const r = await client.query<{ ok: boolean }>(`select to_regclass($1) is not null as ok`, [`${STATE_SCHEMA}.migration`]);
+  if (!r.rows[0]?.ok) return false;
+  const ids = (await client.query<{ id: number }>(`select id from ${STATE_SCHEMA}.migration`)).rows.map((x) => x.id);
+  return listMigrations().every((m) => ids.includes(m.id));
+}

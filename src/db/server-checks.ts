@@ -1,0 +1,58 @@
+import type pg from 'pg';
+
+export const MIN_SERVER_VERSION = 140000; // TID range scans arrive in PostgreSQL 14
+
+export interface ServerFacts {
+  versionNum: number;
+  version: string;
+  walLevel: string;
+  maxReplicationSlots: number;
+  maxWalSenders: number;
+  usedSlots: number;
+  isSuperuser: boolean;
+  canReplicate: boolean;
+  canCreateInDatabase: boolean;
+  stateSchemaExists: boolean;
+  canCreateInStateSchema: boolean;
+  currentUser: string;
+  database: string;
+}
+
+export async function readServerFacts(db: pg.Pool | pg.ClientBase): Promise<ServerFacts> {
+  const r = await db.query(`
+    select current_setting('server_version_num')::int as "versionNum",
+           current_setting('server_version') as version,
+           current_setting('wal_level') as "walLevel",
+           current_setting('max_replication_slots')::int as "maxReplicationSlots",
+           current_setting('max_wal_senders')::int as "maxWalSenders",
+           (select count(*)::int from pg_replication_slots) as "usedSlots",
+           r.rolsuper as "isSuperuser",
+           (r.rolreplication or r.rolsuper) as "canReplicate",
+           has_database_privilege(current_database(), 'CREATE') as "canCreateInDatabase",
+           to_regnamespace('pg_rekey') is not null as "stateSchemaExists",
+           coalesce(has_schema_privilege(to_regnamespace('pg_rekey')::oid, 'CREATE'), false) as "canCreateInStateSchema",
+           current_user as "currentUser", current_database() as database
+      from pg_roles r where r.rolname = current_user`);
+  return r.rows[0] as ServerFacts;
+}
+
+/** Problems that stop setup, each with what to do about it. */
+export function serverProblems(f: ServerFacts): string[] {
+  const out: string[] = [];
+  if (f.versionNum < MIN_SERVER_VERSION) {
+    out.push(`PostgreSQL ${f.version} is too old: pg-rekey needs 14 or newer (TID range scans); upgrade the server`);
+  }
+  if (f.walLevel !== 'logical') {
+    out.push(
+      `wal_level is '${f.walLevel}', pg-rekey needs 'logical': ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL ` +
+        `(a reload is not enough). Managed services: RDS/Aurora rds.logical_replication = 1, Cloud SQL cloudsql.logical_decoding = on, Azure wal_level = LOGICAL`,
+    );
+  }
+  if (!f.stateSchemaExists && !f.canCreateInDatabase) {
+    out.push(`role ${f.currentUser} may not create the pg_rekey schema: GRANT CREATE ON DATABASE ${f.database} TO ${f.currentUser} (or run setup once as the owner; see sql/roles.sql)`);
+  }
+  if (f.stateSchemaExists && !f.canCreateInStateSchema) {
+    out.push(`role ${f.currentUser} may not create objects in schema pg_rekey; run setup as its owner or see sql/roles.sql`);
+  }
+  return out;
+}

@@ -1,0 +1,79 @@
+import type pg from 'pg';
+
+/** A sweep segment row (see sql/001_state.sql). */
+export interface Segment {
+  tableName: string;
+  relation: string;
+  segmentStart: number;
+  segmentEnd: number | null;
+  nextBlock: number;
+  totalBlocks: number | null;
+  state: 'pending' | 'running' | 'done';
+  generation: number;
+  chunks: number;
+  rowsScanned: number;
+  rowsRewritten: number;
+  rowsConflict: number;
+  rowsQuarantined: number;
+  startedAt: Date | null;
+  updatedAt: Date;
+  finishedAt: Date | null;
+}
+
+const COLUMNS = `table_name as "tableName", relation, segment_start::float8 as "segmentStart", segment_end::float8 as "segmentEnd",
+  next_block::float8 as "nextBlock", total_blocks::float8 as "totalBlocks", state, generation, chunks::float8 as chunks,
+  rows_scanned::float8 as "rowsScanned", rows_rewritten::float8 as "rowsRewritten", rows_conflict::float8 as "rowsConflict",
+  rows_quarantined::float8 as "rowsQuarantined", started_at as "startedAt", updated_at as "updatedAt", finished_at as "finishedAt"`;
+
+export async function listSegments(db: pg.Pool | pg.ClientBase): Promise<Segment[]> {
+  return (await db.query<Segment>(`select ${COLUMNS} from pg_rekey.sweep_segment order by table_name, relation, segment_start`)).rows;
+}
+
+/** Returns the segment of a relation, creating it at block 0 if new. */
+export async function ensureSegment(db: pg.Pool | pg.ClientBase, tableName: string, relation: string): Promise<Segment> {
+  await db.query(
+    `insert into pg_rekey.sweep_segment (table_name, relation) values ($1, $2) on conflict (relation, segment_start) do nothing`,
+    [tableName, relation],
+  );
+  return (await db.query<Segment>(`select ${COLUMNS} from pg_rekey.sweep_segment where relation = $1 and segment_start = 0`, [relation])).rows[0]!;
+}
+
+/** Starts a relation over from block 0 in a new generation (--restart, slot recreated). */
+export async function restartSegments(db: pg.Pool | pg.ClientBase, relations?: string[]): Promise<void> {
+  await db.query(
+    `update pg_rekey.sweep_segment
+        set next_block = segment_start, state = 'pending', generation = generation + 1, chunks = 0,
+            rows_scanned = 0, rows_rewritten = 0, rows_conflict = 0, rows_quarantined = 0,
+            started_at = null, finished_at = null, updated_at = now()
+      where $1::text[] is null or relation = any($1::text[])`,
+    [relations ?? null],
+  );
+}
+
+export interface ChunkCounts {
+  scanned: number;
+  rewritten: number;
+  conflicts: number;
+  quarantined: number;
+}
+
+/** Checkpoint after a chunk, in the chunk's own transaction. */
+export async function advanceSegment(
+  db: pg.ClientBase,
+  relation: string,
+  nextBlock: number,
+  totalBlocks: number,
+  done: boolean,
+  c: ChunkCounts,
+): Promise<void> {
+  await db.query(
+    `update pg_rekey.sweep_segment
+        set next_block = $2, total_blocks = $3, state = case when $4 then 'done' else 'running' end,
+            chunks = chunks + 1, rows_scanned = rows_scanned + $5, rows_rewritten = rows_rewritten + $6,
+            rows_conflict = rows_conflict + $7, rows_quarantined = rows_quarantined + $8,
+            started_at = coalesce(started_at, now()), updated_at = now(),
+            finished_at = case when $4 then now() end
+      where relation = $1 and segment_start = 0`,
+    [relation, nextBlock, totalBlocks, done, c.scanned, c.rewritten, c.conflicts, c.quarantined],
+  );
+}

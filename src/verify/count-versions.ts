@@ -1,0 +1,75 @@
+import type pg from 'pg';
+import { versionLabel } from '../crypto/envelope.js';
+import type { TableInfo } from '../db/catalog.js';
+import { quoteIdent, quoteQualified, type QualifiedName } from '../db/ident.js';
+import { RELATION_BLOCKS_SQL, versionExpr } from '../backfill/sweep-sql.js';
+
+export interface ColumnCounts {
+  table: string;
+  column: string;
+  /** Values by key version, e.g. { v1: 10, v2: 990 }. */
+  byVersion: Record<string, number>;
+  notOurs: number;
+  nulls: number;
+  /** Values of any version other than the target (quarantined ones included). */
+  nonTarget: number;
+  /** Entries in pg_rekey.quarantine for this column (null when setup has not run). */
+  quarantined: number | null;
+}
+
+/** Blocks per counting query: short statements, no long-lived snapshot. */
+const VERIFY_CHUNK_BLOCKS = 16_384;
+const NULL_CODE = -1;
+const NOT_OURS_CODE = 0;
+
+/**
+ * Counts values per version for every configured column, reading each
+ * relation in ctid block ranges, one short statement each.
+ */
+export async function countVersions(db: pg.Pool, tables: TableInfo[], target: number, withQuarantine: boolean): Promise<ColumnCounts[]> {
+  const out: ColumnCounts[] = [];
+  for (const table of tables) {
+    const cols = table.config.columns;
+    const acc = cols.map((column) => ({ table: table.display, column, byVersion: {} as Record<string, number>, notOurs: 0, nulls: 0, nonTarget: 0, quarantined: null as number | null }));
+    for (const leaf of table.leaves) {
+      for (const row of await countRelation(db, leaf, cols)) {
+        const a = acc[row.col]!;
+        if (row.code === NULL_CODE) a.nulls += row.n;
+        else if (row.code === NOT_OURS_CODE) a.notOurs += row.n;
+        else {
+          const label = versionLabel(row.code);
+          a.byVersion[label] = (a.byVersion[label] ?? 0) + row.n;
+          if (row.code !== target) a.nonTarget += row.n;
+        }
+      }
+    }
+    if (withQuarantine) {
+      const q = await db.query<{ column_name: string; n: number }>(
+        `select column_name, count(*)::float8 as n from pg_rekey.quarantine where table_name = $1 group by 1`,
+        [table.display],
+      );
+      for (const a of acc) a.quarantined = q.rows.find((r) => r.column_name === a.column)?.n ?? 0;
+    }
+    out.push(...acc);
+  }
+  return out;
+}
+
+async function countRelation(db: pg.Pool, leaf: QualifiedName, cols: readonly string[]): Promise<{ col: number; code: number; n: number }[]> {
+  const rel = quoteQualified(leaf);
+  const values = cols.map((c, i) => `(${i}, t.${quoteIdent(c)})`).join(', ');
+  const sql = (openEnded: boolean) => `
+    select x.col, case when x.val is null then ${NULL_CODE} else coalesce(${versionExpr('x.val')}, ${NOT_OURS_CODE}) end as code, count(*)::float8 as n
+      from only ${rel} t cross join lateral (values ${values}) as x(col, val)
+     where t.ctid >= format('(%s,0)', $1::bigint)::tid ${openEnded ? '' : `and t.ctid < format('(%s,0)', $2::bigint)::tid`}
+     group by 1, 2`;
+  const rows: { col: number; code: number; n: number }[] = [];
+  for (let start = 0; ; start += VERIFY_CHUNK_BLOCKS) {
+    const total = Number((await db.query<{ blocks: string }>(RELATION_BLOCKS_SQL, [rel])).rows[0]!.blocks);
+    const end = start + VERIFY_CHUNK_BLOCKS;
+    const last = end >= total;
+    const r = await db.query<{ col: number; code: number; n: number }>(sql(last), last ? [start] : [start, end]);
+    rows.push(...r.rows);
+    if (last) return rows;
+  }
+}
