@@ -1,0 +1,34 @@
+.PHONY: node_modules build lint test test-unit test-integration demo bench clean
+# `make -j` must not reorder test: build, unit tests, then integration tests per PostgreSQL major.
+.NOTPARALLEL:
+
+# npm ci rewrites node_modules/.package-lock.json; it is redone when package-lock.json is newer.
+node_modules: node_modules/.package-lock.json
+
+node_modules/.package-lock.json: package-lock.json
+	npm ci
+	touch $@
+
+build: node_modules
+	npm run build
+
+lint: node_modules
+	npm run lint
+
+test: build test-unit test-integration
+
+test-unit: node_modules
+	npx vitest run --project unit
+
+test-integration: build
+	PG_REKEY_TEST_PG_MAJOR=18 npx vitest run --project integration
+	PG_REKEY_TEST_PG_MAJOR=14 npx vitest run --project integration
+
+demo: node_modules build
+	node demo/run-demo.mjs
+
+bench: node_modules build
+	node bench/run.mjs
+
+clean:
+	rm -rf dist .pg-rekey-test .demo-data .bench-data

