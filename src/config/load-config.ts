@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { ConfigError } from '../errors.js';
 import { parseIdentifierPath, type QualifiedName } from '../db/ident.js';
-import { fileSchema, replicationSchema, sweepSchema, toMillis, type FileConfig } from './schema.js';
+import { daemonSchema, fileSchema, replicationSchema, sweepSchema, toMillis, type FileConfig } from './schema.js';
 
 /** Flags shared by every command that talks to the database. */
 export interface GlobalFlags {
@@ -25,6 +25,15 @@ export interface SweepSettings {
   progressIntervalMs: number;
 }
 
+export interface DaemonSettings {
+  httpHost: string;
+  httpPort: number;
+  checkIntervalMs: number;
+  slotCheckIntervalMs: number;
+  streamBatchRows: number;
+  streamBatchDelayMs: number;
+}
+
 export interface Config {
   configPath: string;
   /** undefined: let libpq-style PG* variables decide (pg does that). */
@@ -33,6 +42,7 @@ export interface Config {
   tables: readonly TableConfig[];
   sweep: SweepSettings;
   replication: { slot: string; publication: string };
+  daemon: DaemonSettings;
   logLevel: FileConfig['log_level'];
 }
 
@@ -40,11 +50,12 @@ export const DEFAULT_CONFIG_PATH = 'pg-rekey.yaml';
 
 /**
  * Environment overrides for tuning, derived from the schema:
- * PG_REKEY_SWEEP_CHUNK_BLOCKS, PG_REKEY_REPLICATION_SLOT, ... and PG_REKEY_LOG_LEVEL.
+ * PG_REKEY_SWEEP_CHUNK_BLOCKS, PG_REKEY_REPLICATION_SLOT, PG_REKEY_DAEMON_HTTP_PORT, ...
+ * and PG_REKEY_LOG_LEVEL.
  */
 function envOverrides(env: Record<string, string | undefined>): Record<string, unknown> {
   const out: Record<string, Record<string, unknown>> = {};
-  const sections = { sweep: sweepSchema, replication: replicationSchema } as const;
+  const sections = { sweep: sweepSchema, replication: replicationSchema, daemon: daemonSchema } as const;
   for (const [section, schema] of Object.entries(sections)) {
     for (const key of Object.keys(schema.shape)) {
       const raw = env[`PG_REKEY_${section}_${key}`.toUpperCase()];
@@ -153,6 +164,14 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
       progressIntervalMs: toMillis(s.progress_interval),
     },
     replication: { ...file.replication },
+    daemon: {
+      httpHost: file.daemon.http_host,
+      httpPort: file.daemon.http_port,
+      checkIntervalMs: toMillis(file.daemon.check_interval),
+      slotCheckIntervalMs: toMillis(file.daemon.slot_check_interval),
+      streamBatchRows: file.daemon.stream_batch_rows,
+      streamBatchDelayMs: toMillis(file.daemon.stream_batch_delay),
+    },
     logLevel: file.log_level,
   });
 }

@@ -35,12 +35,28 @@ export const replicationSchema = z.strictObject({
   publication: z.string().min(1).max(63).default('pg_rekey'),
 });
 
+export const daemonSchema = z.strictObject({
+  /** Address of the HTTP endpoint (/healthz, /readyz, /metrics). */
+  http_host: z.string().min(1).default('127.0.0.1'),
+  /** Port of the HTTP endpoint; 0 = pick a free port (logged at start). */
+  http_port: z.number().int().min(0).max(65535).default(9187),
+  /** How often `run` counts remaining values to decide convergence. */
+  check_interval: duration.default('30s'),
+  /** How often `run` checks that the replication slot still exists and is not lost. */
+  slot_check_interval: duration.default('10s'),
+  /** Stream batches: flush after this many rows ... */
+  stream_batch_rows: z.number().int().min(1).max(100000).default(2000),
+  /** ... or when the oldest pending rewrite has waited this long. */
+  stream_batch_delay: duration.default('50ms'),
+});
+
 export const fileSchema = z.strictObject({
   /** Connection string; else DATABASE_URL; else libpq PG* variables. */
   database: z.string().min(1).optional(),
   tables: z.array(tableSchema).min(1),
   sweep: sweepSchema.default(() => sweepSchema.parse({})),
   replication: replicationSchema.default(() => replicationSchema.parse({})),
+  daemon: daemonSchema.default(() => daemonSchema.parse({})),
   log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
