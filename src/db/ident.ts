@@ -25,7 +25,7 @@ export function displayName(q: QualifiedName): string {
 
 /**
  * Parses `name`, `schema.name`, `"Mixed Case"."a.b"` the way PostgreSQL does:
- * unquoted parts fold to lower case, quoted parts keep case and may contain
+ * unquoted parts fold ASCII letters to lower case, quoted parts keep case and may contain
  * dots, spaces, semicolons and doubled quotes. Returns the parts, or an error
  * text saying what is wrong.
  */
@@ -55,7 +55,8 @@ export function parseIdentifierPath(text: string): string[] | string {
     } else {
       const m = /^[A-Za-z_\u0080-\uffff][A-Za-z0-9_$\u0080-\uffff]*/.exec(s.slice(i));
       if (!m) return `unexpected character ${JSON.stringify(s[i])} in ${JSON.stringify(text)}; quote unusual names: "My Table"`;
-      parts.push(m[0].toLowerCase());
+      // PostgreSQL folds only ASCII A-Z; multibyte (UTF-8) letters keep their case.
+      parts.push(m[0].replace(/[A-Z]+/g, (u) => u.toLowerCase()));
       i += m[0].length;
     }
     if (i < s.length) {
