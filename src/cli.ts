@@ -6,6 +6,8 @@ import { backfillCommand } from './commands/backfill.js';
 import { verifyCommand } from './commands/verify.js';
 import { statusCommand } from './commands/status.js';
 import { keygenCommand } from './commands/keygen.js';
+import { runCommand } from './commands/run.js';
+import { teardownCommand } from './commands/teardown.js';
 
 const EXIT_CODES = `
 Exit codes:
@@ -45,10 +47,11 @@ ${EXIT_CODES}
 
 Typical rotation:
   pg-rekey keygen                      # new key -> LIBSODIUM_ENCRYPTION_KEY_V2, deploy apps with VERSION=v2
-  pg-rekey setup -c pg-rekey.yaml      # checks + state schema (idempotent)
+  pg-rekey setup -c pg-rekey.yaml      # checks, state schema, publication, slot (idempotent)
   pg-rekey backfill --dry-run          # what would be rewritten, nothing written
-  pg-rekey backfill                    # sweep every table; resumable
-  pg-rekey verify && echo "old key can go"`,
+  pg-rekey run --exit-when-converged   # stream + sweep until converged (or run it as a service)
+  pg-rekey verify && echo "old key can go"
+  pg-rekey teardown                    # drop slot + publication`,
     )
     .exitOverride();
 
@@ -58,8 +61,15 @@ Typical rotation:
 
   program
     .command('setup')
-    .description('check server, role and tables, then create/upgrade the pg_rekey state schema (idempotent)')
-    .addHelpText('after', '\nChecks PostgreSQL >= 14, wal_level=logical, privileges, and that every configured\ncolumn exists, is text-like, and its table has a primary key or replica identity index.\nReports every problem at once and changes nothing until all are fixed.')
+    .description('check server, role and tables; create the state schema, publication and replication slot (idempotent)')
+    .addHelpText(
+      'after',
+      '\nChecks PostgreSQL >= 14, wal_level=logical, slot headroom, the REPLICATION attribute, privileges,\n' +
+        'and that every configured column exists, is text-like, and its table has a primary key or replica\n' +
+        'identity index. Reports every problem at once and changes nothing until all are fixed.\n' +
+        'Then applies migrations, creates the publication (insert, update) and the slot (pgoutput).\n' +
+        'Creating a slot restarts the sweep from block 0.',
+    )
     .action(run((cmd) => setupCommand(globals(cmd))));
 
   program
@@ -73,12 +83,36 @@ Typical rotation:
       'after',
       '\nEach chunk is one short transaction: read rows with non-target values, rewrite them with a\n' +
         'compare-and-swap (ctid and old value must still match), record undecryptable values in\n' +
-        'pg_rekey.quarantine (untouched), checkpoint. Kill it at any time; the next run resumes.\n' +
+        'pgrekey.quarantine (untouched), checkpoint. Kill it at any time; the next run resumes.\n' +
         'If the first values of a version all fail to decrypt it stops: wrong key for that version?\n' +
         'Progress: a bar on a terminal, JSON log lines on stderr otherwise. Ctrl-C finishes the chunk\n' +
         'in flight and exits 3; a second Ctrl-C exits at once.',
     )
     .action(run((cmd) => backfillCommand(globals(cmd), cmd.opts())));
+
+  program
+    .command('run')
+    .description('the daemon: stream new old-key writes and sweep existing rows until stopped (or converged)')
+    .option('--exit-when-converged', 'exit 0 once converged; exit 1 if the sweep is complete but quarantined values remain')
+    .addHelpText(
+      'after',
+      '\nConsumes the replication slot created by `setup` and rewrites every INSERT/UPDATE that carries an\n' +
+        'old-version value as soon as it commits, while the sweep covers rows written before the slot.\n' +
+        'Converged = every table swept since the slot was created, the stream caught up with the server,\n' +
+        'and no old-version value left. It keeps running after that (stale writers may still appear).\n' +
+        'HTTP: /healthz, /readyz (stream connected), /metrics (Prometheus) on daemon.http_host:http_port.\n' +
+        'SIGTERM/SIGINT: finish the batch in flight, acknowledge, checkpoint, exit 0; a second signal exits at once.\n' +
+        'A lost or dropped slot is recreated and the sweep restarts from block 0.',
+    )
+    .action(run((cmd) => runCommand(globals(cmd), cmd.opts())));
+
+  program
+    .command('teardown')
+    .description('drop the replication slot and publication once converged (refuses otherwise)')
+    .option('--force', 'drop even if not converged or the daemon is running (terminates it)')
+    .option('--drop-state', 'also drop the pgrekey schema (progress, quarantine, history)')
+    .addHelpText('after', '\nA forgotten slot makes the server retain WAL until its disk fills: tear down when done.\nWithout --force it refuses while values of old versions remain or while `run` holds the slot.')
+    .action(run((cmd) => teardownCommand(globals(cmd), cmd.opts())));
 
   program
     .command('verify')
@@ -89,7 +123,7 @@ Typical rotation:
 
   program
     .command('status')
-    .description('sweep progress per relation, quarantine summary and recent runs (reads pg_rekey state only)')
+    .description('sweep progress per relation, quarantine summary and recent runs (reads pgrekey state only)')
     .option('--json', 'print the report as JSON on stdout')
     .action(run((cmd) => statusCommand(globals(cmd), cmd.opts())));
 

@@ -5,20 +5,68 @@ import { renderTable } from '../format.js';
 import { percentDone } from '../backfill/chunk-plan.js';
 import { listSegments, type Segment } from '../state/segments.js';
 import { summarizeQuarantine, type QuarantineSummary } from '../state/quarantine.js';
+import { readSlot, slotRecreations, type SlotInfo } from '../replication/slot.js';
+import { formatDuration } from '../format.js';
+
+export interface ReplicationStatus {
+  slot: string;
+  info: SlotInfo;
+  /** Time the stream's acknowledgements trail the server (pg_stat_replication.flush_lag), seconds. */
+  lagSeconds: number | null;
+  slotRecreations: number;
+  daemon: {
+    host: string;
+    pid: number;
+    heartbeatAt: Date;
+    appliedLsn: string | null;
+    streamConnected: boolean;
+    sweepDone: boolean;
+    remaining: number | null;
+    quarantined: number | null;
+    lastCheckAt: Date | null;
+    convergedAt: Date | null;
+  } | null;
+  converged: boolean;
+}
 
 export interface StatusReport {
+  replication: ReplicationStatus;
   sweep: (Segment & { percent: number })[];
   quarantine: { total: number; byColumn: QuarantineSummary[] };
   lastRuns: { id: number; command: string; startedAt: Date; finishedAt: Date | null; outcome: string | null }[];
 }
 
-export async function readStatus(ctxPool: Parameters<typeof listSegments>[0]): Promise<StatusReport> {
+async function readReplication(db: Parameters<typeof listSegments>[0], slot: string): Promise<ReplicationStatus> {
+  const info = await readSlot(db, slot);
+  const lag = info.activePid
+    ? await db.query<{ s: number | null }>(`select extract(epoch from flush_lag)::float8 as s from pg_stat_replication where pid = $1`, [info.activePid])
+    : null;
+  const d = await db.query(
+    `select host, pid, heartbeat_at as "heartbeatAt", applied_lsn::text as "appliedLsn", stream_connected as "streamConnected",
+            sweep_done as "sweepDone", remaining::float8 as remaining, quarantined::float8 as quarantined,
+            last_check_at as "lastCheckAt", converged_at as "convergedAt"
+       from pgrekey.daemon where slot_name = $1`,
+    [slot],
+  );
+  const daemon = (d.rows[0] as ReplicationStatus['daemon']) ?? null;
+  return {
+    slot,
+    info,
+    lagSeconds: lag?.rows[0]?.s ?? null,
+    slotRecreations: await slotRecreations(db, slot),
+    daemon,
+    converged: daemon?.convergedAt != null,
+  };
+}
+
+export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], slot: string): Promise<StatusReport> {
   const segments = await listSegments(ctxPool);
   const byColumn = await summarizeQuarantine(ctxPool);
   const runs = await ctxPool.query(
-    `select id::float8 as id, command, started_at as "startedAt", finished_at as "finishedAt", outcome from pg_rekey.run order by id desc limit 5`,
+    `select id::float8 as id, command, started_at as "startedAt", finished_at as "finishedAt", outcome from pgrekey.run order by id desc limit 5`,
   );
   return {
+    replication: await readReplication(ctxPool, slot),
     sweep: segments.map((s) => ({ ...s, percent: Number(percentDone(s.nextBlock, s.totalBlocks ?? 0).toFixed(1)) })),
     quarantine: { total: byColumn.reduce((n, q) => n + q.count, 0), byColumn },
     lastRuns: runs.rows,
@@ -30,12 +78,33 @@ export async function statusCommand(flags: GlobalFlags, opts: { json?: boolean }
   const ctx = await openContext(flags);
   try {
     await requireState(ctx.pool);
-    const report = await readStatus(ctx.pool);
+    const report = await readStatus(ctx.pool, ctx.config.replication.slot);
     process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : `${renderStatus(report)}\n`);
     return EXIT_OK;
   } finally {
     await ctx.close();
   }
+}
+
+function mb(bytes: number | null): string {
+  return bytes === null ? '?' : `${(bytes / 1048576).toFixed(1)} MB`;
+}
+
+function renderReplication(r: ReplicationStatus): string {
+  const i = r.info;
+  if (!i.exists) return `replication slot ${r.slot}: MISSING (run \`pg-rekey setup\`, or \`pg-rekey run\` recreates it and re-sweeps)`;
+  const lines = [
+    `replication slot ${r.slot}: ${i.active ? 'active' : 'inactive'}${i.walStatus ? `, wal_status ${i.walStatus}` : ''}, confirmed ${i.confirmedFlushLsn}, server at ${i.currentLsn}`,
+    `  lag ${mb(i.lagBytes)} (~${formatDuration(r.lagSeconds)}), WAL retained by the slot ${mb(i.retainedBytes)}, recreated ${r.slotRecreations} time(s)`,
+  ];
+  const d = r.daemon;
+  if (d) {
+    lines.push(
+      `daemon: pid ${d.pid} on ${d.host}, last heartbeat ${d.heartbeatAt.toISOString()}, stream ${d.streamConnected ? 'connected' : 'not connected'}, sweep ${d.sweepDone ? 'complete' : 'running'}`,
+      `  ${d.convergedAt ? `CONVERGED since ${d.convergedAt.toISOString()}` : 'not converged'}${d.lastCheckAt ? ` (last check ${d.lastCheckAt.toISOString()}: ${d.remaining ?? '?'} remaining, ${d.quarantined ?? 0} quarantined)` : ''}`,
+    );
+  } else lines.push('daemon: `pg-rekey run` has not run yet');
+  return lines.join('\n');
 }
 
 function renderStatus(r: StatusReport): string {
@@ -50,5 +119,5 @@ function renderStatus(r: StatusReport): string {
   const runs = r.lastRuns.length
     ? renderTable(['run', 'command', 'started', 'outcome'], r.lastRuns.map((x) => [x.id, x.command, x.startedAt.toISOString(), x.outcome ?? 'running']))
     : 'no runs yet';
-  return `sweep\n${sweep}\n\n${q}\n\n${runs}`;
+  return `${renderReplication(r.replication)}\n\nsweep\n${sweep}\n\n${q}\n\n${runs}`;
 }

@@ -29,11 +29,24 @@ export async function readServerFacts(db: pg.Pool | pg.ClientBase): Promise<Serv
            r.rolsuper as "isSuperuser",
            (r.rolreplication or r.rolsuper) as "canReplicate",
            has_database_privilege(current_database(), 'CREATE') as "canCreateInDatabase",
-           to_regnamespace('pg_rekey') is not null as "stateSchemaExists",
-           coalesce(has_schema_privilege(to_regnamespace('pg_rekey')::oid, 'CREATE'), false) as "canCreateInStateSchema",
+           to_regnamespace('pgrekey') is not null as "stateSchemaExists",
+           coalesce(has_schema_privilege(to_regnamespace('pgrekey')::oid, 'CREATE'), false) as "canCreateInStateSchema",
            current_user as "currentUser", current_database() as database
       from pg_roles r where r.rolname = current_user`);
   return r.rows[0] as ServerFacts;
+}
+
+/** Replication-specific problems: slot headroom, REPLICATION attribute. */
+export function replicationProblems(f: ServerFacts, slotExists: boolean): string[] {
+  const out: string[] = [];
+  if (!slotExists && f.usedSlots >= f.maxReplicationSlots) {
+    out.push(`all ${f.maxReplicationSlots} replication slots are in use (max_replication_slots): raise it (needs a restart) or drop an unused slot`);
+  }
+  if (f.maxWalSenders < 1) out.push('max_wal_senders is 0: set it to at least 1 more than the standbys need (needs a restart)');
+  if (!f.canReplicate) {
+    out.push(`role ${f.currentUser} lacks the REPLICATION attribute needed to stream from the slot: ALTER ROLE ${f.currentUser} REPLICATION (managed services: grant rds_replication or the equivalent)`);
+  }
+  return out;
 }
 
 /** Problems that stop setup, each with what to do about it. */
@@ -49,10 +62,10 @@ export function serverProblems(f: ServerFacts): string[] {
     );
   }
   if (!f.stateSchemaExists && !f.canCreateInDatabase) {
-    out.push(`role ${f.currentUser} may not create the pg_rekey schema: GRANT CREATE ON DATABASE ${f.database} TO ${f.currentUser} (or run setup once as the owner; see sql/roles.sql)`);
+    out.push(`role ${f.currentUser} may not create the pgrekey schema: GRANT CREATE ON DATABASE ${f.database} TO ${f.currentUser} (or run setup once as the owner; see sql/roles.sql)`);
   }
   if (f.stateSchemaExists && !f.canCreateInStateSchema) {
-    out.push(`role ${f.currentUser} may not create objects in schema pg_rekey; run setup as its owner or see sql/roles.sql`);
+    out.push(`role ${f.currentUser} may not create objects in schema pgrekey; run setup as its owner or see sql/roles.sql`);
   }
   return out;
 }

@@ -1,0 +1,65 @@
+import type { GlobalFlags } from '../config/load-config.js';
+import { openContext } from '../context.js';
+import { loadTargetVersion } from '../crypto/key-ring.js';
+import { resolveTables } from '../db/catalog.js';
+import { quoteIdent } from '../db/ident.js';
+import { stateIsCurrent, STATE_SCHEMA } from '../db/migrate.js';
+import { ConfigError, EXIT_OK } from '../errors.js';
+import { countVersions } from '../verify/count-versions.js';
+import { dropSlot, readSlot } from '../replication/slot.js';
+
+/**
+ * Drops the replication slot and the publication (and the state schema with
+ * --drop-state). Refuses unless verify says converged, or --force: a
+ * forgotten slot retains WAL until the disk fills, but dropping it early
+ * means old-key writes are no longer caught.
+ */
+export async function teardownCommand(flags: GlobalFlags, opts: { force?: boolean; dropState?: boolean }): Promise<number> {
+  const ctx = await openContext(flags);
+  try {
+    const { slot, publication } = ctx.config.replication;
+    const log = ctx.log.child({ component: 'teardown' });
+    const info = await readSlot(ctx.pool, slot);
+    if (!opts.force) {
+      const target = loadTargetVersion({ env: process.env, envFile: flags.envFile });
+      const tables = await resolveTables(ctx.pool, ctx.config.tables);
+      const remaining = (await countVersions(ctx.pool, tables, target, false)).reduce((n, c) => n + c.nonTarget, 0);
+      if (remaining > 0) {
+        throw new ConfigError(
+          `refusing to tear down: ${remaining} value(s) are not at the target version yet (verify is not converged)`,
+          'let `pg-rekey run` converge (or handle the quarantined values), check with `pg-rekey verify`, then teardown; --force drops the slot anyway (old-key writes are then no longer caught)',
+        );
+      }
+      if (info.active) {
+        throw new ConfigError(
+          `refusing to tear down: slot ${slot} is in use by a running pg-rekey (pid ${info.activePid} on the server)`,
+          'stop `pg-rekey run` first (SIGTERM), or pass --force to terminate it',
+        );
+      }
+    }
+    const dropped = await dropSlot(ctx.pool, slot, opts.force ? 'teardown --force' : 'teardown').catch(async (e) => {
+      // The state schema may be gone already (slot_event insert); the drop itself is what matters.
+      if (!(await readSlot(ctx.pool, slot)).exists) return true;
+      throw e;
+    });
+    const pub = await ctx.pool.query(`select 1 from pg_publication where pubname = $1`, [publication]);
+    if (pub.rowCount) await ctx.pool.query(`drop publication ${quoteIdent(publication)}`);
+    let stateDropped = false;
+    if (opts.dropState && (await stateIsCurrent(ctx.pool).catch(() => false))) {
+      await ctx.pool.query(`drop schema ${STATE_SCHEMA} cascade`);
+      stateDropped = true;
+    }
+    log.info({ slot, dropped, publication: pub.rowCount ? 'dropped' : 'absent', stateDropped }, 'teardown complete');
+    process.stdout.write(
+      [
+        dropped ? `dropped replication slot ${slot}` : `no replication slot ${slot} (already gone)`,
+        pub.rowCount ? `dropped publication ${publication}` : `no publication ${publication} (already gone)`,
+        stateDropped ? `dropped schema ${STATE_SCHEMA}` : opts.dropState ? `no schema ${STATE_SCHEMA}` : `kept schema ${STATE_SCHEMA} (history, quarantine); --drop-state removes it`,
+        'teardown complete',
+      ].join('\n') + '\n',
+    );
+    return EXIT_OK;
+  } finally {
+    await ctx.close();
+  }
+}

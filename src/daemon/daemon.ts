@@ -1,0 +1,246 @@
+import { hostname } from 'node:os';
+import type { Context } from '../context.js';
+import type { KeyRing } from '../crypto/key-ring.js';
+import { resolveTables, type TableInfo } from '../db/catalog.js';
+import { displayName } from '../db/ident.js';
+import { EXIT_NOT_CONVERGED, EXIT_OK, EXIT_RUNTIME, RuntimeFailure } from '../errors.js';
+import { Metrics } from '../metrics.js';
+import { LogProgress, type ProgressSink } from '../backfill/progress.js';
+import { sleep, sweepTables } from '../backfill/sweep.js';
+import { ensureSegment, restartSegments } from '../state/segments.js';
+import { summarizeQuarantine } from '../state/quarantine.js';
+import { formatLsn } from '../replication/lsn.js';
+import { RelationMap } from '../replication/relation-map.js';
+import { createSlot, dropSlot, readSlot, slotUnusable } from '../replication/slot.js';
+import { ReplicationStream } from '../replication/stream.js';
+import { StreamWriter } from '../replication/stream-writer.js';
+import { checkConvergence, type ConvergenceCheck } from './convergence.js';
+import { startHttp } from './http.js';
+
+export interface DaemonOptions {
+  exitWhenConverged: boolean;
+}
+
+/**
+ * `pg-rekey run`: the stream and the sweep in one process, an HTTP endpoint,
+ * a slot watchdog and periodic convergence checks. Resolves with the exit code.
+ */
+export class Daemon {
+  readonly metrics = new Metrics();
+  private readonly log;
+  private relations!: RelationMap;
+  private stream!: ReplicationStream;
+  private stopping = false;
+  private finish!: (code: number) => void;
+  private readonly finished = new Promise<number>((r) => (this.finish = r));
+  private sweepAbort = new AbortController();
+  private sweepStale = false;
+  private sweepWake: (() => void) | null = null;
+  private sweepDone = false;
+  private lastCheck: ConvergenceCheck | null = null;
+  private convergedAt: Date | null = null;
+  private slotMutex: Promise<void> = Promise.resolve();
+  private readonly refreshedAt = new Map<string, number>();
+
+  constructor(
+    private readonly ctx: Context,
+    private readonly ring: KeyRing,
+    private tables: TableInfo[],
+    private readonly opts: DaemonOptions,
+  ) {
+    this.log = ctx.log.child({ component: 'daemon' });
+  }
+
+  async run(): Promise<number> {
+    const { config, pool } = this.ctx;
+    this.relations = await RelationMap.build(pool, this.tables);
+    await this.ensureSlot('startup check');
+    const writer = new StreamWriter(pool, this.ring, { maxRows: config.daemon.streamBatchRows, maxBytes: 32 * 1024 * 1024, maxDelayMs: config.daemon.streamBatchDelayMs });
+    this.stream = new ReplicationStream({
+      connectionString: config.connectionString,
+      slot: config.replication.slot,
+      publication: config.replication.publication,
+      relations: () => this.relations,
+      writer,
+      ring: this.ring,
+      log: this.ctx.log,
+      metrics: this.metrics,
+      onSlotLost: (reason) => this.ensureSlot(reason),
+      onUnknownRelation: (schema, name) => this.refreshTables(schema, name),
+    });
+    const http = await startHttp(config.daemon.httpHost, config.daemon.httpPort, this.metrics, {
+      ready: () => (this.stream.connected ? { ok: true, reason: 'streaming' } : { ok: false, reason: 'replication stream not connected' }),
+    });
+    this.log.info(
+      { http: `http://${config.daemon.httpHost}:${http.port}`, slot: config.replication.slot, tables: this.tables.map((t) => t.display), exitWhenConverged: this.opts.exitWhenConverged },
+      'pg-rekey run started: /healthz /readyz /metrics',
+    );
+    this.stream.start();
+    const sweeping = this.sweepLoop();
+    const timers = [
+      setInterval(() => void this.watchSlot().catch((e) => this.log.warn({ err: e }, 'slot check failed')), config.daemon.slotCheckIntervalMs),
+      setInterval(() => void this.checkNow().catch((e) => this.log.warn({ err: e }, 'convergence check failed')), config.daemon.checkIntervalMs),
+    ];
+    const code = await this.finished;
+    this.stopping = true;
+    timers.forEach(clearInterval);
+    this.sweepAbort.abort();
+    this.sweepWake?.();
+    await sweeping;
+    await this.stream.stop();
+    await this.writeState().catch(() => undefined);
+    await new Promise((r) => http.server.close(r));
+    this.log.info({ code, applied: formatLsn(this.stream.appliedLsn) }, 'stopped');
+    return code;
+  }
+
+  /** First signal: drain and exit 0. */
+  stop(code = EXIT_OK): void {
+    this.finish(code);
+  }
+
+  private async sweepLoop(): Promise<void> {
+    const { pool, config } = this.ctx;
+    const progress = this.sweepProgress();
+    while (!this.stopping) {
+      if (this.sweepStale) {
+        this.sweepStale = false;
+        await restartSegments(pool, this.tables.flatMap((t) => t.leaves.map(displayName)));
+        this.log.warn('sweep restarted from block 0 (new replication slot)');
+      }
+      this.sweepAbort = new AbortController();
+      try {
+        const results = await sweepTables(pool, this.tables, { settings: config.sweep, ring: this.ring, signal: this.sweepAbort.signal, progress, log: this.ctx.log });
+        for (const r of results) this.metrics.rewrites.inc({ source: 'sweep', table: r.table }, r.rewritten);
+        for (const r of results) if (r.quarantined) this.metrics.quarantined.inc({ source: 'sweep', table: r.table }, r.quarantined);
+      } catch (e) {
+        if (e instanceof RuntimeFailure) {
+          this.log.fatal({ err: e, hint: e.hint }, 'sweep cannot continue');
+          return this.stop(EXIT_RUNTIME);
+        }
+        this.log.warn({ err: e }, 'sweep failed; retrying in 5s');
+        await sleep(5_000);
+        continue;
+      }
+      if (this.stopping || this.sweepAbort.signal.aborted) continue;
+      if (!this.sweepDone) this.log.info('sweep complete for every configured table');
+      this.sweepDone = true;
+      void this.checkNow().catch((e) => this.log.warn({ err: e }, 'convergence check failed'));
+      await new Promise<void>((r) => (this.sweepWake = r));
+      this.sweepWake = null;
+    }
+  }
+
+  private sweepProgress(): ProgressSink {
+    const logSink = new LogProgress(this.ctx.log, this.ctx.config.sweep.progressIntervalMs);
+    return {
+      start: (rel, next) => logSink.start(rel, next),
+      chunk: (rel, p) => {
+        this.metrics.sweepBlocksDone.set({ relation: rel }, p.nextBlock);
+        this.metrics.sweepBlocksTotal.set({ relation: rel }, p.totalBlocks);
+        logSink.chunk(rel, p);
+      },
+      finish: (rel, p) => logSink.finish(rel, p),
+    };
+  }
+
+  /** Makes sure the slot exists and is usable; otherwise recreates it and restarts the sweep (rule 6). */
+  private ensureSlot(reason: string): Promise<void> {
+    const run = async () => {
+      const { pool, config } = this.ctx;
+      const slot = config.replication.slot;
+      const info = await readSlot(pool, slot);
+      const problem = slotUnusable(info);
+      if (!problem) return;
+      this.log.error({ slot, problem, trigger: reason }, 'REPLICATION SLOT LOST OR MISSING: changes may have been missed; recreating the slot and re-sweeping every table from block 0');
+      if (info.exists) await dropSlot(pool, slot, problem);
+      const lsn = await createSlot(pool, slot, 'recreated', problem);
+      this.metrics.slotRecreations.inc();
+      this.sweepDone = false;
+      this.convergedAt = null;
+      this.sweepStale = true;
+      this.sweepAbort.abort();
+      this.sweepWake?.();
+      this.log.warn({ slot, lsn }, 'replication slot recreated');
+    };
+    const p = this.slotMutex.then(run);
+    this.slotMutex = p.catch(() => undefined);
+    return p;
+  }
+
+  private async watchSlot(): Promise<void> {
+    const info = await readSlot(this.ctx.pool, this.ctx.config.replication.slot);
+    if (info.lagBytes !== null) this.metrics.streamLagBytes.set(info.lagBytes);
+    if (slotUnusable(info)) await this.ensureSlot('periodic slot check');
+    await this.writeState();
+  }
+
+  /** A change arrived for a relation we do not know: maybe a partition was attached. */
+  private async refreshTables(schema: string, name: string): Promise<boolean> {
+    const id = `${schema}.${name}`;
+    if (Date.now() - (this.refreshedAt.get(id) ?? 0) < 10_000) return false;
+    this.refreshedAt.set(id, Date.now());
+    const tables = await resolveTables(this.ctx.pool, this.ctx.config.tables);
+    const relations = await RelationMap.build(this.ctx.pool, tables);
+    if (!relations.get(schema, name)) return false;
+    this.tables = tables;
+    this.relations = relations;
+    for (const t of tables) for (const leaf of t.leaves) await ensureSegment(this.ctx.pool, t.display, displayName(leaf));
+    this.log.info({ relation: id }, 'new relation of a configured table (partition attached?): now streamed and swept');
+    this.sweepDone = false;
+    this.sweepWake?.();
+    return true;
+  }
+
+  private async checkNow(): Promise<void> {
+    if (this.stopping || !this.sweepDone || this.sweepStale) return;
+    const c = await checkConvergence(this.ctx.pool, this.tables, this.ring.target, this.stream);
+    if (this.stopping || this.sweepStale) return;
+    this.lastCheck = c;
+    if (c.remaining !== null) this.metrics.remaining.set(c.remaining);
+    this.metrics.converged.set(c.converged ? 1 : 0);
+    const wasConverged = this.convergedAt !== null;
+    if (c.converged && !wasConverged) {
+      this.convergedAt = new Date();
+      this.log.info({ remaining: 0, quarantined: c.quarantined }, 'CONVERGED: every table swept since the slot was created, the stream is caught up, no value of an old version remains');
+    } else if (!c.converged && wasConverged) {
+      this.convergedAt = null;
+      this.log.warn({ remaining: c.remaining }, 'no longer converged: old-version values appeared (a stale writer?); the stream is rewriting them');
+    } else if (!c.converged) {
+      this.log.info({ sweepDone: c.sweepDone, streamCaughtUp: c.streamCaughtUp, remaining: c.remaining, quarantined: c.quarantined }, 'not converged yet');
+    }
+    await this.writeState();
+    if (!this.opts.exitWhenConverged) return;
+    if (c.converged) return this.stop(EXIT_OK);
+    if (c.stuckOnQuarantine) {
+      const q = await summarizeQuarantine(this.ctx.pool);
+      this.log.error({ remaining: c.remaining, quarantine: q }, 'sweep complete but quarantined values remain; they need an operator (see pgrekey.quarantine)');
+      this.stop(EXIT_NOT_CONVERGED);
+    }
+  }
+
+  private async writeState(): Promise<void> {
+    const c = this.lastCheck;
+    await this.ctx.pool.query(
+      `insert into pgrekey.daemon as d (slot_name, host, pid, started_at, heartbeat_at, applied_lsn, stream_connected, sweep_done, remaining, quarantined, last_check_at, converged_at)
+       values ($1, $2, $3, now(), now(), $4::pg_lsn, $5, $6, $7, $8, $9, $10)
+       on conflict (slot_name) do update set host = excluded.host, pid = excluded.pid,
+         started_at = case when d.pid is distinct from excluded.pid then now() else d.started_at end,
+         heartbeat_at = now(), applied_lsn = excluded.applied_lsn, stream_connected = excluded.stream_connected,
+         sweep_done = excluded.sweep_done, remaining = excluded.remaining, quarantined = excluded.quarantined,
+         last_check_at = excluded.last_check_at, converged_at = excluded.converged_at`,
+      [
+        this.ctx.config.replication.slot,
+        hostname(),
+        process.pid,
+        this.stream.appliedLsn > 0n ? formatLsn(this.stream.appliedLsn) : null,
+        this.stream.connected && !this.stopping,
+        this.sweepDone,
+        c?.remaining ?? null,
+        c?.quarantined ?? null,
+        c ? new Date() : null,
+        this.convergedAt,
+      ],
+    );
+  }
+}

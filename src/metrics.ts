@@ -1,0 +1,25 @@
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * Everything `pg-rekey run` exposes on /metrics. One registry per daemon so
+ * tests can run several in one process.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly rewrites = new Counter({ name: 'pg_rekey_rewrites_total', help: 'Values rewritten to the target key version', labelNames: ['source', 'table'] as const, registers: [this.registry] });
+  readonly quarantined = new Counter({ name: 'pg_rekey_quarantined_total', help: 'Values that could not be rewritten (left untouched, recorded in pg_rekey.quarantine)', labelNames: ['source', 'table'] as const, registers: [this.registry] });
+  readonly casConflicts = new Counter({ name: 'pg_rekey_cas_conflicts_total', help: 'Rewrites skipped because the row changed first (compare-and-swap lost)', labelNames: ['source'] as const, registers: [this.registry] });
+  readonly sweepBlocksDone = new Gauge({ name: 'pg_rekey_sweep_blocks_done', help: 'Heap blocks swept in the current generation', labelNames: ['relation'] as const, registers: [this.registry] });
+  readonly sweepBlocksTotal = new Gauge({ name: 'pg_rekey_sweep_blocks_total', help: 'Heap blocks of the relation at the last chunk', labelNames: ['relation'] as const, registers: [this.registry] });
+  readonly streamLagBytes = new Gauge({ name: 'pg_rekey_stream_lag_bytes', help: "Bytes of WAL between the server's current position and the last position the stream applied", registers: [this.registry] });
+  readonly streamAppliedLsn = new Gauge({ name: 'pg_rekey_stream_applied_lsn', help: 'Last WAL position whose rewrites are committed, as a number', registers: [this.registry] });
+  readonly streamConnected = new Gauge({ name: 'pg_rekey_stream_connected', help: '1 while the replication connection is streaming', registers: [this.registry] });
+  readonly streamReconnects = new Counter({ name: 'pg_rekey_stream_reconnects_total', help: 'Replication connection attempts after an error', registers: [this.registry] });
+  readonly slotRecreations = new Counter({ name: 'pg_rekey_slot_recreations_total', help: 'Times the replication slot was found lost or missing and recreated (the sweep restarts)', registers: [this.registry] });
+  readonly remaining = new Gauge({ name: 'pg_rekey_remaining_values', help: 'Values of a non-target version when last counted', registers: [this.registry] });
+  readonly converged = new Gauge({ name: 'pg_rekey_converged', help: '1 when the last convergence check passed', registers: [this.registry] });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'pg_rekey_process_' });
+  }
+}

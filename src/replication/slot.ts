@@ -1,0 +1,81 @@
+import type pg from 'pg';
+import type { TableInfo } from '../db/catalog.js';
+import { quoteIdent } from '../db/ident.js';
+
+export interface SlotInfo {
+  exists: boolean;
+  plugin: string | null;
+  database: string | null;
+  active: boolean;
+  activePid: number | null;
+  walStatus: string | null;
+  confirmedFlushLsn: string | null;
+  restartLsn: string | null;
+  /** Bytes between the server's current WAL position and confirmed_flush_lsn. */
+  lagBytes: number | null;
+  /** WAL the server keeps for this slot (current position - restart_lsn). */
+  retainedBytes: number | null;
+  currentLsn: string;
+}
+
+export async function readSlot(db: pg.Pool | pg.ClientBase, slot: string): Promise<SlotInfo> {
+  const r = await db.query(
+    `select s.slot_name is not null as exists, s.plugin, s.database, coalesce(s.active, false) as active, s.active_pid as "activePid",
+            s.wal_status as "walStatus", s.confirmed_flush_lsn::text as "confirmedFlushLsn", s.restart_lsn::text as "restartLsn",
+            pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::float8 as "lagBytes",
+            pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::float8 as "retainedBytes",
+            pg_current_wal_lsn()::text as "currentLsn"
+       from (select 1) one left join pg_replication_slots s on s.slot_name = $1`,
+    [slot],
+  );
+  return r.rows[0] as SlotInfo;
+}
+
+/** A slot that exists but can no longer deliver every change (rule 6 of the argument). */
+export function slotUnusable(s: SlotInfo): string | null {
+  if (!s.exists) return 'slot does not exist';
+  if (s.walStatus === 'lost') return "slot's wal_status is 'lost' (WAL it needed was removed)";
+  return null;
+}
+
+/**
+ * Publication for exactly the configured tables, INSERT and UPDATE only.
+ * A partitioned table brings its partitions, present and future; changes
+ * arrive under the leaf's name (publish_via_partition_root off).
+ */
+export async function ensurePublication(db: pg.Pool | pg.ClientBase, name: string, tables: readonly TableInfo[]): Promise<'created' | 'updated'> {
+  const list = tables.map((t) => t.quoted).join(', ');
+  const exists = (await db.query(`select 1 from pg_publication where pubname = $1`, [name])).rowCount! > 0;
+  if (exists) {
+    await db.query(`alter publication ${quoteIdent(name)} set table ${list}`);
+    await db.query(`alter publication ${quoteIdent(name)} set (publish = 'insert, update')`);
+    return 'updated';
+  }
+  await db.query(`create publication ${quoteIdent(name)} for table ${list} with (publish = 'insert, update')`);
+  return 'created';
+}
+
+export async function createSlot(db: pg.Pool | pg.ClientBase, slot: string, event: 'created' | 'recreated', reason: string | null): Promise<string> {
+  const r = await db.query<{ lsn: string }>(`select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')`, [slot]);
+  const lsn = r.rows[0]!.lsn;
+  await db.query(`insert into pgrekey.slot_event (slot_name, event, lsn, reason) values ($1, $2, $3, $4)`, [slot, event, lsn, reason]);
+  return lsn;
+}
+
+/** Drops a slot, first ending the walsender that holds it (if any). */
+export async function dropSlot(db: pg.Pool | pg.ClientBase, slot: string, reason: string): Promise<boolean> {
+  const s = await readSlot(db, slot);
+  if (!s.exists) return false;
+  if (s.activePid) {
+    await db.query(`select pg_terminate_backend($1)`, [s.activePid]);
+    for (let i = 0; i < 50 && (await readSlot(db, slot)).active; i++) await new Promise((r) => setTimeout(r, 100));
+  }
+  await db.query(`select pg_drop_replication_slot($1)`, [slot]);
+  await db.query(`insert into pgrekey.slot_event (slot_name, event, reason) values ($1, 'dropped', $2)`, [slot, reason]).catch(() => undefined);
+  return true;
+}
+
+export async function slotRecreations(db: pg.Pool | pg.ClientBase, slot: string): Promise<number> {
+  const r = await db.query<{ n: number }>(`select count(*)::int as n from pgrekey.slot_event where slot_name = $1 and event = 'recreated'`, [slot]);
+  return r.rows[0]!.n;
+}

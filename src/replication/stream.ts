@@ -1,0 +1,254 @@
+import { LogicalReplicationService, PgoutputPlugin, type Pgoutput } from 'pg-logical-replication';
+import type { Logger } from '../logger.js';
+import type { KeyRing } from '../crypto/key-ring.js';
+import type { Metrics } from '../metrics.js';
+import { sleep } from '../backfill/sweep.js';
+import { formatLsn, maxLsn, parseLsn, type Lsn } from './lsn.js';
+import type { RelationMap } from './relation-map.js';
+import { planRowWork } from './rewrite-plan.js';
+import type { StreamWriter } from './stream-writer.js';
+
+/**
+ * pgoutput with every column left as raw text: the library would otherwise
+ * run pg's type parsers (timestamps to Date, losing microseconds; int8 to
+ * string; json to objects), and key values must go back to SQL exactly.
+ * Done at parse time, before any tuple of the relation is decoded.
+ */
+class RawTextPgoutput extends PgoutputPlugin {
+  override parse(buffer: Buffer): Pgoutput.Message {
+    const msg = super.parse(buffer) as Pgoutput.Message;
+    if (msg.tag === 'relation') for (const c of msg.columns) c.parser = (raw: unknown) => raw;
+    return msg;
+  }
+}
+
+export interface StreamOptions {
+  connectionString: string | undefined;
+  slot: string;
+  publication: string;
+  relations: () => RelationMap;
+  writer: StreamWriter;
+  ring: KeyRing;
+  log: Logger;
+  metrics: Metrics;
+  /** The slot is gone or unusable: recreate it (and restart the sweep) before reconnecting. */
+  onSlotLost: (reason: string) => Promise<void>;
+  /** A relation of a configured table the map does not know (partition attached): refresh. */
+  onUnknownRelation?: (schema: string, name: string) => Promise<boolean>;
+  maxBackoffMs?: number;
+}
+
+const STATUS_INTERVAL_MS = 2_000;
+
+/** SQLSTATEs / messages meaning the slot itself is gone or unusable. */
+function slotLostReason(err: unknown): string | null {
+  const e = err as { code?: string; message?: string };
+  if (e?.code === '42704' && /replication slot/.test(e.message ?? '')) return 'slot does not exist';
+  if (e?.code === '55000' && /can no longer get changes|has been invalidated|wal_status|required WAL/i.test(e.message ?? '')) return 'slot was invalidated (WAL removed)';
+  return null;
+}
+
+/**
+ * The replication stream: consumes the slot with our own acknowledgements.
+ *
+ * `applied` is the position up to which every change has been handled and
+ * every rewrite it caused has committed; only it is ever reported to the
+ * server (flush position), so a crash replays and never skips. The library's
+ * automatic acknowledgement is off (auto: false AND timeoutSeconds: 0, see
+ * design.md) and flow control pauses the socket while a message is handled.
+ */
+export class ReplicationStream {
+  private applied: Lsn = 0n;
+  private lastCommitEnd: Lsn = 0n;
+  private inTxn = false;
+  private chain: Promise<unknown> = Promise.resolve();
+  private service: LogicalReplicationService | null = null;
+  private stopping = false;
+  private running: Promise<void> | null = null;
+  private readonly log: Logger;
+  connected = false;
+
+  constructor(private readonly o: StreamOptions) {
+    this.log = o.log.child({ component: 'stream', slot: o.slot });
+  }
+
+  get appliedLsn(): Lsn {
+    return this.applied;
+  }
+
+  start(): void {
+    this.running ??= this.loop();
+  }
+
+  /** Drain: finish the message and batch in flight, commit, acknowledge, disconnect. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    const svc = this.service;
+    if (svc) {
+      await this.serial(() => this.flush()).catch((e) => this.log.warn({ err: e }, 'final flush failed; the work replays on restart'));
+      this.sendStatus(svc);
+      await svc.destroy().catch(() => undefined);
+    }
+    await this.running;
+  }
+
+  /** Ask the server for a keepalive now (it carries its current WAL end). */
+  ping(): void {
+    if (this.service && this.applied > 0n) void this.service.acknowledge(formatLsn(this.applied - 1n), true);
+  }
+
+  private async loop(): Promise<void> {
+    let attempt = 0;
+    while (!this.stopping) {
+      const started = Date.now();
+      try {
+        await this.session();
+      } catch (e) {
+        const lost = slotLostReason(e);
+        if (lost && !this.stopping) {
+          this.log.error({ reason: lost }, 'REPLICATION SLOT LOST: recreating it and restarting the sweep from block 0');
+          try {
+            await this.o.onSlotLost(lost);
+          } catch (e2) {
+            this.log.error({ err: e2 }, 'could not recreate the slot; will retry');
+          }
+        } else if (!this.stopping) {
+          this.log.warn({ err: e, code: (e as { code?: string }).code }, 'replication connection failed');
+        }
+      }
+      if (this.stopping) break;
+      if (Date.now() - started > 30_000) attempt = 0;
+      attempt++;
+      const waitMs = Math.min(this.o.maxBackoffMs ?? 30_000, 500 * 2 ** Math.min(attempt - 1, 10));
+      this.o.metrics.streamReconnects.inc();
+      this.log.info({ attempt, waitMs }, 'reconnecting to the replication slot');
+      await sleep(waitMs);
+    }
+  }
+
+  private async session(): Promise<void> {
+    this.o.writer.discard(); // anything unacknowledged replays from the slot
+    this.inTxn = false;
+    const svc = new LogicalReplicationService(
+      { connectionString: this.o.connectionString, application_name: 'pg-rekey-stream' },
+      { acknowledge: { auto: false, timeoutSeconds: 0 }, flowControl: { enabled: true } },
+    );
+    this.service = svc;
+    let fail!: (e: unknown) => void;
+    const failed = new Promise<never>((_, reject) => (fail = reject));
+    let broken = false;
+    const breakWith = (e: unknown) => {
+      if (!broken) {
+        broken = true;
+        fail(e);
+      }
+    };
+    svc.on('error', breakWith);
+    svc.on('start', () => {
+      this.connected = true;
+      this.o.metrics.streamConnected.set(1);
+      this.log.info({ applied: formatLsn(this.applied) }, 'streaming');
+    });
+    svc.on('data', async (_lsn: string, msg: Pgoutput.Message) => {
+      if (broken || this.stopping) return;
+      try {
+        await this.serial(() => this.onMessage(msg));
+      } catch (e) {
+        breakWith(e); // no later acknowledgement may pass this message
+      }
+    });
+    svc.on('heartbeat', (lsn: string, _ts: number, shouldRespond: boolean) => {
+      if (broken) return;
+      void this.serial(() => this.onKeepalive(svc, parseLsn(lsn), shouldRespond)).catch(breakWith);
+    });
+    const statusTimer = setInterval(() => !broken && this.sendStatus(svc), STATUS_INTERVAL_MS);
+    const flushTimer = setInterval(() => {
+      if (!broken && this.o.writer.due()) void this.serial(() => this.flush()).catch(breakWith);
+    }, Math.max(10, Math.floor(this.o.writer.limits.maxDelayMs / 2)));
+    try {
+      // Resolves when the connection ends; rejects on a server error.
+      const sub = svc.subscribe(new RawTextPgoutput({ protoVersion: 1, publicationNames: [this.o.publication] }), this.o.slot);
+      await Promise.race([sub, failed]);
+      if (!this.stopping) throw new Error('replication connection closed by the server');
+    } finally {
+      broken = true;
+      clearInterval(statusTimer);
+      clearInterval(flushTimer);
+      this.connected = false;
+      this.o.metrics.streamConnected.set(0);
+      if (this.service === svc) this.service = null;
+      if (!this.stopping) await svc.destroy().catch(() => undefined);
+    }
+  }
+
+  private serial<T>(fn: () => Promise<T> | T): Promise<T> {
+    const p = this.chain.then(fn);
+    this.chain = p.catch(() => undefined);
+    return p;
+  }
+
+  private async onMessage(msg: Pgoutput.Message): Promise<void> {
+    switch (msg.tag) {
+      case 'begin':
+        this.inTxn = true;
+        return;
+      case 'insert':
+      case 'update': {
+        let rel = this.o.relations().get(msg.relation.schema, msg.relation.name);
+        if (!rel && this.o.onUnknownRelation && (await this.o.onUnknownRelation(msg.relation.schema, msg.relation.name))) {
+          rel = this.o.relations().get(msg.relation.schema, msg.relation.name);
+        }
+        if (!rel) return;
+        const d = planRowWork(msg.new, rel, this.o.ring);
+        if (d.kind === 'no-key') {
+          this.log.warn({ relation: `${msg.relation.schema}.${msg.relation.name}`, missing: d.missing }, 'change without its key columns; the sweep will cover this row');
+        } else if (d.kind === 'work') {
+          this.o.writer.add(rel, d);
+          if (this.o.writer.due()) await this.flush();
+        }
+        return;
+      }
+      case 'commit':
+        this.inTxn = false;
+        this.lastCommitEnd = parseLsn(msg.commitEndLsn!);
+        if (this.o.writer.size === 0) this.advance(this.lastCommitEnd);
+        return;
+      default:
+        return; // delete, truncate, relation, type, origin, message: nothing to rewrite
+    }
+  }
+
+  private async flush(): Promise<void> {
+    if (this.o.writer.size > 0) {
+      const r = await this.o.writer.flush();
+      for (const [table, n] of r.rewritten) this.o.metrics.rewrites.inc({ source: 'stream', table }, n);
+      for (const [table, n] of r.quarantined) {
+        this.o.metrics.quarantined.inc({ source: 'stream', table }, n);
+        this.log.warn({ table, quarantined: n }, 'values could not be rewritten; recorded in pgrekey.quarantine and left untouched');
+      }
+      if (r.conflicts) this.o.metrics.casConflicts.inc({ source: 'stream' }, r.conflicts);
+    }
+    // Everything handled before this point is now committed.
+    this.advance(this.lastCommitEnd);
+  }
+
+  private onKeepalive(svc: LogicalReplicationService, walEnd: Lsn, shouldRespond: boolean): void {
+    // Idle (nothing pending, no open transaction, nothing queued in the
+    // library): every change before walEnd has been handled, so the slot may
+    // move past WAL that held nothing for us.
+    const lib = svc as unknown as { _messageQueue: unknown[]; _processing: boolean };
+    if (this.o.writer.size === 0 && !this.inTxn && lib._messageQueue.length === 0 && !lib._processing) this.advance(walEnd);
+    if (shouldRespond) this.sendStatus(svc);
+  }
+
+  private advance(lsn: Lsn): void {
+    if (lsn <= this.applied) return;
+    this.applied = maxLsn(this.applied, lsn);
+    this.o.metrics.streamAppliedLsn.set(Number(this.applied));
+  }
+
+  /** Reports `applied` as written/flushed/applied. The library adds 1 to what it is given. */
+  private sendStatus(svc: LogicalReplicationService): void {
+    if (this.applied > 0n) void svc.acknowledge(formatLsn(this.applied - 1n)).catch(() => undefined);
+  }
+}
