@@ -25,7 +25,7 @@ test-integration: build
 	PG_REKEY_TEST_PG_MAJOR=14 npx vitest run --project integration
 
 demo: node_modules build
-	node demo/run-demo.mjs
+	node --import tsx demo/demo.ts
 
 bench: node_modules build
 	node bench/run.mjs
