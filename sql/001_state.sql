@@ -1,7 +1,8 @@
--- pg-rekey state, in its own schema. Applied once by `pg-rekey setup`.
+-- pg-rekey state, in its own schema pgrekey (not pg_rekey: PostgreSQL reserves
+-- the pg_ prefix for system schemas). Applied once by `pg-rekey setup`.
 -- No table here ever holds a stored value, a plaintext or a key.
 
-create table if not exists pg_rekey.sweep_segment (
+create table if not exists pgrekey.sweep_segment (
   -- Configured table (as written in the config, schema-qualified) and the
   -- leaf relation actually scanned (the table itself, or one partition).
   table_name     text   not null,
@@ -30,7 +31,7 @@ create table if not exists pg_rekey.sweep_segment (
   primary key (relation, segment_start)
 );
 
-create table if not exists pg_rekey.quarantine (
+create table if not exists pgrekey.quarantine (
   table_name   text   not null,
   column_name  text   not null,
   -- The row's key columns as JSON (primary key or replica identity index).
@@ -47,7 +48,7 @@ create table if not exists pg_rekey.quarantine (
   primary key (table_name, column_name, row_key)
 );
 
-create table if not exists pg_rekey.run (
+create table if not exists pgrekey.run (
   id             bigserial primary key,
   command        text not null,
   target_version integer,

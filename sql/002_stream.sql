@@ -1,6 +1,6 @@
 -- Replication slot history and the running daemon's state.
 
-create table if not exists pg_rekey.slot_event (
+create table if not exists pgrekey.slot_event (
   id         bigserial primary key,
   slot_name  text not null,
   event      text not null check (event in ('created', 'recreated', 'dropped')),
@@ -10,7 +10,7 @@ create table if not exists pg_rekey.slot_event (
 );
 
 -- One row per slot, written by `pg-rekey run` every few seconds; read by `status`.
-create table if not exists pg_rekey.daemon (
+create table if not exists pgrekey.daemon (
   slot_name      text primary key,
   host           text,
   pid            integer,

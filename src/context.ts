@@ -28,6 +28,6 @@ export async function openContext(flags: GlobalFlags, opts: { poolSize?: number 
 
 export async function requireState(pool: pg.Pool): Promise<void> {
   if (!(await stateIsCurrent(pool))) {
-    throw new ConfigError('the pg_rekey state schema is missing or out of date', 'run `pg-rekey setup` first (it is idempotent)');
+    throw new ConfigError('the pgrekey state schema is missing or out of date', 'run `pg-rekey setup` first (it is idempotent)');
   }
 }

@@ -7,7 +7,7 @@ import type { TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { isRetryable } from '../db/connect.js';
 import { RuntimeFailure } from '../errors.js';
-import { ensureSegment, advanceSegment, restartSegments, type ChunkCounts } from '../state/segments.js';
+import { ensureSegment, advanceSegment, restartSegments, rewindSegment, type ChunkCounts } from '../state/segments.js';
 import { clearQuarantine, countQuarantine, recordQuarantine } from '../state/quarantine.js';
 import { planChunk } from './chunk-plan.js';
 import { evaluateRows, mergeCounts, suspectWrongKey, type ScannedRow } from './evaluate-rows.js';
@@ -48,19 +48,50 @@ const MAX_CHUNK_RETRIES = 10;
  */
 export async function sweepTables(pool: pg.Pool, tables: TableInfo[], opts: SweepOptions): Promise<RelationResult[]> {
   const results: RelationResult[] = [];
-  const opened = new Map<number, number>();
-  const macFailures = new Map<number, number>();
+  const guard: KeyGuard = { opened: new Map(), macFailures: new Map(), firstFailure: new Map() };
   if (opts.restart && !opts.dryRun) {
     await restartSegments(pool, tables.flatMap((t) => t.leaves.map(displayName)));
-    for (const t of tables) await pool.query(`delete from pg_rekey.quarantine where table_name = $1 and source = 'sweep'`, [t.display]);
+    for (const t of tables) await pool.query(`delete from pgrekey.quarantine where table_name = $1 and source = 'sweep'`, [t.display]);
   }
   for (const table of tables) {
     for (const leaf of table.leaves) {
       if (opts.signal?.aborted) return results;
-      results.push(await sweepRelation(pool, table, leaf, opts, opened, macFailures));
+      try {
+        results.push(await sweepRelation(pool, table, leaf, opts, guard));
+      } catch (e) {
+        // Values of this version quarantined in chunks already checkpointed would never be
+        // read again after the key is fixed: move those relations back to their first failure.
+        if (e instanceof WrongKeyError && !opts.dryRun) {
+          for (const [rel, block] of guard.firstFailure.get(e.version) ?? []) await rewindSegment(pool, rel, block);
+        }
+        throw e;
+      }
     }
   }
   return results;
+}
+
+/** Per version, across the whole sweep: values opened, MAC failures, and where failures began. */
+interface KeyGuard {
+  opened: Map<number, number>;
+  macFailures: Map<number, number>;
+  /** version -> relation -> first chunk start block with a MAC failure while no value of that version had opened. */
+  firstFailure: Map<number, Map<string, number>>;
+}
+
+class WrongKeyError extends RuntimeFailure {
+  constructor(
+    readonly version: number,
+    failed: number,
+    relation: string,
+  ) {
+    const label = versionLabel(version);
+    super(
+      `wrong key for ${label}? the first ${failed} ${label} values read (in ${relation}) all failed to decrypt, none succeeded; stopped`,
+      `check that the ${label} key variable holds the key the application used for ${label}; nothing was written for the failing chunk, ` +
+        `and the next run resumes from before the first ${label} value that failed (entries already in the quarantine are cleared when those values are rewritten)`,
+    );
+  }
 }
 
 async function sweepRelation(
@@ -68,8 +99,7 @@ async function sweepRelation(
   table: TableInfo,
   leaf: QualifiedName,
   opts: SweepOptions,
-  opened: Map<number, number>,
-  macFailures: Map<number, number>,
+  guard: KeyGuard,
 ): Promise<RelationResult> {
   const relation = displayName(leaf);
   const log = opts.log.child({ component: 'sweep', table: table.display, relation });
@@ -97,25 +127,26 @@ async function sweepRelation(
   const started = Date.now();
   opts.progress.start(relation, next);
   for (;;) {
+    // The throttle hook may wait a long time: a stop requested meanwhile must not start another chunk.
+    if (!opts.signal?.aborted) await opts.beforeChunk?.();
     if (opts.signal?.aborted) {
       log.info({ nextBlock: next }, 'interrupted; the next run resumes here');
       break;
     }
-    await opts.beforeChunk?.();
     const chunkStarted = Date.now();
-    const { total, range, counts } = await withRetries(log, () =>
+    const { total, range, counts, plan } = await withRetries(log, () =>
       inTransaction(pool, dry, opts.settings, async (client) => {
         const total = Number((await client.query<{ blocks: string }>(RELATION_BLOCKS_SQL, [quoteQualified(leaf)])).rows[0]!.blocks);
         const range = planChunk(next, total, opts.settings.chunkBlocks);
         const rows = await client.query({ text: selectChunkSql(leaf, columns, table.keyColumns, range), values: selectArgs(range.start, range.end), rowMode: 'array' });
         const scanned: ScannedRow[] = rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, rowKey: r[1] as Record<string, string | null>, values: r.slice(2) as (string | null)[] }));
         const plan = evaluateRows(scanned, columns, opts.ring, { onlyVersions: opts.onlyVersions });
-        const okSoFar = new Map(opened);
-        const badSoFar = new Map(macFailures);
+        const okSoFar = new Map(guard.opened);
+        const badSoFar = new Map(guard.macFailures);
         mergeCounts(okSoFar, plan.opened);
         mergeCounts(badSoFar, plan.macFailures);
         const suspect = suspectWrongKey(okSoFar, badSoFar, opts.settings.wrongKeyThreshold);
-        if (suspect !== null) throw wrongKeyError(suspect, badSoFar.get(suspect)!, relation);
+        if (suspect !== null) throw new WrongKeyError(suspect, badSoFar.get(suspect)!, relation);
         let written = plan.rewrittenKeys;
         if (!dry && plan.ctids.length > 0) {
           const params: unknown[] = [plan.ctids];
@@ -131,11 +162,18 @@ async function sweepRelation(
           if (hadQuarantine) await clearQuarantine(client, table.display, written);
           await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts);
         }
-        mergeCounts(opened, plan.opened);
-        mergeCounts(macFailures, plan.macFailures);
-        return { total, range, counts };
+        return { total, range, counts, plan };
       }),
     );
+    // Only after the commit: a retried chunk must not count twice.
+    mergeCounts(guard.opened, plan.opened);
+    mergeCounts(guard.macFailures, plan.macFailures);
+    for (const version of plan.macFailures.keys()) {
+      if ((guard.opened.get(version) ?? 0) > 0) continue;
+      const first = guard.firstFailure.get(version) ?? new Map<string, number>();
+      if (!first.has(relation)) first.set(relation, range.start);
+      guard.firstFailure.set(version, first);
+    }
     result.chunks++;
     result.blocks = total;
     result.scanned += counts.scanned;
@@ -143,7 +181,7 @@ async function sweepRelation(
     result.rewritten += counts.rewritten;
     result.conflicts += counts.conflicts;
     result.quarantined += counts.quarantined;
-    if (counts.quarantined > 0) log.warn({ quarantined: counts.quarantined, block: range.start }, 'values could not be rewritten; recorded in pg_rekey.quarantine and left untouched');
+    if (counts.quarantined > 0) log.warn({ quarantined: counts.quarantined, block: range.start }, 'values could not be rewritten; recorded in pgrekey.quarantine and left untouched');
     next = range.end ?? total;
     opts.progress.chunk(relation, { nextBlock: next, totalBlocks: total, ...result, elapsedMs: Date.now() - started });
     if (range.end === null) break;
@@ -151,14 +189,6 @@ async function sweepRelation(
   }
   opts.progress.finish(relation, result);
   return result;
-}
-
-function wrongKeyError(version: number, failed: number, relation: string): RuntimeFailure {
-  const label = versionLabel(version);
-  return new RuntimeFailure(
-    `wrong key for ${label}? the first ${failed} ${label} values read (in ${relation}) all failed to decrypt, none succeeded; stopped before quarantining them`,
-    `check that the ${label} key variable holds the key the application used for ${label}; nothing was written for this chunk, and the sweep resumes from its last checkpoint`,
-  );
 }
 
 async function inTransaction<T>(pool: pg.Pool, readOnly: boolean, s: SweepSettings, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {

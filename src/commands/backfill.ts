@@ -96,6 +96,6 @@ function renderBackfill(results: RelationResult[], s: ReturnType<typeof summariz
   );
   const lines = [table, `${s.dryRun ? 'dry run, nothing written: ' : ''}${s.rewritten} value(s) ${verb} to ${s.target}`];
   if (s.conflicts) lines.push(`${s.conflicts} row(s) changed under the sweep (CAS conflict): their new versions are left to the stream / the next sweep`);
-  if (s.quarantined) lines.push(`${s.quarantined} value(s) could not be rewritten and were left untouched: see \`pg-rekey status\` and pg_rekey.quarantine`);
+  if (s.quarantined) lines.push(`${s.quarantined} value(s) could not be rewritten and were left untouched: see \`pg-rekey status\` and pgrekey.quarantine`);
   return lines.join('\n');
 }

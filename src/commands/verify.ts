@@ -49,6 +49,6 @@ export function renderVerify(r: VerifyReport): string {
   const verdict = r.converged
     ? `converged: every value is at ${r.target} (or not ours); the old key(s) are no longer needed by these columns`
     : `NOT converged: ${r.remaining} value(s) are not at ${r.target}` +
-      (r.quarantined ? `; ${r.quarantined} are quarantined (see \`pg-rekey status\` and pg_rekey.quarantine)` : '; run `pg-rekey backfill`');
+      (r.quarantined ? `; ${r.quarantined} are quarantined (see \`pg-rekey status\` and pgrekey.quarantine)` : '; run `pg-rekey backfill`');
   return `target ${r.target}\n${table}\n${verdict}`;
 }

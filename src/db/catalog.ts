@@ -6,7 +6,7 @@ import { displayName, quoteQualified, type QualifiedName } from './ident.js';
 /** A configured table as found in the catalog. */
 export interface TableInfo {
   config: TableConfig;
-  /** schema.table for humans and for pg_rekey state rows. */
+  /** schema.table for humans and for pgrekey state rows. */
   display: string;
   /** "schema"."table" for SQL text. */
   quoted: string;

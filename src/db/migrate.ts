@@ -4,7 +4,9 @@ import type pg from 'pg';
 
 /** sql/NNN_name.sql, shipped next to dist/ in the package. */
 const SQL_DIR = fileURLToPath(new URL('../../sql/', import.meta.url));
-export const STATE_SCHEMA = 'pg_rekey';
+// Not "pg_rekey": PostgreSQL reserves the pg_ prefix for system schemas
+// (CREATE SCHEMA pg_rekey fails with "unacceptable schema name").
+export const STATE_SCHEMA = 'pgrekey';
 // Any constant works; it only has to be the same for every pg-rekey process.
 const MIGRATION_LOCK = 0x70677265; // "pgre"
 

@@ -26,27 +26,37 @@ const COLUMNS = `table_name as "tableName", relation, segment_start::float8 as "
   rows_quarantined::float8 as "rowsQuarantined", started_at as "startedAt", updated_at as "updatedAt", finished_at as "finishedAt"`;
 
 export async function listSegments(db: pg.Pool | pg.ClientBase): Promise<Segment[]> {
-  return (await db.query<Segment>(`select ${COLUMNS} from pg_rekey.sweep_segment order by table_name, relation, segment_start`)).rows;
+  return (await db.query<Segment>(`select ${COLUMNS} from pgrekey.sweep_segment order by table_name, relation, segment_start`)).rows;
 }
 
 /** Returns the segment of a relation, creating it at block 0 if new. */
 export async function ensureSegment(db: pg.Pool | pg.ClientBase, tableName: string, relation: string): Promise<Segment> {
   await db.query(
-    `insert into pg_rekey.sweep_segment (table_name, relation) values ($1, $2) on conflict (relation, segment_start) do nothing`,
+    `insert into pgrekey.sweep_segment (table_name, relation) values ($1, $2) on conflict (relation, segment_start) do nothing`,
     [tableName, relation],
   );
-  return (await db.query<Segment>(`select ${COLUMNS} from pg_rekey.sweep_segment where relation = $1 and segment_start = 0`, [relation])).rows[0]!;
+  return (await db.query<Segment>(`select ${COLUMNS} from pgrekey.sweep_segment where relation = $1 and segment_start = 0`, [relation])).rows[0]!;
 }
 
 /** Starts a relation over from block 0 in a new generation (--restart, slot recreated). */
 export async function restartSegments(db: pg.Pool | pg.ClientBase, relations?: string[]): Promise<void> {
   await db.query(
-    `update pg_rekey.sweep_segment
+    `update pgrekey.sweep_segment
         set next_block = segment_start, state = 'pending', generation = generation + 1, chunks = 0,
             rows_scanned = 0, rows_rewritten = 0, rows_conflict = 0, rows_quarantined = 0,
             started_at = null, finished_at = null, updated_at = now()
       where $1::text[] is null or relation = any($1::text[])`,
     [relations ?? null],
+  );
+}
+
+/** Moves a relation's checkpoint back to `block` (if it is past it), to be swept again from there. */
+export async function rewindSegment(db: pg.Pool | pg.ClientBase, relation: string, block: number): Promise<void> {
+  await db.query(
+    `update pgrekey.sweep_segment
+        set next_block = least(next_block, $2), state = 'running', finished_at = null, updated_at = now()
+      where relation = $1 and segment_start = 0 and next_block > $2`,
+    [relation, block],
   );
 }
 
@@ -67,7 +77,7 @@ export async function advanceSegment(
   c: ChunkCounts,
 ): Promise<void> {
   await db.query(
-    `update pg_rekey.sweep_segment
+    `update pgrekey.sweep_segment
         set next_block = $2, total_blocks = $3, state = case when $4 then 'done' else 'running' end,
             chunks = chunks + 1, rows_scanned = rows_scanned + $5, rows_rewritten = rows_rewritten + $6,
             rows_conflict = rows_conflict + $7, rows_quarantined = rows_quarantined + $8,

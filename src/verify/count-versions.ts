@@ -13,7 +13,7 @@ export interface ColumnCounts {
   nulls: number;
   /** Values of any version other than the target (quarantined ones included). */
   nonTarget: number;
-  /** Entries in pg_rekey.quarantine for this column (null when setup has not run). */
+  /** Entries in pgrekey.quarantine for this column (null when setup has not run). */
   quarantined: number | null;
 }
 
@@ -45,7 +45,7 @@ export async function countVersions(db: pg.Pool, tables: TableInfo[], target: nu
     }
     if (withQuarantine) {
       const q = await db.query<{ column_name: string; n: number }>(
-        `select column_name, count(*)::float8 as n from pg_rekey.quarantine where table_name = $1 group by 1`,
+        `select column_name, count(*)::float8 as n from pgrekey.quarantine where table_name = $1 group by 1`,
         [table.display],
       );
       for (const a of acc) a.quarantined = q.rows.find((r) => r.column_name === a.column)?.n ?? 0;
