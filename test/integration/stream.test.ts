@@ -30,6 +30,8 @@ afterAll(async () => {
 describe('pg-rekey run', () => {
   it('rewrites a new v1 INSERT to v2 within a bounded time, leaves v2, unconfigured columns and tables alone', async () => {
     daemon = await startDaemon(files);
+    // The sweep of the (empty) table must be over, so what follows is the stream's work alone.
+    await daemon.proc.waitForLine(/sweep complete for every configured table/);
     const v2 = encryptValue(Buffer.from('already new'), 2, ring);
     const v1note = encryptValue(Buffer.from('note stays v1'), 1, ring);
     await db.pool.query(`insert into incidents (id, title, note) values (1, $1, $2), (2, $3, null)`, [encryptValue(Buffer.from('fresh v1 write'), 1, ring), v1note, v2]);
@@ -42,7 +44,7 @@ describe('pg-rekey run', () => {
     expect(rows[1].title).toBe(v2);
     expect((await db.pool.query(`select title from other`)).rows[0].title).toBe(v1note);
     const metrics = await (await fetch(`${daemon.httpUrl}/metrics`)).text();
-    expect(metrics).toMatch(/pg_rekey_rewrites_total\{source="stream",table="public.incidents"\} 1/);
+    expect(metrics, metrics.split("\n").filter((l) => l.startsWith("pg_rekey_rewrites")).join("\n")).toMatch(/pg_rekey_rewrites_total\{source="stream",table="public.incidents"\} 1/);
     expect((await fetch(`${daemon.httpUrl}/readyz`)).status).toBe(200);
   });
 

@@ -35,6 +35,8 @@ export async function createTestDatabase(prefix: string): Promise<TestDatabase> 
   const name = `${clean}_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`;
   await withAdmin((c) => c.query(`CREATE DATABASE ${c.escapeIdentifier(name)}`));
   const pool = new pg.Pool({ connectionString: databaseUrl(name), max: 5 });
+  // Idle clients are terminated when a test restarts or drops things; without a listener that kills the worker.
+  pool.on('error', () => undefined);
   return {
     name,
     url: databaseUrl(name),
