@@ -13,9 +13,10 @@ export interface Context {
   close(): Promise<void>;
 }
 
-export async function openContext(flags: GlobalFlags, opts: { poolSize?: number } = {}): Promise<Context> {
+export async function openContext(flags: GlobalFlags, opts: { poolSize?: number; defaultLogLevel?: 'info' | 'warn' } = {}): Promise<Context> {
   const config = loadConfig(flags);
-  const log = createLogger(config.logLevel);
+  // One-shot commands print their result on stdout; their info lines would only repeat it.
+  const log = createLogger(config.logLevel ?? opts.defaultLogLevel ?? 'warn');
   const pool = createPool({ connectionString: config.connectionString, max: opts.poolSize });
   try {
     await checkConnection(pool, config.connectionSource);

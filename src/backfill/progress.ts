@@ -69,10 +69,18 @@ export class LogProgress implements ProgressSink {
   }
 }
 
+/** Pads or shortens a relation name to a fixed column, keeping its end (the table name). */
+function fit(relation: string, width = 32): string {
+  return relation.length <= width ? relation.padEnd(width) : `…${relation.slice(relation.length - width + 1)}`;
+}
+
 /** One redrawn line per relation on a terminal (stderr). */
 export class TtyProgress implements ProgressSink {
   private readonly startBlock = new Map<string, number>();
-  constructor(private readonly out: NodeJS.WriteStream = process.stderr) {}
+  constructor(
+    private readonly verb = 'rewritten',
+    private readonly out: NodeJS.WriteStream = process.stderr,
+  ) {}
 
   start(relation: string, nextBlock: number): void {
     this.startBlock.set(relation, nextBlock);
@@ -84,13 +92,13 @@ export class TtyProgress implements ProgressSink {
     const filled = Math.round((pct / 100) * width);
     const eta = etaSeconds(this.startBlock.get(relation) ?? 0, p);
     this.out.write(
-      `\r${relation.padEnd(28).slice(0, 28)} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${pct.toFixed(1).padStart(5)}%` +
-        `  ${p.rewritten} rewritten  ${rate(p)}/s  ETA ${eta === null ? '?' : `${eta}s`}   `,
+      `\r${fit(relation)} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${pct.toFixed(1).padStart(5)}%` +
+        `  ${p.rewritten} ${this.verb}  ${rate(p)}/s  ETA ${eta === null ? '?' : `${eta}s`}   `,
     );
   }
 
   finish(relation: string, p: Parameters<ProgressSink['finish']>[1]): void {
-    this.out.write(`\r${relation.padEnd(28).slice(0, 28)} done: ${p.rewritten} rewritten, ${p.conflicts} CAS conflicts, ${p.quarantined} quarantined${' '.repeat(20)}\n`);
+    this.out.write(`\r${fit(relation)} done: ${p.rewritten} ${this.verb}, ${p.conflicts} CAS conflicts, ${p.quarantined} quarantined${' '.repeat(20)}\n`);
   }
 }
 

@@ -5,7 +5,7 @@ import { versionLabel } from '../crypto/envelope.js';
 import type { SweepSettings } from '../config/load-config.js';
 import type { TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js';
-import { isRetryable } from '../db/connect.js';
+import { checkout, isRetryable } from '../db/connect.js';
 import { RuntimeFailure } from '../errors.js';
 import { ensureSegment, advanceSegment, restartSegments, rewindSegment, type ChunkCounts } from '../state/segments.js';
 import { clearQuarantine, countQuarantine, recordQuarantine } from '../state/quarantine.js';
@@ -192,7 +192,7 @@ async function sweepRelation(
 }
 
 async function inTransaction<T>(pool: pg.Pool, readOnly: boolean, s: SweepSettings, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
+  const client = await checkout(pool);
   try {
     await client.query(readOnly ? 'begin read only' : 'begin');
     // set_config(..., true) is SET LOCAL with the value as a parameter.

@@ -37,7 +37,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
   const ring = loadKeyRing({ env: process.env, envFile: flags.envFile });
   const onlyVersions = parseFrom(opts.from, ring);
   await initSodium();
-  const ctx = await openContext(flags, { poolSize: 2 });
+  const ctx = await openContext(flags, { poolSize: 2, defaultLogLevel: 'info' });
   const abort = new AbortController();
   const stopSignals = onShutdownSignals(ctx.log, () => abort.abort());
   let runId: number | null = null;
@@ -53,7 +53,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
       restart: opts.restart,
       onlyVersions,
       signal: abort.signal,
-      progress: tty ? new TtyProgress() : new LogProgress(ctx.log, ctx.config.sweep.progressIntervalMs),
+      progress: tty ? new TtyProgress(opts.dryRun ? 'would be rewritten' : 'rewritten') : new LogProgress(ctx.log, ctx.config.sweep.progressIntervalMs),
       log: ctx.log,
     });
     const summary = summarize(results, ring.target, opts.dryRun === true);
@@ -94,7 +94,7 @@ function renderBackfill(results: RelationResult[], s: ReturnType<typeof summariz
     ['relation', 'blocks', 'rows read', verb, 'CAS conflicts', s.dryRun ? 'would quarantine' : 'quarantined', 'note'],
     results.map((r) => [r.relation, r.blocks, r.scanned, r.rewritten, r.conflicts, r.quarantined, r.alreadyDone ? 'already done (--restart to redo)' : '']),
   );
-  const lines = [table, `${s.dryRun ? 'dry run, nothing written: ' : ''}${s.rewritten} value(s) ${verb} to ${s.target}`];
+  const lines = [table, `${s.dryRun ? 'dry run, nothing written: ' : ''}${s.rewritten} value(s) ${s.dryRun ? 'would be rewritten' : 'rewritten'} to ${s.target}`];
   if (s.conflicts) lines.push(`${s.conflicts} row(s) changed under the sweep (CAS conflict): their new versions are left to the stream / the next sweep`);
   if (s.quarantined) lines.push(`${s.quarantined} value(s) could not be rewritten and were left untouched: see \`pg-rekey status\` and pgrekey.quarantine`);
   return lines.join('\n');

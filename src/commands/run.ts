@@ -10,7 +10,7 @@ import { onShutdownSignals } from '../signals.js';
 export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?: boolean }): Promise<number> {
   const ring = loadKeyRing({ env: process.env, envFile: flags.envFile });
   await initSodium();
-  const ctx = await openContext(flags, { poolSize: 6 });
+  const ctx = await openContext(flags, { poolSize: 6, defaultLogLevel: 'info' });
   try {
     await requireState(ctx.pool);
     const tables = await resolveTables(ctx.pool, ctx.config.tables);

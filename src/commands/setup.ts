@@ -4,6 +4,7 @@ import { openContext } from '../context.js';
 import { resolveTables, type TableInfo } from '../db/catalog.js';
 import { displayName } from '../db/ident.js';
 import { migrate } from '../db/migrate.js';
+import { checkout } from '../db/connect.js';
 import { readServerFacts, replicationProblems, serverProblems } from '../db/server-checks.js';
 import { ConfigError, EXIT_OK } from '../errors.js';
 import { ensureSegment, restartSegments } from '../state/segments.js';
@@ -38,7 +39,7 @@ export async function setupCommand(flags: GlobalFlags): Promise<number> {
     if (problems.length) {
       throw new ConfigError(`setup found ${problems.length} problem(s); nothing was changed`, 'fix each problem listed, then run `pg-rekey setup` again', problems);
     }
-    const client = await ctx.pool.connect();
+    const client = await checkout(ctx.pool);
     let applied: string[];
     try {
       applied = await migrate(client);

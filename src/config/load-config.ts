@@ -43,6 +43,7 @@ export interface Config {
   sweep: SweepSettings;
   replication: { slot: string; publication: string };
   daemon: DaemonSettings;
+  /** undefined: the command's own default (see schema.ts). */
   logLevel: FileConfig['log_level'];
 }
 

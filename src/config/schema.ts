@@ -57,7 +57,8 @@ export const fileSchema = z.strictObject({
   sweep: sweepSchema.default(() => sweepSchema.parse({})),
   replication: replicationSchema.default(() => replicationSchema.parse({})),
   daemon: daemonSchema.default(() => daemonSchema.parse({})),
-  log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Unset: `run` and `backfill` log at info, one-shot commands (setup, verify, status, teardown) at warn. */
+  log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
 });
 
 export type FileConfig = z.infer<typeof fileSchema>;

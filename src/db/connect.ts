@@ -27,6 +27,24 @@ export function createPool(opts: ConnectOptions): pg.Pool {
   return pool;
 }
 
+/**
+ * Checks out a pool client that cannot crash the process: a connection lost
+ * while the client is checked out but between queries emits 'error' on the
+ * client, and an EventEmitter 'error' without a listener kills Node. The next
+ * query on it then fails normally and the caller's error path runs.
+ */
+export async function checkout(pool: pg.Pool): Promise<pg.PoolClient> {
+  const client = await pool.connect();
+  const ignore = () => undefined;
+  client.on('error', ignore);
+  const release = client.release.bind(client);
+  client.release = (err?: Error | boolean) => {
+    client.off('error', ignore);
+    release(err);
+  };
+  return client;
+}
+
 /** SQLSTATE classes that mean "try again later", never "give up". */
 const RETRYABLE = new Set([
   '40001', // serialization_failure

@@ -4,6 +4,7 @@ import type { KeyRing } from '../crypto/key-ring.js';
 import { rewriteValue } from '../crypto/rewrite.js';
 import { parseVersioned } from '../crypto/envelope.js';
 import { quoteIdent } from '../db/ident.js';
+import { checkout } from '../db/connect.js';
 import { recordQuarantine, type QuarantineEntry } from '../state/quarantine.js';
 import { keyMatchSql, type StreamRelation } from './relation-map.js';
 import type { RowWork } from './rewrite-plan.js';
@@ -86,7 +87,7 @@ export class StreamWriter {
     const result: FlushResult = { rewritten: new Map(), quarantined: new Map(), conflicts: 0 };
     if (this.rows === 0) return result;
     const batches = [...this.pending.values()];
-    const client = await this.pool.connect();
+    const client = await checkout(this.pool);
     try {
       await client.query('begin');
       for (const b of batches) await this.flushRelation(client, b, result);

@@ -37,7 +37,7 @@ describe('loadConfig', () => {
     expect(c.replication).toEqual({ slot: 'pg_rekey', publication: 'pg_rekey' });
     expect(c.connectionString).toBeUndefined();
     expect(c.connectionSource).toBe('PG* variables');
-    expect(c.logLevel).toBe('info');
+    expect(c.logLevel).toBeUndefined(); // each command picks its default
     expect(Object.isFrozen(c.sweep) && Object.isFrozen(c.tables[0])).toBe(true);
   });
 
