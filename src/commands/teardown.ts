@@ -42,18 +42,28 @@ export async function teardownCommand(flags: GlobalFlags, opts: { force?: boolea
       if (!(await readSlot(ctx.pool, slot)).exists) return true;
       throw e;
     });
-    const pub = await ctx.pool.query(`select 1 from pg_publication where pubname = $1`, [publication]);
-    if (pub.rowCount) await ctx.pool.query(`drop publication ${quoteIdent(publication)}`);
+    const pub = await ctx.pool.query<{ owner: string; mine: boolean }>(
+      `select pg_get_userbyid(pubowner) as owner, pg_has_role(pubowner, 'USAGE') as mine from pg_publication where pubname = $1`,
+      [publication],
+    );
+    const pubRow = pub.rows[0];
+    // A least-privilege role (sql/roles.sql) does not own the publication its DBA made.
+    if (pubRow?.mine) await ctx.pool.query(`drop publication ${quoteIdent(publication)}`);
     let stateDropped = false;
     if (opts.dropState && (await stateIsCurrent(ctx.pool).catch(() => false))) {
       await ctx.pool.query(`drop schema ${STATE_SCHEMA} cascade`);
       stateDropped = true;
     }
-    log.info({ slot, dropped, publication: pub.rowCount ? 'dropped' : 'absent', stateDropped }, 'teardown complete');
+    const pubLine = !pubRow
+      ? `no publication ${publication} (already gone)`
+      : pubRow.mine
+        ? `dropped publication ${publication}`
+        : `kept publication ${publication}: it is owned by ${pubRow.owner}; as that role run DROP PUBLICATION ${quoteIdent(publication)}`;
+    log.info({ slot, dropped, publication: pubLine, stateDropped }, 'teardown complete');
     process.stdout.write(
       [
         dropped ? `dropped replication slot ${slot}` : `no replication slot ${slot} (already gone)`,
-        pub.rowCount ? `dropped publication ${publication}` : `no publication ${publication} (already gone)`,
+        pubLine,
         stateDropped ? `dropped schema ${STATE_SCHEMA}` : opts.dropState ? `no schema ${STATE_SCHEMA}` : `kept schema ${STATE_SCHEMA} (history, quarantine); --drop-state removes it`,
         'teardown complete',
       ].join('\n') + '\n',

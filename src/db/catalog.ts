@@ -76,15 +76,18 @@ export async function resolveTables(db: pg.Pool | pg.ClientBase, tables: readonl
       }
     }
     const key = await findKey(db, cls, name, problems);
+    // Table-level SELECT (the sweep reads ctid, a system column that column grants
+    // do not cover); UPDATE only on the configured columns is enough.
+    const present = t.columns.filter((c) => cols.has(c));
     const privs = (
-      await db.query<{ sel: boolean; upd: boolean }>(
-        `select has_table_privilege($1::oid, 'SELECT') as sel, has_table_privilege($1::oid, 'UPDATE') as upd`,
-        [cls.oid],
+      await db.query<{ sel: boolean; upd: string[] }>(
+        `select has_table_privilege($1::oid, 'SELECT') as sel,
+                array(select c from unnest($2::text[]) c where not has_column_privilege($1::oid, c, 'UPDATE')) as upd`,
+        [cls.oid, present],
       )
     ).rows[0]!;
-    if (!privs.sel || !privs.upd) {
-      problems.push(`${name}: this role lacks ${[!privs.sel && 'SELECT', !privs.upd && 'UPDATE'].filter(Boolean).join(' and ')}; see sql/roles.sql`);
-    }
+    if (!privs.sel) problems.push(`${name}: this role lacks SELECT on the table (GRANT SELECT ON ${name} TO ...); see sql/roles.sql`);
+    if (privs.upd.length) problems.push(`${name}: this role lacks UPDATE on column(s) ${privs.upd.join(', ')} (GRANT UPDATE (${privs.upd.join(', ')}) ON ${name} TO ...); see sql/roles.sql`);
     const leaves =
       cls.relkind === 'p'
         ? (

@@ -32,7 +32,10 @@ export async function migrate(client: pg.ClientBase): Promise<string[]> {
   const applied: string[] = [];
   await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK]);
   try {
-    await client.query(`create schema if not exists ${STATE_SCHEMA}`);
+    // CREATE SCHEMA IF NOT EXISTS still needs CREATE on the database; a least-privilege
+    // role gets the schema made for it (sql/roles.sql), so only create when missing.
+    const exists = (await client.query(`select to_regnamespace($1) is not null as e`, [STATE_SCHEMA])).rows[0].e as boolean;
+    if (!exists) await client.query(`create schema ${STATE_SCHEMA}`);
     await client.query(
       `create table if not exists ${STATE_SCHEMA}.migration (id integer primary key, name text not null, applied_at timestamptz not null default now())`,
     );
