@@ -229,12 +229,15 @@ export function writeCliFiles(opts: {
   databaseUrl?: string;
   tables: { name: string; columns: string[] }[];
   sweep?: Record<string, unknown>;
+  /** Slot names are cluster-wide: give each test database its own. */
+  replication?: { slot: string; publication?: string };
   env?: Record<string, string>;
 }): CliFiles {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'pg-rekey-cli-'));
   const doc: Record<string, unknown> = { tables: opts.tables };
   if (opts.databaseUrl) doc.database = opts.databaseUrl;
   if (opts.sweep) doc.sweep = opts.sweep;
+  if (opts.replication) doc.replication = opts.replication;
   const configPath = path.join(dir, 'pg-rekey.yaml');
   writeFileSync(configPath, stringify(doc));
   const envPath = path.join(dir, '.env.local');
