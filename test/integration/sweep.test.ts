@@ -227,6 +227,26 @@ describe('sweep', () => {
     expect(await segment('public.resume')).toMatchObject({ state: 'done', generation: 2, rows_rewritten: '0', next_block: String(grown) });
   });
 
+  it('sweeps every leaf partition of a partitioned table', async () => {
+    await db.pool.query(`create table calls (id bigint, region int, title text, raw_xml text, primary key (region, id)) partition by list (region)`);
+    await db.pool.query(`create table calls_a partition of calls for values in (1)`);
+    await db.pool.query(`create table calls_b partition of calls for values in (2, 3) partition by list (region)`);
+    await db.pool.query(`create table calls_b3 partition of calls_b for values in (3)`);
+    await db.pool.query(`create table calls_b2 partition of calls_b for values in (2)`);
+    const values = Array.from({ length: 300 }, (_, i) => encryptValue(Buffer.from(`call ${i}`), (i % 3) + 1 === 2 ? 2 : 1, ring));
+    await db.pool.query(`insert into calls (id, region, title) select i, i % 3 + 1, v from unnest($1::text[]) with ordinality u(v, i)`, [values]);
+    const [table] = await prepareSweep(db.pool, [{ schema: 'public', name: 'calls', columns: ['title'] }]);
+    expect(table!.leaves.map((l) => l.name)).toEqual(['calls_a', 'calls_b2', 'calls_b3']);
+    const results = await sweep([table!]);
+    expect(results.map((r) => [r.table, r.relation, r.rewritten])).toEqual([
+      ['public.calls', 'public.calls_a', 100],
+      ['public.calls', 'public.calls_b2', 100],
+      ['public.calls', 'public.calls_b3', 0], // every v2 value landed in region 3
+    ]);
+    const counts = await countVersions(db.pool, [table!], 2, true);
+    expect(counts[0]).toMatchObject({ byVersion: { v2: 300 }, nonTarget: 0 });
+  });
+
   it('sweeps a table and column with hostile names', async () => {
     const t: TableConfig = { schema: 'public', name: 'a"b; drop table x', columns: ['c"1; x'] };
     await db.pool.query(`create table "a""b; drop table x" (id int primary key, "c""1; x" text)`);
