@@ -8,6 +8,8 @@ import { statusCommand } from './commands/status.js';
 import { keygenCommand } from './commands/keygen.js';
 import { runCommand } from './commands/run.js';
 import { teardownCommand } from './commands/teardown.js';
+import { pauseCommand, resumeCommand, setCommand } from './commands/control.js';
+import { SETTING_NAMES } from './throttle/live-settings.js';
 
 const EXIT_CODES = `
 Exit codes:
@@ -123,9 +125,36 @@ Typical rotation:
 
   program
     .command('status')
-    .description('sweep progress per relation, quarantine summary and recent runs (reads pgrekey state only)')
+    .description('slot and stream lag, sweep progress per relation, throttle state, quarantine, recent runs')
     .option('--json', 'print the report as JSON on stdout')
+    .option('--watch [seconds]', 'refresh every N seconds (default 2) until Ctrl-C')
     .action(run((cmd) => statusCommand(globals(cmd), cmd.opts())));
+
+  program
+    .command('pause')
+    .description('pause the sweep of every running pg-rekey (run or backfill, any host); the stream keeps going')
+    .option('--reason <text>', 'shown in status and logs')
+    .action(run((cmd) => pauseCommand(globals(cmd), cmd.opts())));
+
+  program
+    .command('resume')
+    .description('resume a paused sweep')
+    .action(run((cmd) => resumeCommand(globals(cmd))));
+
+  program
+    .command('set')
+    .description('change sweep and throttle settings of running pg-rekey processes without a restart')
+    .argument('[assignments...]', 'name=value pairs, e.g. chunk-time=50ms nice-ratio=0.5 max-replica-lag=2s')
+    .option('--reset', 'drop the named overrides (all without names): back to config values')
+    .option('--json', 'print overrides and effective settings as JSON')
+    .addHelpText(
+      'after',
+      `\nSettings: ${SETTING_NAMES.join(', ')}.\n` +
+        'Stored in pgrekey.setting; they win over flags, environment and the config file until reset.\n' +
+        'Running sweeps pick them up within throttle.check_interval. Without arguments: show what is in effect.\n' +
+        'Examples:\n  pg-rekey set chunk-time=50ms nice-ratio=1     # gentler during business hours\n  pg-rekey set --reset                          # back to the config file',
+    )
+    .action(run((cmd) => setCommand(globals(cmd), cmd.args, cmd.opts())));
 
   program
     .command('keygen')

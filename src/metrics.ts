@@ -11,6 +11,11 @@ export class Metrics {
   readonly casConflicts = new Counter({ name: 'pg_rekey_cas_conflicts_total', help: 'Rewrites skipped because the row changed first (compare-and-swap lost)', labelNames: ['source'] as const, registers: [this.registry] });
   readonly sweepBlocksDone = new Gauge({ name: 'pg_rekey_sweep_blocks_done', help: 'Heap blocks swept in the current generation', labelNames: ['relation'] as const, registers: [this.registry] });
   readonly sweepBlocksTotal = new Gauge({ name: 'pg_rekey_sweep_blocks_total', help: 'Heap blocks of the relation at the last chunk', labelNames: ['relation'] as const, registers: [this.registry] });
+  readonly sweepChunkBlocks = new Gauge({ name: 'pg_rekey_sweep_chunk_blocks', help: 'Current chunk size in blocks (sized to sweep.chunk_time)', labelNames: ['relation'] as const, registers: [this.registry] });
+  readonly sweepRowsPerSecond = new Gauge({ name: 'pg_rekey_sweep_rows_per_second', help: 'Recent sweep rewrite rate (EWMA)', labelNames: ['relation'] as const, registers: [this.registry] });
+  readonly sweepThrottled = new Gauge({ name: 'pg_rekey_sweep_throttled', help: '1 while the sweep is held back for this reason', labelNames: ['reason'] as const, registers: [this.registry] });
+  readonly sweepThrottledSeconds = new Counter({ name: 'pg_rekey_sweep_throttled_seconds_total', help: 'Time the sweep spent held back, by reason', labelNames: ['reason'] as const, registers: [this.registry] });
+  readonly sweepLockTimeouts = new Counter({ name: 'pg_rekey_sweep_lock_timeouts_total', help: 'Sweep chunks that hit lock_timeout and were retried later', registers: [this.registry] });
   readonly streamLagBytes = new Gauge({ name: 'pg_rekey_stream_lag_bytes', help: "Bytes of WAL between the server's current position and the last position the stream applied", registers: [this.registry] });
   readonly streamAppliedLsn = new Gauge({ name: 'pg_rekey_stream_applied_lsn', help: 'Last WAL position whose rewrites are committed, as a number', registers: [this.registry] });
   readonly streamConnected = new Gauge({ name: 'pg_rekey_stream_connected', help: '1 while the replication connection is streaming', registers: [this.registry] });

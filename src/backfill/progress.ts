@@ -10,13 +10,16 @@ export interface ChunkProgress {
   conflicts: number;
   quarantined: number;
   elapsedMs: number;
+  /** Size of the chunk just done, and the recent rewrite rate (EWMA). */
+  chunkBlocks?: number;
+  rowsPerSec?: number;
 }
 
 /** Where the sweep reports progress: a bar on a terminal, log lines otherwise. */
 export interface ProgressSink {
   start(relation: string, nextBlock: number): void;
   chunk(relation: string, p: ChunkProgress): void;
-  finish(relation: string, p: Omit<ChunkProgress, 'nextBlock' | 'totalBlocks' | 'elapsedMs'>): void;
+  finish(relation: string, p: Omit<ChunkProgress, 'nextBlock' | 'totalBlocks' | 'elapsedMs' | 'chunkBlocks' | 'rowsPerSec'>): void;
 }
 
 function rate(p: ChunkProgress): number {
@@ -57,7 +60,8 @@ export class LogProgress implements ProgressSink {
         blocks: p.totalBlocks,
         percent: Number(percentDone(p.nextBlock, p.totalBlocks).toFixed(1)),
         rewritten: p.rewritten,
-        rowsPerSec: rate(p),
+        chunkBlocks: p.chunkBlocks,
+        rowsPerSec: Math.round(p.rowsPerSec ?? rate(p)),
         etaSec: etaSeconds(this.startBlock.get(relation) ?? 0, p),
       },
       'sweep progress',

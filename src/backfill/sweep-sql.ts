@@ -46,18 +46,28 @@ export function selectChunkSql(leaf: QualifiedName, columns: readonly string[], 
  * version has another ctid, the CAS matches nothing, and the stream handles
  * the new version. Under READ COMMITTED a row updated while we wait for its
  * lock is re-checked against these conditions (EvalPlanQual), so the same holds.
- * $1 tid[], then per column ($old text[], $new text[]). Returns the ctids
- * (as read) of the rows written.
+ * $1 tid[], then per column ($old text[], $new text[]), then, with `range`,
+ * the chunk's block start (and end unless open-ended). Returns the ctids (as
+ * read) of the rows written.
+ *
+ * Pass the chunk's range: every ctid comes from it, and the bound lets the
+ * planner read only those blocks. With `ctid = any($1)` alone it prices each
+ * tid as a random page read and, for a few thousand tids on a table of up to
+ * some 100k blocks, picks a Seq Scan of the whole table for every chunk.
  */
-export function casUpdateSql(leaf: QualifiedName, columns: readonly string[]): string {
+export function casUpdateSql(leaf: QualifiedName, columns: readonly string[], range?: ChunkRange): string {
   const rel = quoteQualified(leaf);
   const names = columns.flatMap((_, i) => [`o${i}`, `n${i}`]);
   const arrays = columns.flatMap((_, i) => [`$${2 + 2 * i}::text[]`, `$${3 + 2 * i}::text[]`]);
   const sets = columns.map((c, i) => `${quoteIdent(c)} = coalesce(v.n${i}, t.${quoteIdent(c)})`).join(', ');
   const guards = columns.map((c, i) => `(v.n${i} is null or t.${quoteIdent(c)} = v.o${i})`).join(' and ');
+  const p = 2 + 2 * columns.length;
+  const bounds = !range
+    ? ''
+    : `t.ctid >= format('(%s,0)', $${p}::bigint)::tid and ` + (range.end === null ? '' : `t.ctid < format('(%s,0)', $${p + 1}::bigint)::tid and `);
   return `update only ${rel} as t set ${sets}
   from unnest($1::tid[], ${arrays.join(', ')}) as v(tid, ${names.join(', ')})
- where t.ctid = any($1::tid[]) and t.ctid = v.tid and ${guards}
+ where ${bounds}t.ctid = any($1::tid[]) and t.ctid = v.tid and ${guards}
 returning v.tid::text as tid`;
 }
 

@@ -13,6 +13,9 @@ import { planChunk } from './chunk-plan.js';
 import { evaluateRows, mergeCounts, suspectWrongKey, type ScannedRow } from './evaluate-rows.js';
 import { casUpdateSql, RELATION_BLOCKS_SQL, selectChunkSql } from './sweep-sql.js';
 import type { ProgressSink } from './progress.js';
+import { ChunkController } from '../throttle/chunk-controller.js';
+import type { LiveSettings } from '../throttle/live-settings.js';
+import type { Throttle } from '../throttle/throttle.js';
 
 export interface SweepOptions {
   settings: SweepSettings;
@@ -24,8 +27,12 @@ export interface SweepOptions {
   signal?: AbortSignal;
   progress: ProgressSink;
   log: Logger;
-  /** Called before every chunk; resolves when the sweep may go on (throttle hook). */
+  /** Called before every chunk; resolves when the sweep may go on (tests). */
   beforeChunk?: () => Promise<void>;
+  /** Runtime overrides (`pg-rekey set`) re-read between chunks; without it `settings` is used as is. */
+  live?: LiveSettings;
+  /** Throttle signals (pause switch, replica lag, load); without it the sweep never waits. */
+  throttle?: Throttle;
 }
 
 export interface RelationResult extends ChunkCounts {
@@ -125,19 +132,32 @@ async function sweepRelation(
     opts.onlyVersions ? [...opts.onlyVersions] : null,
   ];
   const started = Date.now();
+  const controllerSettings = (s: SweepSettings) => ({ targetMs: s.chunkTimeMs, initialBlocks: s.chunkBlocks, minBlocks: s.minChunkBlocks, maxBlocks: s.maxChunkBlocks });
+  let settings = opts.live ? (await opts.live.refresh()).sweep : opts.settings;
+  const controller = new ChunkController(controllerSettings(settings));
   opts.progress.start(relation, next);
   for (;;) {
-    // The throttle hook may wait a long time: a stop requested meanwhile must not start another chunk.
+    // The throttle may wait a long time: a stop requested meanwhile must not start another chunk.
     if (!opts.signal?.aborted) await opts.beforeChunk?.();
+    if (!opts.signal?.aborted) await opts.throttle?.gate(opts.signal);
+    if (opts.live) {
+      settings = (await opts.live.refresh()).sweep;
+      controller.retune(controllerSettings(settings));
+    }
     if (opts.signal?.aborted) {
       log.info({ nextBlock: next }, 'interrupted; the next run resumes here');
       break;
     }
     const chunkStarted = Date.now();
-    const { total, range, counts, plan } = await withRetries(log, () =>
-      inTransaction(pool, dry, opts.settings, async (client) => {
+    const onLockTimeout = async () => {
+      opts.throttle?.noteLockWait();
+      if (!dry) await pool.query(`update pgrekey.sweep_segment set lock_timeouts = lock_timeouts + 1 where relation = $1 and segment_start = 0`, [relation]).catch(() => undefined);
+    };
+    const chunkBlocks = controller.next();
+    const { total, range, counts, plan } = await withRetries(log, onLockTimeout, () =>
+      inTransaction(pool, dry, settings, async (client) => {
         const total = Number((await client.query<{ blocks: string }>(RELATION_BLOCKS_SQL, [quoteQualified(leaf)])).rows[0]!.blocks);
-        const range = planChunk(next, total, opts.settings.chunkBlocks);
+        const range = planChunk(next, total, chunkBlocks);
         const rows = await client.query({ text: selectChunkSql(leaf, columns, table.keyColumns, range), values: selectArgs(range.start, range.end), rowMode: 'array' });
         const scanned: ScannedRow[] = rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, rowKey: r[1] as Record<string, string | null>, values: r.slice(2) as (string | null)[] }));
         const plan = evaluateRows(scanned, columns, opts.ring, { onlyVersions: opts.onlyVersions });
@@ -145,13 +165,14 @@ async function sweepRelation(
         const badSoFar = new Map(guard.macFailures);
         mergeCounts(okSoFar, plan.opened);
         mergeCounts(badSoFar, plan.macFailures);
-        const suspect = suspectWrongKey(okSoFar, badSoFar, opts.settings.wrongKeyThreshold);
+        const suspect = suspectWrongKey(okSoFar, badSoFar, settings.wrongKeyThreshold);
         if (suspect !== null) throw new WrongKeyError(suspect, badSoFar.get(suspect)!, relation);
         let written = plan.rewrittenKeys;
         if (!dry && plan.ctids.length > 0) {
           const params: unknown[] = [plan.ctids];
           columns.forEach((_, i) => params.push(plan.olds[i], plan.news[i]));
-          const upd = await client.query<{ tid: string }>(casUpdateSql(leaf, columns), params);
+          params.push(range.start, ...(range.end === null ? [] : [range.end]));
+          const upd = await client.query<{ tid: string }>(casUpdateSql(leaf, columns, range), params);
           const matched = new Set(upd.rows.map((r) => r.tid));
           written = plan.rewrittenKeys.filter((k) => matched.has(k.ctid));
         }
@@ -160,7 +181,11 @@ async function sweepRelation(
         if (!dry) {
           await recordQuarantine(client, plan.failures.map((f) => ({ ...f, table: table.display })), 'sweep');
           if (hadQuarantine) await clearQuarantine(client, table.display, written);
-          await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts);
+          const took = Date.now() - chunkStarted;
+          await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts, {
+            chunkBlocks,
+            rowsPerSec: controller.rate === null ? (counts.rewritten * 1000) / Math.max(took, 1) : controller.rate,
+          });
         }
         return { total, range, counts, plan };
       }),
@@ -182,10 +207,12 @@ async function sweepRelation(
     result.conflicts += counts.conflicts;
     result.quarantined += counts.quarantined;
     if (counts.quarantined > 0) log.warn({ quarantined: counts.quarantined, block: range.start }, 'values could not be rewritten; recorded in pgrekey.quarantine and left untouched');
+    const chunkMs = Date.now() - chunkStarted;
+    controller.observe((range.end ?? total) - range.start, counts.rewritten, chunkMs);
     next = range.end ?? total;
-    opts.progress.chunk(relation, { nextBlock: next, totalBlocks: total, ...result, elapsedMs: Date.now() - started });
+    opts.progress.chunk(relation, { nextBlock: next, totalBlocks: total, ...result, elapsedMs: Date.now() - started, chunkBlocks, rowsPerSec: controller.rate ?? 0 });
     if (range.end === null) break;
-    if (opts.settings.niceRatio > 0) await sleep(opts.settings.niceRatio * (Date.now() - chunkStarted), opts.signal);
+    if (settings.niceRatio > 0) await sleep(settings.niceRatio * chunkMs, opts.signal);
   }
   opts.progress.finish(relation, result);
   return result;
@@ -212,12 +239,13 @@ async function inTransaction<T>(pool: pg.Pool, readOnly: boolean, s: SweepSettin
 }
 
 /** Lock and statement timeouts, dropped connections: wait and redo the chunk. */
-async function withRetries<T>(log: Logger, fn: () => Promise<T>): Promise<T> {
+async function withRetries<T>(log: Logger, onLockTimeout: () => Promise<void>, fn: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await fn();
     } catch (e) {
       if (!isRetryable(e) || attempt >= MAX_CHUNK_RETRIES) throw e;
+      if ((e as { code?: string }).code === '55P03') await onLockTimeout();
       const waitMs = Math.min(30_000, 250 * 2 ** (attempt - 1));
       log.warn({ attempt, waitMs, code: (e as { code?: string }).code, reason: (e as Error).message }, 'chunk failed with a retryable error; retrying');
       await sleep(waitMs);

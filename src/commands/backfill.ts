@@ -10,6 +10,8 @@ import { LogProgress, TtyProgress } from '../backfill/progress.js';
 import { sweepTables, type RelationResult } from '../backfill/sweep.js';
 import { finishRun, startRun } from '../state/runs.js';
 import { onShutdownSignals } from '../signals.js';
+import { LiveSettings } from '../throttle/live-settings.js';
+import { Throttle } from '../throttle/throttle.js';
 
 export interface BackfillOptions {
   dryRun?: boolean;
@@ -46,8 +48,13 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     const tables = await resolveTables(ctx.pool, ctx.config.tables);
     if (!opts.dryRun) runId = await startRun(ctx.pool, 'backfill', ring.target);
     const tty = process.stderr.isTTY === true && !opts.json;
+    // A dry run writes nothing (not even the throttle state) and may run before setup: it is not throttled.
+    const live = opts.dryRun ? undefined : new LiveSettings(ctx.pool, ctx.config, ctx.log);
+    const throttle = live ? new Throttle(ctx.pool, live, ctx.log) : undefined;
     const results = await sweepTables(ctx.pool, tables, {
       settings: ctx.config.sweep,
+      live,
+      throttle,
       ring,
       dryRun: opts.dryRun,
       restart: opts.restart,
@@ -56,6 +63,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
       progress: tty ? new TtyProgress(opts.dryRun ? 'would be rewritten' : 'rewritten') : new LogProgress(ctx.log, ctx.config.sweep.progressIntervalMs),
       log: ctx.log,
     });
+    await throttle?.clear();
     const summary = summarize(results, ring.target, opts.dryRun === true);
     if (runId !== null) await finishRun(ctx.pool, runId, abort.signal.aborted ? 'interrupted' : 'ok', summary);
     process.stdout.write(opts.json ? `${JSON.stringify({ ...summary, relations: results }, null, 2)}\n` : `${renderBackfill(results, summary)}\n`);

@@ -7,6 +7,7 @@ import { listSegments, type Segment } from '../state/segments.js';
 import { summarizeQuarantine, type QuarantineSummary } from '../state/quarantine.js';
 import { readSlot, slotRecreations, type SlotInfo } from '../replication/slot.js';
 import { formatDuration } from '../format.js';
+import { readOverrides } from '../throttle/live-settings.js';
 
 export interface ReplicationStatus {
   slot: string;
@@ -25,13 +26,29 @@ export interface ReplicationStatus {
     quarantined: number | null;
     lastCheckAt: Date | null;
     convergedAt: Date | null;
+    streamRewrites: number | null;
+    streamRewritesPerSec: number | null;
   } | null;
   converged: boolean;
 }
 
+export interface ThrottleStatus {
+  paused: boolean;
+  pauseReason: string | null;
+  pausedBy: string | null;
+  pausedAt: Date | null;
+  /** null = the sweep is not held back. */
+  reason: string | null;
+  detail: string | null;
+  since: Date | null;
+  /** Runtime overrides from `pg-rekey set`. */
+  overrides: Record<string, string>;
+}
+
 export interface StatusReport {
   replication: ReplicationStatus;
-  sweep: (Segment & { percent: number })[];
+  throttle: ThrottleStatus;
+  sweep: (Segment & { percent: number; etaSeconds: number | null })[];
   quarantine: { total: number; byColumn: QuarantineSummary[] };
   lastRuns: { id: number; command: string; startedAt: Date; finishedAt: Date | null; outcome: string | null }[];
 }
@@ -44,7 +61,8 @@ async function readReplication(db: Parameters<typeof listSegments>[0], slot: str
   const d = await db.query(
     `select host, pid, heartbeat_at as "heartbeatAt", applied_lsn::text as "appliedLsn", stream_connected as "streamConnected",
             sweep_done as "sweepDone", remaining::float8 as remaining, quarantined::float8 as quarantined,
-            last_check_at as "lastCheckAt", converged_at as "convergedAt"
+            last_check_at as "lastCheckAt", converged_at as "convergedAt",
+            stream_rewrites::float8 as "streamRewrites", stream_rewrites_per_sec as "streamRewritesPerSec"
        from pgrekey.daemon where slot_name = $1`,
     [slot],
   );
@@ -65,21 +83,50 @@ export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], sl
   const runs = await ctxPool.query(
     `select id::float8 as id, command, started_at as "startedAt", finished_at as "finishedAt", outcome from pgrekey.run order by id desc limit 5`,
   );
+  const c = (
+    await ctxPool.query(
+      `select paused, pause_reason as "pauseReason", paused_by as "pausedBy", paused_at as "pausedAt", throttle_reason as reason,
+              throttle_detail as detail, throttled_since as since from pgrekey.control`,
+    )
+  ).rows[0];
+  const overrides = Object.fromEntries(await readOverrides(ctxPool));
   return {
     replication: await readReplication(ctxPool, slot),
-    sweep: segments.map((s) => ({ ...s, percent: Number(percentDone(s.nextBlock, s.totalBlocks ?? 0).toFixed(1)) })),
+    throttle: { ...c, overrides },
+    sweep: segments.map((s) => ({ ...s, percent: Number(percentDone(s.nextBlock, s.totalBlocks ?? 0).toFixed(1)), etaSeconds: eta(s) })),
     quarantine: { total: byColumn.reduce((n, q) => n + q.count, 0), byColumn },
     lastRuns: runs.rows,
   };
 }
 
-/** Sweep progress per relation, quarantine, recent runs. Reads state only. */
-export async function statusCommand(flags: GlobalFlags, opts: { json?: boolean }): Promise<number> {
+/** Seconds left for a running relation, from its average pace so far (throttled time included). */
+function eta(s: Segment): number | null {
+  if (s.state !== 'running' || !s.startedAt || s.totalBlocks === null || s.nextBlock <= 0) return null;
+  const elapsed = (s.updatedAt.getTime() - s.startedAt.getTime()) / 1000;
+  return elapsed > 0 ? Math.max(0, ((s.totalBlocks - s.nextBlock) * elapsed) / s.nextBlock) : null;
+}
+
+/** Slot, daemon, throttle, sweep progress per relation, quarantine, recent runs. Reads state only. */
+export async function statusCommand(flags: GlobalFlags, opts: { json?: boolean; watch?: boolean | string }): Promise<number> {
   const ctx = await openContext(flags);
   try {
     await requireState(ctx.pool);
-    const report = await readStatus(ctx.pool, ctx.config.replication.slot);
-    process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : `${renderStatus(report)}\n`);
+    const everyMs = opts.watch === undefined || opts.watch === false ? 0 : 1000 * (opts.watch === true ? 2 : Math.max(0.5, Number(opts.watch) || 2));
+    let stop = false;
+    const onSignal = () => (stop = true);
+    process.once('SIGINT', onSignal);
+    try {
+      do {
+        const report = await readStatus(ctx.pool, ctx.config.replication.slot);
+        const text = opts.json ? JSON.stringify(report, null, everyMs ? 0 : 2) : renderStatus(report);
+        // --watch on a terminal redraws in place; elsewhere (and with --json) it appends.
+        if (everyMs && !opts.json && process.stdout.isTTY) process.stdout.write('\x1b[2J\x1b[H');
+        process.stdout.write(`${everyMs && !opts.json ? `${new Date().toISOString()}  (every ${everyMs / 1000}s, Ctrl-C to stop)\n` : ''}${text}\n`);
+        if (everyMs) await new Promise((r) => setTimeout(r, everyMs));
+      } while (everyMs && !stop);
+    } finally {
+      process.off('SIGINT', onSignal);
+    }
     return EXIT_OK;
   } finally {
     await ctx.close();
@@ -101,16 +148,35 @@ function renderReplication(r: ReplicationStatus): string {
   if (d) {
     lines.push(
       `daemon: pid ${d.pid} on ${d.host}, last heartbeat ${d.heartbeatAt.toISOString()}, stream ${d.streamConnected ? 'connected' : 'not connected'}, sweep ${d.sweepDone ? 'complete' : 'running'}`,
+      `  stream rewrites: ${d.streamRewrites ?? 0} (${(d.streamRewritesPerSec ?? 0).toFixed(1)}/s recently)`,
       `  ${d.convergedAt ? `CONVERGED since ${d.convergedAt.toISOString()}` : 'not converged'}${d.lastCheckAt ? ` (last check ${d.lastCheckAt.toISOString()}: ${d.remaining ?? '?'} remaining, ${d.quarantined ?? 0} quarantined)` : ''}`,
     );
   } else lines.push('daemon: `pg-rekey run` has not run yet');
   return lines.join('\n');
 }
 
+function renderThrottle(t: ThrottleStatus): string {
+  const lines = [
+    t.reason
+      ? `sweep THROTTLED since ${t.since?.toISOString() ?? '?'}: ${t.reason} (${t.detail ?? ''})`
+      : t.paused
+        ? 'sweep paused (takes effect before the next chunk)'
+        : 'sweep not throttled',
+  ];
+  if (t.paused) lines.push(`  paused by ${t.pausedBy ?? '?'} at ${t.pausedAt?.toISOString() ?? '?'}${t.pauseReason ? `: ${t.pauseReason}` : ''}; \`pg-rekey resume\` continues`);
+  const o = Object.entries(t.overrides);
+  if (o.length) lines.push(`  runtime settings (pg-rekey set): ${o.map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  return lines.join('\n');
+}
+
 function renderStatus(r: StatusReport): string {
   const sweep = renderTable(
-    ['relation', 'state', 'gen', 'blocks done', 'total', '%', 'rewritten', 'conflicts', 'quarantined', 'updated'],
-    r.sweep.map((s) => [s.relation, s.state, s.generation, s.nextBlock, s.totalBlocks ?? 0, s.percent, s.rowsRewritten, s.rowsConflict, s.rowsQuarantined, s.updatedAt.toISOString()]),
+    ['relation', 'state', 'gen', 'blocks done', 'total', '%', 'chunk', 'rows/s', 'ETA', 'rewritten', 'conflicts', 'quarantined', 'lock waits'],
+    r.sweep.map((s) => [
+      s.relation, s.state, s.generation, s.nextBlock, s.totalBlocks ?? 0, s.percent,
+      s.chunkBlocks ?? '-', s.rowsPerSec === null ? '-' : Math.round(s.rowsPerSec), s.etaSeconds === null ? '-' : formatDuration(s.etaSeconds),
+      s.rowsRewritten, s.rowsConflict, s.rowsQuarantined, s.lockTimeouts,
+    ]),
   );
   const q = r.quarantine.total
     ? `quarantine: ${r.quarantine.total} value(s)\n` +
@@ -119,5 +185,5 @@ function renderStatus(r: StatusReport): string {
   const runs = r.lastRuns.length
     ? renderTable(['run', 'command', 'started', 'outcome'], r.lastRuns.map((x) => [x.id, x.command, x.startedAt.toISOString(), x.outcome ?? 'running']))
     : 'no runs yet';
-  return `${renderReplication(r.replication)}\n\nsweep\n${sweep}\n\n${q}\n\n${runs}`;
+  return `${renderReplication(r.replication)}\n\n${renderThrottle(r.throttle)}\nsweep\n${sweep}\n\n${q}\n\n${runs}`;
 }

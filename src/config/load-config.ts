@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { ConfigError } from '../errors.js';
 import { parseIdentifierPath, type QualifiedName } from '../db/ident.js';
-import { daemonSchema, fileSchema, replicationSchema, sweepSchema, toMillis, type FileConfig } from './schema.js';
+import { daemonSchema, fileSchema, replicationSchema, sweepSchema, throttleSchema, toBytes, toMillis, type FileConfig } from './schema.js';
 
 /** Flags shared by every command that talks to the database. */
 export interface GlobalFlags {
@@ -17,12 +17,28 @@ export interface TableConfig extends QualifiedName {
 }
 
 export interface SweepSettings {
+  /** Target chunk duration; 0 = fixed chunks of chunkBlocks. */
+  chunkTimeMs: number;
+  /** First chunk of each relation (the fixed size when chunkTimeMs is 0). */
   chunkBlocks: number;
+  minChunkBlocks: number;
+  maxChunkBlocks: number;
   niceRatio: number;
   statementTimeoutMs: number;
   lockTimeoutMs: number;
   wrongKeyThreshold: number;
   progressIntervalMs: number;
+}
+
+export interface ThrottleSettings {
+  maxReplicaLagMs: number;
+  maxReplicaLagBytes: number;
+  maxActiveBackends: number;
+  criticalActiveBackends: number;
+  criticalAction: 'stop' | 'hibernate';
+  hibernateMs: number;
+  pauseFile: string | undefined;
+  checkIntervalMs: number;
 }
 
 export interface DaemonSettings {
@@ -41,6 +57,7 @@ export interface Config {
   connectionSource: 'flag' | 'env' | 'file' | 'PG* variables';
   tables: readonly TableConfig[];
   sweep: SweepSettings;
+  throttle: ThrottleSettings;
   replication: { slot: string; publication: string };
   daemon: DaemonSettings;
   /** undefined: the command's own default (see schema.ts). */
@@ -56,7 +73,7 @@ export const DEFAULT_CONFIG_PATH = 'pg-rekey.yaml';
  */
 function envOverrides(env: Record<string, string | undefined>): Record<string, unknown> {
   const out: Record<string, Record<string, unknown>> = {};
-  const sections = { sweep: sweepSchema, replication: replicationSchema, daemon: daemonSchema } as const;
+  const sections = { sweep: sweepSchema, throttle: throttleSchema, replication: replicationSchema, daemon: daemonSchema } as const;
   for (const [section, schema] of Object.entries(sections)) {
     for (const key of Object.keys(schema.shape)) {
       const raw = env[`PG_REKEY_${section}_${key}`.toUpperCase()];
@@ -157,12 +174,25 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
     connectionSource,
     tables,
     sweep: {
+      chunkTimeMs: toMillis(s.chunk_time),
       chunkBlocks: s.chunk_blocks,
+      minChunkBlocks: s.min_chunk_blocks,
+      maxChunkBlocks: s.max_chunk_blocks,
       niceRatio: s.nice_ratio,
       statementTimeoutMs: toMillis(s.statement_timeout),
       lockTimeoutMs: toMillis(s.lock_timeout),
       wrongKeyThreshold: s.wrong_key_threshold,
       progressIntervalMs: toMillis(s.progress_interval),
+    },
+    throttle: {
+      maxReplicaLagMs: toMillis(file.throttle.max_replica_lag),
+      maxReplicaLagBytes: toBytes(file.throttle.max_replica_lag_bytes),
+      maxActiveBackends: file.throttle.max_active_backends,
+      criticalActiveBackends: file.throttle.critical_active_backends,
+      criticalAction: file.throttle.critical_action,
+      hibernateMs: toMillis(file.throttle.hibernate_time),
+      pauseFile: file.throttle.pause_file,
+      checkIntervalMs: toMillis(file.throttle.check_interval),
     },
     replication: { ...file.replication },
     daemon: {

@@ -4,7 +4,9 @@ import { z } from 'zod';
  * The pg-rekey.yaml file. Every tuning field has a default; only `tables` is
  * required. Field names are snake_case as YAML users expect.
  */
-const duration = z.union([z.number().nonnegative(), z.string().regex(/^\d+(\.\d+)?\s*(ms|s|m|h)$/, 'a duration like 500ms, 2s, 5m')]);
+export const duration = z.union([z.number().nonnegative(), z.string().regex(/^\d+(\.\d+)?\s*(ms|s|m|h)$/, 'a duration like 500ms, 2s, 5m')]);
+/** Bytes: a number or `512kB`, `256MB`, `2GB`. */
+export const size = z.union([z.number().nonnegative(), z.string().regex(/^\d+(\.\d+)?\s*(B|kB|MB|GB|TB)$/, 'a size like 64MB or 1GB')]);
 
 export const tableSchema = z.strictObject({
   /** `table` (schema public) or `schema.table`; quote unusual names: `"My Schema"."Calls"`. */
@@ -14,10 +16,15 @@ export const tableSchema = z.strictObject({
 });
 
 export const sweepSchema = z.strictObject({
-  /** Heap blocks (8 kB pages) per chunk; each chunk is one short transaction. */
-  chunk_blocks: z.number().int().min(1).max(131072).default(256),
+  /** Target duration of one chunk (one short transaction); chunks are sized to it. 0 = fixed chunks of chunk_blocks. */
+  chunk_time: duration.default('100ms'),
+  /** Heap blocks (8 kB pages) of the first chunk of each relation (the fixed size when chunk_time is 0). */
+  chunk_blocks: z.number().int().min(1).max(131072).default(8),
+  /** Bounds of the chunk size in blocks. */
+  min_chunk_blocks: z.number().int().min(1).max(131072).default(1),
+  max_chunk_blocks: z.number().int().min(1).max(131072).default(8192),
   /** Sleep this many ms per ms of chunk work (gh-ost's nice-ratio); 0 = no pause. */
-  nice_ratio: z.number().min(0).max(100).default(0),
+  nice_ratio: z.number().min(0).max(100).default(0.5),
   /** statement_timeout for each chunk's statements. */
   statement_timeout: duration.default('30s'),
   /** lock_timeout for each chunk: the sweep yields to application locks. */
@@ -26,6 +33,24 @@ export const sweepSchema = z.strictObject({
   wrong_key_threshold: z.number().int().min(1).default(8),
   /** Seconds between progress log lines when stderr is not a terminal. */
   progress_interval: duration.default('5s'),
+});
+
+export const throttleSchema = z.strictObject({
+  /** Pause the sweep while a physical standby's replay_lag exceeds this (0 = ignore). */
+  max_replica_lag: duration.default('10s'),
+  /** ... or while a standby is this many bytes of WAL behind (0 = ignore). */
+  max_replica_lag_bytes: size.default('1GB'),
+  /** Pause the sweep while more than this many client backends are active (0 = ignore). */
+  max_active_backends: z.number().int().min(0).default(0),
+  /** Above this many active backends: stop the sweep (critical_action: stop) or hibernate (0 = ignore). */
+  critical_active_backends: z.number().int().min(0).default(0),
+  critical_action: z.enum(['stop', 'hibernate']).default('stop'),
+  /** How long to hibernate after a critical load reading. */
+  hibernate_time: duration.default('60s'),
+  /** While this file exists, the sweep pauses (touch it to pause, rm it to resume). */
+  pause_file: z.string().min(1).optional(),
+  /** How often throttle signals are read while sweeping or paused. */
+  check_interval: duration.default('1s'),
 });
 
 export const replicationSchema = z.strictObject({
@@ -55,6 +80,7 @@ export const fileSchema = z.strictObject({
   database: z.string().min(1).optional(),
   tables: z.array(tableSchema).min(1),
   sweep: sweepSchema.default(() => sweepSchema.parse({})),
+  throttle: throttleSchema.default(() => throttleSchema.parse({})),
   replication: replicationSchema.default(() => replicationSchema.parse({})),
   daemon: daemonSchema.default(() => daemonSchema.parse({})),
   /** Unset: `run` and `backfill` log at info, one-shot commands (setup, verify, status, teardown) at warn. */
@@ -62,6 +88,14 @@ export const fileSchema = z.strictObject({
 });
 
 export type FileConfig = z.infer<typeof fileSchema>;
+
+/** Converts `256MB` (or a number of bytes) to bytes. */
+export function toBytes(d: number | string): number {
+  if (typeof d === 'number') return d;
+  const m = /^(\d+(?:\.\d+)?)\s*(B|kB|MB|GB|TB)$/.exec(d.trim());
+  if (!m) throw new Error(`not a size: ${d}`);
+  return Math.round(Number(m[1]) * { B: 1, kB: 1024, MB: 1024 ** 2, GB: 1024 ** 3, TB: 1024 ** 4 }[m[2] as 'B' | 'kB' | 'MB' | 'GB' | 'TB']);
+}
 
 /** Converts `2s`, `500ms`, `5m` or a number of milliseconds to milliseconds. */
 export function toMillis(d: number | string): number {

@@ -15,6 +15,8 @@ import { createSlot, dropSlot, readSlot, slotUnusable } from '../replication/slo
 import { ReplicationStream } from '../replication/stream.js';
 import { StreamWriter } from '../replication/stream-writer.js';
 import { checkConvergence, type ConvergenceCheck } from './convergence.js';
+import { LiveSettings } from '../throttle/live-settings.js';
+import { Throttle } from '../throttle/throttle.js';
 import { startHttp } from './http.js';
 
 export interface DaemonOptions {
@@ -41,6 +43,8 @@ export class Daemon {
   private convergedAt: Date | null = null;
   private slotMutex: Promise<void> = Promise.resolve();
   private readonly refreshedAt = new Map<string, number>();
+  private lastCheckAt: Date | null = null;
+  private rateSample = { at: Date.now(), rewrites: 0, perSec: 0 };
 
   constructor(
     private readonly ctx: Context,
@@ -102,6 +106,8 @@ export class Daemon {
   private async sweepLoop(): Promise<void> {
     const { pool, config } = this.ctx;
     const progress = this.sweepProgress();
+    const live = new LiveSettings(pool, config, this.ctx.log);
+    const throttle = new Throttle(pool, live, this.ctx.log, this.metrics);
     while (!this.stopping) {
       if (this.sweepStale) {
         this.sweepStale = false;
@@ -110,7 +116,8 @@ export class Daemon {
       }
       this.sweepAbort = new AbortController();
       try {
-        const results = await sweepTables(pool, this.tables, { settings: config.sweep, ring: this.ring, signal: this.sweepAbort.signal, progress, log: this.ctx.log });
+        const results = await sweepTables(pool, this.tables, { settings: config.sweep, live, throttle, ring: this.ring, signal: this.sweepAbort.signal, progress, log: this.ctx.log });
+        await throttle.clear();
         for (const r of results) this.metrics.rewrites.inc({ source: 'sweep', table: r.table }, r.rewritten);
         for (const r of results) if (r.quarantined) this.metrics.quarantined.inc({ source: 'sweep', table: r.table }, r.quarantined);
       } catch (e) {
@@ -138,6 +145,8 @@ export class Daemon {
       chunk: (rel, p) => {
         this.metrics.sweepBlocksDone.set({ relation: rel }, p.nextBlock);
         this.metrics.sweepBlocksTotal.set({ relation: rel }, p.totalBlocks);
+        if (p.chunkBlocks !== undefined) this.metrics.sweepChunkBlocks.set({ relation: rel }, p.chunkBlocks);
+        if (p.rowsPerSec !== undefined) this.metrics.sweepRowsPerSecond.set({ relation: rel }, p.rowsPerSec);
         logSink.chunk(rel, p);
       },
       finish: (rel, p) => logSink.finish(rel, p),
@@ -197,6 +206,7 @@ export class Daemon {
     const c = await checkConvergence(this.ctx.pool, this.tables, this.ring.target, this.stream);
     if (this.stopping || this.sweepStale) return;
     this.lastCheck = c;
+    this.lastCheckAt = new Date();
     if (c.remaining !== null) this.metrics.remaining.set(c.remaining);
     this.metrics.converged.set(c.converged ? 1 : 0);
     const wasConverged = this.convergedAt !== null;
@@ -221,14 +231,20 @@ export class Daemon {
 
   private async writeState(): Promise<void> {
     const c = this.lastCheck;
+    const now = Date.now();
+    if (now - this.rateSample.at >= 1000) {
+      const perSec = ((this.stream.rewrites - this.rateSample.rewrites) * 1000) / (now - this.rateSample.at);
+      this.rateSample = { at: now, rewrites: this.stream.rewrites, perSec };
+    }
     await this.ctx.pool.query(
-      `insert into pgrekey.daemon as d (slot_name, host, pid, started_at, heartbeat_at, applied_lsn, stream_connected, sweep_done, remaining, quarantined, last_check_at, converged_at)
-       values ($1, $2, $3, now(), now(), $4::pg_lsn, $5, $6, $7, $8, $9, $10)
+      `insert into pgrekey.daemon as d (slot_name, host, pid, started_at, heartbeat_at, applied_lsn, stream_connected, sweep_done, remaining, quarantined, last_check_at, converged_at, stream_rewrites, stream_rewrites_per_sec)
+       values ($1, $2, $3, now(), now(), $4::pg_lsn, $5, $6, $7, $8, $9, $10, $11, $12)
        on conflict (slot_name) do update set host = excluded.host, pid = excluded.pid,
          started_at = case when d.pid is distinct from excluded.pid then now() else d.started_at end,
          heartbeat_at = now(), applied_lsn = excluded.applied_lsn, stream_connected = excluded.stream_connected,
          sweep_done = excluded.sweep_done, remaining = excluded.remaining, quarantined = excluded.quarantined,
-         last_check_at = excluded.last_check_at, converged_at = excluded.converged_at`,
+         last_check_at = excluded.last_check_at, converged_at = excluded.converged_at,
+         stream_rewrites = excluded.stream_rewrites, stream_rewrites_per_sec = excluded.stream_rewrites_per_sec`,
       [
         this.ctx.config.replication.slot,
         hostname(),
@@ -238,8 +254,10 @@ export class Daemon {
         this.sweepDone,
         c?.remaining ?? null,
         c?.quarantined ?? null,
-        c ? new Date() : null,
+        this.lastCheckAt,
         this.convergedAt,
+        this.stream.rewrites,
+        this.rateSample.perSec,
       ],
     );
   }

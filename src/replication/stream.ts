@@ -67,6 +67,8 @@ export class ReplicationStream {
   private running: Promise<void> | null = null;
   private readonly log: Logger;
   connected = false;
+  /** Values rewritten by this stream since the process started. */
+  rewrites = 0;
 
   constructor(private readonly o: StreamOptions) {
     this.log = o.log.child({ component: 'stream', slot: o.slot });
@@ -221,7 +223,10 @@ export class ReplicationStream {
   private async flush(): Promise<void> {
     if (this.o.writer.size > 0) {
       const r = await this.o.writer.flush();
-      for (const [table, n] of r.rewritten) this.o.metrics.rewrites.inc({ source: 'stream', table }, n);
+      for (const [table, n] of r.rewritten) {
+        this.o.metrics.rewrites.inc({ source: 'stream', table }, n);
+        this.rewrites += n;
+      }
       for (const [table, n] of r.quarantined) {
         this.o.metrics.quarantined.inc({ source: 'stream', table }, n);
         this.log.warn({ table, quarantined: n }, 'values could not be rewritten; recorded in pgrekey.quarantine and left untouched');

@@ -18,12 +18,17 @@ export interface Segment {
   startedAt: Date | null;
   updatedAt: Date;
   finishedAt: Date | null;
+  /** Current chunk size (blocks) and recent rewrite rate; null before the first chunk. */
+  chunkBlocks: number | null;
+  rowsPerSec: number | null;
+  lockTimeouts: number;
 }
 
 const COLUMNS = `table_name as "tableName", relation, segment_start::float8 as "segmentStart", segment_end::float8 as "segmentEnd",
   next_block::float8 as "nextBlock", total_blocks::float8 as "totalBlocks", state, generation, chunks::float8 as chunks,
   rows_scanned::float8 as "rowsScanned", rows_rewritten::float8 as "rowsRewritten", rows_conflict::float8 as "rowsConflict",
-  rows_quarantined::float8 as "rowsQuarantined", started_at as "startedAt", updated_at as "updatedAt", finished_at as "finishedAt"`;
+  rows_quarantined::float8 as "rowsQuarantined", started_at as "startedAt", updated_at as "updatedAt", finished_at as "finishedAt",
+  chunk_blocks as "chunkBlocks", rows_per_sec as "rowsPerSec", lock_timeouts::float8 as "lockTimeouts"`;
 
 export async function listSegments(db: pg.Pool | pg.ClientBase): Promise<Segment[]> {
   return (await db.query<Segment>(`select ${COLUMNS} from pgrekey.sweep_segment order by table_name, relation, segment_start`)).rows;
@@ -75,6 +80,7 @@ export async function advanceSegment(
   totalBlocks: number,
   done: boolean,
   c: ChunkCounts,
+  pace: { chunkBlocks: number; rowsPerSec: number } | null = null,
 ): Promise<void> {
   await db.query(
     `update pgrekey.sweep_segment
@@ -82,8 +88,9 @@ export async function advanceSegment(
             chunks = chunks + 1, rows_scanned = rows_scanned + $5, rows_rewritten = rows_rewritten + $6,
             rows_conflict = rows_conflict + $7, rows_quarantined = rows_quarantined + $8,
             started_at = coalesce(started_at, now()), updated_at = now(),
-            finished_at = case when $4 then now() end
+            finished_at = case when $4 then now() end,
+            chunk_blocks = coalesce($9, chunk_blocks), rows_per_sec = coalesce($10, rows_per_sec)
       where relation = $1 and segment_start = 0`,
-    [relation, nextBlock, totalBlocks, done, c.scanned, c.rewritten, c.conflicts, c.quarantined],
+    [relation, nextBlock, totalBlocks, done, c.scanned, c.rewritten, c.conflicts, c.quarantined, pace?.chunkBlocks ?? null, pace?.rowsPerSec ?? null],
   );
 }

@@ -136,7 +136,7 @@ describe('pg-rekey CLI against PostgreSQL', () => {
     const db = await database('cli_kill');
     await createIncidentsTable(db.pool, 'big');
     const filled = await fillIncidents(db.pool, 'big', ring, { rows: 30_000, seed: 8, mix: { v1: 0.9, v2: 0.1, null: 0, notOurs: 0 } });
-    const f = files(db, ['big'], { chunk_blocks: 1, nice_ratio: 3, progress_interval: '0ms' });
+    const f = files(db, ['big'], { chunk_time: 0, chunk_blocks: 1, nice_ratio: 3, progress_interval: '0ms' });
     expect((await cli(f, ['setup'])).code).toBe(0);
 
     const proc = spawnCli(['-c', f.configPath, '--env-file', f.envPath, 'backfill']);

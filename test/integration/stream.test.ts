@@ -72,7 +72,7 @@ describe("the 'u' path (unchanged TOAST)", () => {
     await db2.pool.query(`insert into calls (id, raw_xml) values (9999, $1)`, [encryptValue(pt, 1, ring)]);
     const lastBlock = Number((await db2.pool.query(`select (ctid::text::point)[0] as b from calls where id = 9999`)).rows[0].b);
     expect(lastBlock).toBeGreaterThan(20);
-    const f = writeDaemonFiles(db2.url, [{ name: 'calls', columns: ['title', 'raw_xml'] }], { sweep: { chunk_blocks: 1, nice_ratio: 100 } });
+    const f = writeDaemonFiles(db2.url, [{ name: 'calls', columns: ['title', 'raw_xml'] }], { sweep: { chunk_time: 0, chunk_blocks: 1, nice_ratio: 100 } });
     expect((await cli(f, 'setup')).code).toBe(0);
     daemon = await startDaemon(f);
     await db2.pool.query(`update calls set status = 'closed' where id = 9999`);

@@ -33,7 +33,14 @@ describe('loadConfig', () => {
   it('reads a minimal file and fills every default', () => {
     const c = loadConfig({ config: file(MINIMAL) }, {});
     expect(c.tables).toEqual([{ schema: 'public', name: 'incidents', columns: ['title'] }]);
-    expect(c.sweep).toEqual({ chunkBlocks: 256, niceRatio: 0, statementTimeoutMs: 30_000, lockTimeoutMs: 2_000, wrongKeyThreshold: 8, progressIntervalMs: 5_000 });
+    expect(c.sweep).toEqual({
+      chunkTimeMs: 100, chunkBlocks: 8, minChunkBlocks: 1, maxChunkBlocks: 8192, niceRatio: 0.5,
+      statementTimeoutMs: 30_000, lockTimeoutMs: 2_000, wrongKeyThreshold: 8, progressIntervalMs: 5_000,
+    });
+    expect(c.throttle).toEqual({
+      maxReplicaLagMs: 10_000, maxReplicaLagBytes: 1024 ** 3, maxActiveBackends: 0, criticalActiveBackends: 0,
+      criticalAction: 'stop', hibernateMs: 60_000, pauseFile: undefined, checkIntervalMs: 1_000,
+    });
     expect(c.replication).toEqual({ slot: 'pg_rekey', publication: 'pg_rekey' });
     expect(c.connectionString).toBeUndefined();
     expect(c.connectionSource).toBe('PG* variables');
@@ -135,7 +142,7 @@ describe('loadConfig', () => {
     const fileWins = loadConfig({ config: withFile }, {});
     expect([fileWins.connectionString, fileWins.connectionSource, fileWins.sweep.chunkBlocks, fileWins.logLevel]).toEqual(['postgres://file/db', 'file', 100, 'warn']);
     const defaults = loadConfig({ config: file(MINIMAL) }, { PG_REKEY_SWEEP_NICE_RATIO: '' });
-    expect([defaults.connectionSource, defaults.sweep.chunkBlocks, defaults.sweep.niceRatio]).toEqual(['PG* variables', 256, 0]);
+    expect([defaults.connectionSource, defaults.sweep.chunkBlocks, defaults.sweep.niceRatio]).toEqual(['PG* variables', 8, 0.5]);
   });
 
   it('validates environment overrides like file values', () => {
