@@ -85,26 +85,38 @@ describe('sweep', () => {
     expect(await segment('public.incidents')).toMatchObject({ state: 'done', rows_rewritten: String(c.title.v1 + c.raw_xml.v1) });
   });
 
-  it('plans a TID range scan for the chunk select and a TID scan for the CAS update', async () => {
+  it('plans TID (range) scans, never a Seq Scan, for the chunk select and the CAS update', async () => {
     const [table] = await prepareSweep(db.pool, [incidentsConfig('incidents')]);
     const leaf = table!.leaves[0]!;
     const explain = async (sql: string, values: unknown[]) =>
       (await db.pool.query<{ 'QUERY PLAN': string }>(`explain ${sql}`, values)).rows.map((r) => r['QUERY PLAN']).join('\n');
     const cols = table!.config.columns;
-    const closed = await explain(selectChunkSql(leaf, cols, ['id'], { start: 10, end: 20 }), [10, 20, 2, ['id'], null]);
-    // The last, open-ended chunk starts near the end; the planner estimates ctid ranges from relpages.
     const blocks = Number((await db.pool.query(`select pg_relation_size('incidents') / 8192 as b`)).rows[0].b);
+    expect(blocks).toBeGreaterThan(2000);
+    const closed = await explain(selectChunkSql(leaf, cols, ['id'], { start: 10, end: 20 }), [10, 20, 2, ['id'], null]);
+    // The last, open-ended chunk starts near the end (the planner prices ctid bounds against the relation's size).
     const open = await explain(selectChunkSql(leaf, cols, ['id'], { start: blocks - 5, end: null }), [blocks - 5, 2, ['id'], [1]]);
     for (const plan of [closed, open]) {
       expect(plan).toContain('Tid Range Scan on incidents');
       expect(plan).not.toContain('Seq Scan');
     }
-    const rows = (await db.pool.query<{ ctid: string; title: string }>(`select ctid::text, title from incidents where ctid >= '(40,0)'::tid and ctid < '(42,0)'::tid`)).rows;
-    expect(rows.length).toBeGreaterThan(50);
-    const cas = await explain(casUpdateSql(leaf, cols), [rows.map((r) => r.ctid), rows.map((r) => r.title), rows.map(() => 'v2:x'), rows.map(() => null), rows.map(() => null)]);
-    if (process.env.SHOW_PLANS) console.log(`${closed}\n---\n${open}\n---\n${cas}`);
-    expect(cas).toMatch(/Tid Scan on incidents/);
-    expect(cas).not.toMatch(/Seq Scan on incidents/);
+    // CAS batches: a small chunk, a full default chunk of 256 blocks (thousands of tids), the open-ended last chunk.
+    const ranges: [number, number | null, number][] = [[40, 42, 50], [100, 356, 5000], [blocks - 3, null, 1]];
+    for (const [start, end, atLeast] of ranges) {
+      const rows = (
+        await db.pool.query<{ ctid: string; title: string }>(
+          `select ctid::text, title from incidents where ctid >= format('(%s,0)', $1::bigint)::tid and ctid < format('(%s,0)', $2::bigint)::tid and title is not null`,
+          [start, end ?? blocks + 1],
+        )
+      ).rows;
+      expect(rows.length).toBeGreaterThanOrEqual(atLeast);
+      const nulls = rows.map(() => null);
+      const values = [rows.map((r) => r.ctid), rows.map((r) => r.title), rows.map(() => 'v2:x'), nulls, nulls, start, ...(end === null ? [] : [end])];
+      const cas = await explain(casUpdateSql(leaf, cols, { start, end }), values);
+      if (process.env.SHOW_PLANS) console.log(cas.slice(0, 2000));
+      expect(cas).toMatch(/Tid (Range )?Scan on incidents/);
+      expect(cas).not.toMatch(/Seq Scan/);
+    }
   });
 
   it('dry run changes nothing and reports what it would rewrite', async () => {

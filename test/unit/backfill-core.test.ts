@@ -165,13 +165,16 @@ describe('sweep SQL', () => {
     expect(closed).toContain('$5::int[]');
   });
 
-  it('CAS update: quotes identifiers and guards every rewritten column', () => {
-    const sql = casUpdateSql(leaf, cols);
+  it('CAS update: quotes identifiers, bounds the chunk and guards every rewritten column', () => {
+    const sql = casUpdateSql(leaf, cols, { start: 0, end: 8 });
     expect(sql).toContain('update only "x""; drop schema public; --"."a""b; drop table x" as t');
     expect(sql).toContain('"c""1; delete from y" = coalesce(v.n0, t."c""1; delete from y")');
     expect(sql).toContain('(v.n0 is null or t."c""1; delete from y" = v.o0)');
     expect(sql).toContain('(v.n1 is null or t."plain" = v.o1)');
     expect(sql).toContain('unnest($1::tid[], $2::text[], $3::text[], $4::text[], $5::text[])');
+    expect(sql).toContain(`where t.ctid >= format('(%s,0)', $6::bigint)::tid and t.ctid < format('(%s,0)', $7::bigint)::tid and t.ctid = any($1::tid[])`);
+    expect(casUpdateSql(leaf, ['x'], { start: 5, end: null })).toContain(`where t.ctid >= format('(%s,0)', $4::bigint)::tid and t.ctid = any($1::tid[])`);
+    expect(casUpdateSql(leaf, ['x'])).toContain('where t.ctid = any($1::tid[]) and t.ctid = v.tid');
     expect(outsideQuotes(sql)).not.toMatch(/drop|delete|;|--/);
   });
 
