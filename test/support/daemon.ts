@@ -19,6 +19,7 @@ export function writeDaemonFiles(databaseUrl: string, tables: { name: string; co
   const dir = mkdtempSync(path.join(os.tmpdir(), 'pg-rekey-run-'));
   const doc = {
     tables,
+    ...extra,
     sweep: { progress_interval: '1s', ...((extra.sweep as object) ?? {}) },
     daemon: { http_port: 0, check_interval: '1s', slot_check_interval: '1s', ...((extra.daemon as object) ?? {}) },
     // Slot names are cluster-wide and test files share one cluster: one slot per test database.
