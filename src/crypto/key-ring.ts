@@ -1,5 +1,5 @@
 import { inspect } from 'node:util';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { parse as parseDotenv } from 'dotenv';
 import { ConfigError } from '../errors.js';
 import { parseVersionLabel, versionLabel } from './envelope.js';
@@ -97,12 +97,45 @@ export function readKeyVariables(src: KeySources): Record<string, string> {
     fromFile = parseDotenv(text);
   }
   const out: Record<string, string> = {};
+  const problems: string[] = [];
   const names = [TARGET_VAR, ...Array.from({ length: MAX_VERSION }, (_, i) => keyVarName(i + 1))];
   for (const name of names) {
     const v = src.env[name] ?? fromFile[name];
-    if (v !== undefined && v !== '') out[name] = v;
+    const file = src.env[`${name}_FILE`] ?? fromFile[`${name}_FILE`];
+    if (file !== undefined && file !== '') {
+      if (v !== undefined && v !== '') {
+        problems.push(`both ${name} and ${name}_FILE are set; keep one`);
+        continue;
+      }
+      const read = readSecretFile(`${name}_FILE`, file);
+      if (typeof read === 'string') out[name] = read;
+      else problems.push(read.problem);
+    } else if (v !== undefined && v !== '') out[name] = v;
   }
+  if (problems.length) throw new ConfigError('the encryption keys are not usable', 'fix the variables above', problems);
   return out;
+}
+
+/**
+ * A key mounted as a file (Docker/Kubernetes secrets, Vault agent): its
+ * content, trimmed. Refused when group or others may read it: a key file
+ * must be private to the user pg-rekey runs as.
+ */
+function readSecretFile(variable: string, path: string): string | { problem: string } {
+  let mode: number;
+  try {
+    mode = statSync(path).mode;
+  } catch (e) {
+    return { problem: `${variable}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? 'error'})` };
+  }
+  if ((mode & 0o077) !== 0) {
+    return { problem: `${variable}: ${path} is readable or writable by group or others (mode ${(mode & 0o777).toString(8)}); run chmod 600 ${path}` };
+  }
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch (e) {
+    return { problem: `${variable}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? 'error'})` };
+  }
 }
 
 /** Builds a KeyRing, reporting every problem at once; values never appear in messages. */
