@@ -28,11 +28,20 @@ grant update (title) on public.incidents to rekey_worker;
 grant update (body) on public.incident_communications to rekey_worker;
 grant update (raw_xml) on public.cfs_incidents to rekey_worker;
 
+-- The load throttle counts other sessions' active backends in pg_stat_activity;
+-- without pg_monitor (or pg_read_all_stats) their state is hidden and the
+-- signal undercounts. Read-only monitoring views, no data access.
+grant pg_monitor to rekey_worker;
+
 -- The publication must be created by the tables' owner (or a superuser);
 -- `pg-rekey setup` leaves a publication that already matches the config alone.
 -- publish = 'insert, update': pg-rekey ignores deletes and truncates.
 create publication pg_rekey for table public.incidents, public.incident_communications, public.cfs_incidents
   with (publish = 'insert, update');
+
+-- PostgreSQL 14 and older let every role create objects in schema public;
+-- since 15 they may not. On 14, consider REVOKE CREATE ON SCHEMA public FROM PUBLIC
+-- (check your applications first).
 
 -- Nothing else. In particular the worker is not a superuser, owns no
 -- application table, and cannot read other schemas. After `pg-rekey teardown
