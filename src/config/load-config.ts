@@ -75,10 +75,13 @@ function envOverrides(env: Record<string, string | undefined>): Record<string, u
   const out: Record<string, Record<string, unknown>> = {};
   const sections = { sweep: sweepSchema, throttle: throttleSchema, replication: replicationSchema, daemon: daemonSchema } as const;
   for (const [section, schema] of Object.entries(sections)) {
-    for (const key of Object.keys(schema.shape)) {
+    for (const [key, field] of Object.entries(schema.shape)) {
       const raw = env[`PG_REKEY_${section}_${key}`.toUpperCase()];
       if (raw === undefined || raw === '') continue;
-      (out[section] ??= {})[key] = /^-?\d+(\.\d+)?$/.test(raw) ? Number(raw) : raw;
+      // Environment values are strings: keep the string when the field takes it (a slot named
+      // "123"), else try it as a number (chunk_blocks=64).
+      const asString = (field as { safeParse(v: unknown): { success: boolean } }).safeParse(raw).success;
+      (out[section] ??= {})[key] = !asString && /^-?\d+(\.\d+)?$/.test(raw) ? Number(raw) : raw;
     }
   }
   return out;
