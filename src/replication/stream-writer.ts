@@ -60,15 +60,13 @@ export class StreamWriter {
     let p = this.pending.get(id);
     if (!p) this.pending.set(id, (p = { rel, rows: new Map() }));
     const k = JSON.stringify(work.key);
-    const prev = p.rows.get(k);
-    if (prev) {
-      for (const [c, v] of work.rewrite) prev.rewrite.set(c, v);
-      prev.readBack = [...new Set([...prev.readBack.filter((c) => !work.rewrite.has(c)), ...work.readBack])];
-      for (const c of work.readBack) prev.rewrite.delete(c);
-    } else {
-      p.rows.set(k, { key: work.key, rewrite: new Map(work.rewrite), readBack: [...work.readBack] });
-      this.rows++;
-    }
+    // The latest message for a row wins outright: its new tuple holds every configured column
+    // (a value, NULL, or 'u' to read back), so it says all that is left to do for the row.
+    // Merging kept an earlier message's old value of a column the later message shows at
+    // target; the whole-row compare-and-swap then failed on that stale column and the other
+    // column was never rewritten (no later message would come for it).
+    if (!p.rows.has(k)) this.rows++;
+    p.rows.set(k, { key: work.key, rewrite: new Map(work.rewrite), readBack: [...work.readBack] });
     for (const v of work.rewrite.values()) this.bytes += v.length;
     if (this.oldest === 0) this.oldest = Date.now();
   }
