@@ -7,7 +7,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 export class Metrics {
   readonly registry = new Registry();
   readonly rewrites = new Counter({ name: 'pg_rekey_rewrites_total', help: 'Values rewritten to the target key version', labelNames: ['source', 'table'] as const, registers: [this.registry] });
-  readonly quarantined = new Counter({ name: 'pgrekey.quarantined_total', help: 'Values that could not be rewritten (left untouched, recorded in pg_rekey.quarantine)', labelNames: ['source', 'table'] as const, registers: [this.registry] });
+  readonly quarantined = new Counter({ name: 'pg_rekey_quarantined_total', help: 'Values that could not be rewritten (left untouched, recorded in pgrekey.quarantine)', labelNames: ['source', 'table'] as const, registers: [this.registry] });
   readonly casConflicts = new Counter({ name: 'pg_rekey_cas_conflicts_total', help: 'Rewrites skipped because the row changed first (compare-and-swap lost)', labelNames: ['source'] as const, registers: [this.registry] });
   readonly sweepBlocksDone = new Gauge({ name: 'pg_rekey_sweep_blocks_done', help: 'Heap blocks swept in the current generation', labelNames: ['relation'] as const, registers: [this.registry] });
   readonly sweepBlocksTotal = new Gauge({ name: 'pg_rekey_sweep_blocks_total', help: 'Heap blocks of the relation at the last chunk', labelNames: ['relation'] as const, registers: [this.registry] });
