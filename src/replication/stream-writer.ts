@@ -5,7 +5,7 @@ import { rewriteValue } from '../crypto/rewrite.js';
 import { parseVersioned } from '../crypto/envelope.js';
 import { quoteIdent } from '../db/ident.js';
 import { checkout } from '../db/connect.js';
-import { recordQuarantine, type QuarantineEntry } from '../state/quarantine.js';
+import { clearQuarantine, recordQuarantine, type QuarantineEntry } from '../state/quarantine.js';
 import { keyMatchSql, type StreamRelation } from './relation-map.js';
 import type { RowWork } from './rewrite-plan.js';
 
@@ -109,6 +109,8 @@ export class StreamWriter {
     const olds: (string | null)[][] = cols.map(() => []);
     const news: (string | null)[][] = cols.map(() => []);
     const failures: QuarantineEntry[] = [];
+    /** Per CAS row (in order): its key and the columns it rewrites, to clear their quarantine entries once written. */
+    const casRows: { rowKey: Record<string, string | null>; columns: string[] }[] = [];
     for (const row of rows) {
       const o: (string | null)[] = [];
       const n: (string | null)[] = [];
@@ -134,6 +136,7 @@ export class StreamWriter {
         }
       }
       if (n.every((x) => x === null)) continue;
+      casRows.push({ rowKey: Object.fromEntries(rel.keyColumns.map((k, i) => [k, row.key[i] ?? null])), columns: cols.filter((_, i) => n[i] !== null) });
       row.key.forEach((k, i) => keys[i]!.push(k));
       o.forEach((x, i) => olds[i]!.push(x));
       n.forEach((x, i) => news[i]!.push(x));
@@ -141,10 +144,17 @@ export class StreamWriter {
     if (keys[0]!.length > 0) {
       const params: unknown[] = [...keys];
       cols.forEach((_, i) => params.push(olds[i], news[i]));
-      const upd = await client.query<{ n: number }>(casByKeySql(rel), params);
+      const upd = await client.query<{ ord: number; n: number }>(casByKeySql(rel), params);
       const written = upd.rows.reduce((s, r) => s + r.n, 0);
       out.conflicts += keys[0]!.length - upd.rowCount!;
       out.rewritten.set(rel.table, (out.rewritten.get(rel.table) ?? 0) + written);
+      // A value quarantined earlier and since fixed by the application was just rewritten: its entry
+      // no longer describes a stored value (the sweep clears such entries too).
+      const cleared = upd.rows.flatMap((r) => {
+        const w = casRows[r.ord - 1]!;
+        return w.columns.map((column) => ({ column, rowKey: w.rowKey }));
+      });
+      await clearQuarantine(client, rel.table, cleared);
     }
     if (failures.length) {
       await recordQuarantine(client, failures, 'stream');
@@ -178,7 +188,7 @@ export class StreamWriter {
 /**
  * Batched compare-and-swap by key. $1..$k key values as text (cast back to
  * the key types), then per configured column ($old, $new); a null new value
- * leaves that column alone. Returns, per row written, how many values changed.
+ * leaves that column alone. Returns, per row written, its position in the arrays (from 1) and how many values changed.
  */
 export function casByKeySql(rel: StreamRelation): string {
   const k = rel.keyColumns.length;
@@ -189,7 +199,7 @@ export function casByKeySql(rel: StreamRelation): string {
   const guards = cols.map((c, i) => `(v.n${i} is null or t.${quoteIdent(c)} = v.o${i})`).join(' and ');
   const count = cols.map((_, i) => `(v.n${i} is not null)::int`).join(' + ');
   return `update only ${rel.quoted} as t set ${sets}
-  from unnest(${arrays.join(', ')}) as v(${names.join(', ')})
+  from unnest(${arrays.join(', ')}) with ordinality as v(${names.join(', ')}, ord)
  where ${keyMatchSql(rel)} and ${guards}
-returning ${count} as n`;
+returning v.ord::int as ord, ${count} as n`;
 }
