@@ -20,6 +20,9 @@ export class Metrics {
   readonly streamAppliedLsn = new Gauge({ name: 'pg_rekey_stream_applied_lsn', help: 'Last WAL position whose rewrites are committed, as a number', registers: [this.registry] });
   readonly streamConnected = new Gauge({ name: 'pg_rekey_stream_connected', help: '1 while the replication connection is streaming', registers: [this.registry] });
   readonly streamReconnects = new Counter({ name: 'pg_rekey_stream_reconnects_total', help: 'Replication connection attempts after an error', registers: [this.registry] });
+  readonly slotRetainedWalBytes = new Gauge({ name: 'pg_rekey_slot_retained_wal_bytes', help: "WAL the server keeps for the slot (current position - restart_lsn), at the last slot check", registers: [this.registry] });
+  readonly slotRetainedWalMaxBytes = new Gauge({ name: 'pg_rekey_slot_retained_wal_max_bytes', help: 'replication.max_retained_wal: the warning threshold for retained WAL (0 = off)', registers: [this.registry] });
+  readonly slotRetainedWalExceeded = new Gauge({ name: 'pg_rekey_slot_retained_wal_exceeded', help: '1 while the slot retains more WAL than replication.max_retained_wal', registers: [this.registry] });
   readonly slotRecreations = new Counter({ name: 'pg_rekey_slot_recreations_total', help: 'Times the replication slot was found lost or missing and recreated (the sweep restarts)', registers: [this.registry] });
   readonly remaining = new Gauge({ name: 'pg_rekey_remaining_values', help: 'Values of a non-target version when last counted', registers: [this.registry] });
   readonly converged = new Gauge({ name: 'pg_rekey_converged', help: '1 when the last convergence check passed', registers: [this.registry] });

@@ -34,12 +34,15 @@ export function parseFrom(from: string | undefined, ring: KeyRing): Set<number> 
   return out;
 }
 
+export const BACKFILL_CONNECT_WAIT_MS = 120_000;
+
 /** One full sweep of every configured table, then exit. */
 export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions): Promise<number> {
   const ring = loadKeyRing({ env: process.env, envFile: flags.envFile });
   const onlyVersions = parseFrom(opts.from, ring);
   await initSodium();
-  const ctx = await openContext(flags, { poolSize: 2, defaultLogLevel: 'info' });
+  // Waits up to 2 minutes for an unreachable database (about what a chunk's retries ride out), then exits 3.
+  const ctx = await openContext(flags, { poolSize: 2, defaultLogLevel: 'info', waitForDatabaseMs: BACKFILL_CONNECT_WAIT_MS });
   const abort = new AbortController();
   const stopSignals = onShutdownSignals(ctx.log, () => abort.abort());
   let runId: number | null = null;

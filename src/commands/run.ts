@@ -1,5 +1,7 @@
 import type { GlobalFlags } from '../config/load-config.js';
-import { openContext, requireState } from '../context.js';
+import { openContext, requireState, type Context } from '../context.js';
+import { ConnectWaitInterrupted } from '../db/connect.js';
+import { EXIT_OK } from '../errors.js';
 import { loadKeyRing } from '../crypto/key-ring.js';
 import { initSodium, memzero } from '../crypto/secretbox.js';
 import { resolveTables } from '../db/catalog.js';
@@ -10,7 +12,16 @@ import { onShutdownSignals } from '../signals.js';
 export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?: boolean }): Promise<number> {
   const ring = loadKeyRing({ env: process.env, envFile: flags.envFile });
   await initSodium();
-  const ctx = await openContext(flags, { poolSize: 6, defaultLogLevel: 'info' });
+  let ctx: Context;
+  try {
+    // A daemon waits for its database (restarts, failovers, boot order): forever, at most 30 s between attempts.
+    ctx = await openContext(flags, { poolSize: 6, defaultLogLevel: 'info', waitForDatabaseMs: Infinity });
+  } catch (e) {
+    ring.wipe(memzero);
+    // SIGTERM while waiting: a stop like any other (exit 0), there was nothing to drain.
+    if (e instanceof ConnectWaitInterrupted) return EXIT_OK;
+    throw e;
+  }
   try {
     await requireState(ctx.pool);
     const tables = await resolveTables(ctx.pool, ctx.config.tables);

@@ -5,7 +5,7 @@ import { renderTable } from '../format.js';
 import { percentDone } from '../backfill/chunk-plan.js';
 import { listSegments, type Segment } from '../state/segments.js';
 import { summarizeQuarantine, type QuarantineSummary } from '../state/quarantine.js';
-import { readSlot, slotRecreations, type SlotInfo } from '../replication/slot.js';
+import { formatBytes, readSlot, retainedWalExceeded, slotRecreations, type SlotInfo } from '../replication/slot.js';
 import { formatDuration } from '../format.js';
 import { readOverrides } from '../throttle/live-settings.js';
 
@@ -15,6 +15,8 @@ export interface ReplicationStatus {
   /** Time the stream's acknowledgements trail the server (pg_stat_replication.flush_lag), seconds. */
   lagSeconds: number | null;
   slotRecreations: number;
+  /** WAL the slot holds back against replication.max_retained_wal (maxBytes 0 = no threshold). */
+  retainedWal: { bytes: number | null; maxBytes: number; exceeded: boolean };
   daemon: {
     host: string;
     pid: number;
@@ -53,7 +55,7 @@ export interface StatusReport {
   lastRuns: { id: number; command: string; startedAt: Date; finishedAt: Date | null; outcome: string | null }[];
 }
 
-async function readReplication(db: Parameters<typeof listSegments>[0], slot: string): Promise<ReplicationStatus> {
+async function readReplication(db: Parameters<typeof listSegments>[0], slot: string, maxRetainedWalBytes: number): Promise<ReplicationStatus> {
   const info = await readSlot(db, slot);
   const lag = info.activePid
     ? await db.query<{ s: number | null }>(`select extract(epoch from flush_lag)::float8 as s from pg_stat_replication where pid = $1`, [info.activePid])
@@ -72,12 +74,13 @@ async function readReplication(db: Parameters<typeof listSegments>[0], slot: str
     info,
     lagSeconds: lag?.rows[0]?.s ?? null,
     slotRecreations: await slotRecreations(db, slot),
+    retainedWal: { bytes: info.retainedBytes, maxBytes: maxRetainedWalBytes, exceeded: retainedWalExceeded(info, maxRetainedWalBytes) },
     daemon,
     converged: daemon?.convergedAt != null,
   };
 }
 
-export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], slot: string): Promise<StatusReport> {
+export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], slot: string, maxRetainedWalBytes = 0): Promise<StatusReport> {
   const segments = await listSegments(ctxPool);
   const byColumn = await summarizeQuarantine(ctxPool);
   const runs = await ctxPool.query(
@@ -91,7 +94,7 @@ export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], sl
   ).rows[0];
   const overrides = Object.fromEntries(await readOverrides(ctxPool));
   return {
-    replication: await readReplication(ctxPool, slot),
+    replication: await readReplication(ctxPool, slot, maxRetainedWalBytes),
     throttle: { ...c, overrides },
     sweep: segments.map((s) => ({ ...s, percent: Number(percentDone(s.nextBlock, s.totalBlocks ?? 0).toFixed(1)), etaSeconds: eta(s) })),
     quarantine: { total: byColumn.reduce((n, q) => n + q.count, 0), byColumn },
@@ -117,7 +120,7 @@ export async function statusCommand(flags: GlobalFlags, opts: { json?: boolean; 
     process.once('SIGINT', onSignal);
     try {
       do {
-        const report = await readStatus(ctx.pool, ctx.config.replication.slot);
+        const report = await readStatus(ctx.pool, ctx.config.replication.slot, ctx.config.replication.maxRetainedWalBytes);
         const text = opts.json ? JSON.stringify(report, null, everyMs ? 0 : 2) : renderStatus(report);
         // --watch on a terminal redraws in place; elsewhere (and with --json) it appends.
         if (everyMs && !opts.json && process.stdout.isTTY) process.stdout.write('\x1b[2J\x1b[H');
@@ -144,6 +147,12 @@ function renderReplication(r: ReplicationStatus): string {
     `replication slot ${r.slot}: ${i.active ? 'active' : 'inactive'}${i.walStatus ? `, wal_status ${i.walStatus}` : ''}, confirmed ${i.confirmedFlushLsn}, server at ${i.currentLsn}`,
     `  lag ${mb(i.lagBytes)} (~${formatDuration(r.lagSeconds)}), WAL retained by the slot ${mb(i.retainedBytes)}, recreated ${r.slotRecreations} time(s)`,
   ];
+  if (r.retainedWal.exceeded) {
+    lines.push(
+      `  WARNING: the slot retains more WAL than replication.max_retained_wal (${formatBytes(r.retainedWal.maxBytes)}); the server keeps it on disk until the stream confirms past it: ` +
+        'is `pg-rekey run` running and keeping up? (once converged, `pg-rekey teardown` drops the slot)',
+    );
+  }
   const d = r.daemon;
   if (d) {
     lines.push(

@@ -58,7 +58,7 @@ export interface Config {
   tables: readonly TableConfig[];
   sweep: SweepSettings;
   throttle: ThrottleSettings;
-  replication: { slot: string; publication: string };
+  replication: { slot: string; publication: string; /** 0 = no warning. */ maxRetainedWalBytes: number };
   daemon: DaemonSettings;
   /** undefined: the command's own default (see schema.ts). */
   logLevel: FileConfig['log_level'];
@@ -197,7 +197,7 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
       pauseFile: file.throttle.pause_file,
       checkIntervalMs: toMillis(file.throttle.check_interval),
     },
-    replication: { ...file.replication },
+    replication: { slot: file.replication.slot, publication: file.replication.publication, maxRetainedWalBytes: toBytes(file.replication.max_retained_wal) },
     daemon: {
       httpHost: file.daemon.http_host,
       httpPort: file.daemon.http_port,

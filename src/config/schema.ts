@@ -58,6 +58,8 @@ export const replicationSchema = z.strictObject({
   slot: z.string().regex(/^[a-z0-9_]{1,63}$/, 'lower case letters, digits and _ only (a PostgreSQL slot name)').default('pg_rekey'),
   /** Publication name. */
   publication: z.string().min(1).max(63).default('pg_rekey'),
+  /** Warn (log, status, metrics) while the slot holds back more WAL than this: the server cannot recycle it. 0 = off. */
+  max_retained_wal: size.default('10GB'),
 });
 
 export const daemonSchema = z.strictObject({

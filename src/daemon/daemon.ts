@@ -11,7 +11,7 @@ import { ensureSegment, restartSegments } from '../state/segments.js';
 import { summarizeQuarantine } from '../state/quarantine.js';
 import { formatLsn } from '../replication/lsn.js';
 import { RelationMap } from '../replication/relation-map.js';
-import { createSlot, dropSlot, readSlot, slotUnusable } from '../replication/slot.js';
+import { createSlot, dropSlot, formatBytes, readSlot, retainedWalExceeded, slotUnusable, type SlotInfo } from '../replication/slot.js';
 import { ReplicationStream } from '../replication/stream.js';
 import { StreamWriter } from '../replication/stream-writer.js';
 import { checkConvergence, type ConvergenceCheck } from './convergence.js';
@@ -45,6 +45,7 @@ export class Daemon {
   private readonly refreshedAt = new Map<string, number>();
   private lastCheckAt: Date | null = null;
   private rateSample = { at: Date.now(), rewrites: 0, perSec: 0 };
+  private retainedWalHigh = false;
 
   constructor(
     private readonly ctx: Context,
@@ -180,8 +181,29 @@ export class Daemon {
   private async watchSlot(): Promise<void> {
     const info = await readSlot(this.ctx.pool, this.ctx.config.replication.slot);
     if (info.lagBytes !== null) this.metrics.streamLagBytes.set(info.lagBytes);
+    this.noteRetainedWal(info);
     if (slotUnusable(info)) await this.ensureSlot('periodic slot check');
     await this.writeState();
+  }
+
+  /** Metrics of the WAL the slot holds back; one warning per crossing of replication.max_retained_wal. */
+  private noteRetainedWal(info: SlotInfo): void {
+    const max = this.ctx.config.replication.maxRetainedWalBytes;
+    this.metrics.slotRetainedWalMaxBytes.set(max);
+    if (info.retainedBytes !== null) this.metrics.slotRetainedWalBytes.set(info.retainedBytes);
+    const high = retainedWalExceeded(info, max);
+    this.metrics.slotRetainedWalExceeded.set(high ? 1 : 0);
+    const fields = { slot: this.ctx.config.replication.slot, retainedBytes: info.retainedBytes, maxRetainedWalBytes: max, streamConnected: this.stream.connected };
+    if (high && !this.retainedWalHigh) {
+      this.log.warn(
+        fields,
+        `the replication slot retains ${formatBytes(info.retainedBytes)} of WAL, above replication.max_retained_wal (${formatBytes(max)}): the server keeps that WAL on disk until the stream confirms past it; ` +
+          'check that the stream is connected and keeping up (`pg-rekey status`), and the disk space of pg_wal',
+      );
+    } else if (!high && this.retainedWalHigh) {
+      this.log.info(fields, `WAL retained by the replication slot is back under replication.max_retained_wal (${formatBytes(max)})`);
+    }
+    this.retainedWalHigh = high;
   }
 
   /** A change arrived for a relation we do not know: maybe a partition was attached. */

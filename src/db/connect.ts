@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { RuntimeFailure } from '../errors.js';
+import type { Logger } from '../logger.js';
 
 export const APPLICATION_NAME = 'pg-rekey';
 
@@ -57,14 +58,21 @@ const RETRYABLE = new Set([
   '53300', // too_many_connections
   '08000', '08003', '08006', '08001', '08004', // connection exceptions
 ]);
-const NODE_NETWORK = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
+const NODE_NETWORK = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
 
 export function isRetryable(err: unknown): boolean {
   const code = (err as { code?: string })?.code;
   if (code && (RETRYABLE.has(code) || NODE_NETWORK.has(code))) return true;
   const msg = (err as Error)?.message ?? '';
-  // pg reports a dropped socket without a code.
-  return /Connection terminated|connection ended|Client has encountered a connection error/i.test(msg);
+  // pg reports a dropped socket, and pg-pool a connect that timed out, without a code.
+  return /Connection terminated|connection ended|Client has encountered a connection error|timeout exceeded when trying to connect/i.test(msg);
+}
+
+const CONNECT_HINT = 'check --database-url / DATABASE_URL / `database:` in the config (or PGHOST, PGPORT, PGUSER, PGDATABASE), that the server is up, and pg_hba.conf';
+
+function connectFailureText(e: unknown, source: string): string {
+  const err = e as { code?: string; message?: string };
+  return `cannot connect to PostgreSQL (connection from ${source}): ${err.message ?? 'unknown error'}${err.code ? ` [${err.code}]` : ''}`;
 }
 
 /** Wraps a failure to connect into an error that says what to check. */
@@ -72,10 +80,67 @@ export async function checkConnection(pool: pg.Pool, source: string): Promise<vo
   try {
     await pool.query('select 1');
   } catch (e) {
-    const err = e as { code?: string; message?: string };
-    throw new RuntimeFailure(
-      `cannot connect to PostgreSQL (connection from ${source}): ${err.message ?? 'unknown error'}${err.code ? ` [${err.code}]` : ''}`,
-      'check --database-url / DATABASE_URL / `database:` in the config (or PGHOST, PGPORT, PGUSER, PGDATABASE), that the server is up, and pg_hba.conf',
-    );
+    throw new RuntimeFailure(connectFailureText(e, source), CONNECT_HINT);
+  }
+}
+
+/** A stop signal arrived while waiting for the database: nothing was started, nothing to drain. */
+export class ConnectWaitInterrupted extends RuntimeFailure {
+  constructor() {
+    super('interrupted while waiting for PostgreSQL to become reachable', 'nothing was started; run the command again');
+  }
+}
+
+export interface WaitForConnectionOptions {
+  source: string;
+  log: Logger;
+  /** Give up (exit 3) once this much time has passed; Infinity waits as long as it takes. */
+  maxWaitMs: number;
+  /** Cap of the exponential backoff between attempts (default 30 s). */
+  maxBackoffMs?: number;
+  /** First pause (default 500 ms); doubles per attempt up to maxBackoffMs. */
+  initialBackoffMs?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * checkConnection for a process that has to wait for the server (the daemon;
+ * backfill for a bounded time): a transient failure (refused, reset, timed
+ * out, starting up, too many connections; see isRetryable) is retried with
+ * capped exponential backoff, one warn line per failed attempt saying what
+ * failed and when the next attempt is. Anything else (authentication, no
+ * such database, pg_hba) does not go away by waiting and fails at once.
+ */
+export async function waitForConnection(pool: pg.Pool, o: WaitForConnectionOptions): Promise<void> {
+  const started = Date.now();
+  const log = o.log.child({ component: 'connect' });
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await pool.query('select 1');
+      if (attempt > 1) log.info({ attempt, waitedSec: Math.round((Date.now() - started) / 1000) }, `connected to PostgreSQL after ${attempt} attempts`);
+      return;
+    } catch (e) {
+      const what = connectFailureText(e, o.source);
+      if (!isRetryable(e)) throw new RuntimeFailure(what, `${CONNECT_HINT} (not retried: this error does not go away by waiting)`);
+      const waitMs = Math.min(o.maxBackoffMs ?? 30_000, (o.initialBackoffMs ?? 500) * 2 ** Math.min(attempt - 1, 16));
+      if (Date.now() - started + waitMs > o.maxWaitMs) {
+        throw new RuntimeFailure(`${what}; gave up after ${attempt} attempts in ${Math.round((Date.now() - started) / 1000)} s`, CONNECT_HINT);
+      }
+      if (o.signal?.aborted) throw new ConnectWaitInterrupted();
+      log.warn({ attempt, retryInSec: waitMs / 1000, code: (e as { code?: string }).code }, `${what}; attempt ${attempt} failed, next attempt in ${waitMs / 1000} s`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, waitMs);
+        o.signal?.addEventListener('abort', done, { once: true });
+        function done() {
+          clearTimeout(t);
+          o.signal?.removeEventListener('abort', done);
+          resolve();
+        }
+      });
+      if (o.signal?.aborted) {
+        log.info({ attempt }, 'stop signal while waiting for PostgreSQL: nothing was started, exiting');
+        throw new ConnectWaitInterrupted();
+      }
+    }
   }
 }

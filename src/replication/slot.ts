@@ -31,6 +31,27 @@ export async function readSlot(db: pg.Pool | pg.ClientBase, slot: string): Promi
   return r.rows[0] as SlotInfo;
 }
 
+/**
+ * The slot holds back more WAL than replication.max_retained_wal (0 = off):
+ * the server cannot recycle it, and its disk fills if the slot never moves.
+ */
+export function retainedWalExceeded(s: SlotInfo, maxBytes: number): boolean {
+  return maxBytes > 0 && s.retainedBytes !== null && s.retainedBytes > maxBytes;
+}
+
+/** 1536 -> "1.5 kB", for log lines and status. */
+export function formatBytes(bytes: number | null): string {
+  if (bytes === null) return '?';
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let i = 0;
+  let n = bytes;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
+}
+
 /** A slot that exists but can no longer deliver every change (rule 6 of the argument). */
 export function slotUnusable(s: SlotInfo): string | null {
   if (!s.exists) return 'slot does not exist';

@@ -41,7 +41,7 @@ describe('loadConfig', () => {
       maxReplicaLagMs: 10_000, maxReplicaLagBytes: 1024 ** 3, maxActiveBackends: 0, criticalActiveBackends: 0,
       criticalAction: 'stop', hibernateMs: 60_000, pauseFile: undefined, checkIntervalMs: 1_000,
     });
-    expect(c.replication).toEqual({ slot: 'pg_rekey', publication: 'pg_rekey' });
+    expect(c.replication).toEqual({ slot: 'pg_rekey', publication: 'pg_rekey', maxRetainedWalBytes: 10 * 1024 ** 3 });
     expect(c.connectionString).toBeUndefined();
     expect(c.connectionSource).toBe('PG* variables');
     expect(c.logLevel).toBeUndefined(); // each command picks its default

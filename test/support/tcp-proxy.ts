@@ -1,0 +1,175 @@
+// A small TCP proxy between pg-rekey and PostgreSQL for failure tests: it listens on 127.0.0.1
+// only, forwards to a loopback target, and can refuse, reset, or cut connections on demand or at
+// random intervals. It reads the client's StartupMessage to tell replication connections from
+// ordinary ones, so a test can check that both kinds were cut.
+import net from 'node:net';
+
+export type ProxyMode = 'forward' | 'reset';
+export type ConnectionKind = 'replication' | 'sql' | 'unknown';
+
+export interface ProxyStats {
+  accepted: number;
+  /** Connections reset at accept time (mode 'reset') or refused above maxConnections. */
+  refused: number;
+  /** Connections cut while open, by kind. */
+  cut: Record<ConnectionKind, number>;
+  open: number;
+}
+
+export interface ChaosOptions {
+  /** Pause between two cuts, drawn uniformly from [minMs, maxMs]. */
+  minMs: number;
+  maxMs: number;
+  /** Each open connection is cut with this probability at a cut (default 1: all of them). */
+  probability?: number;
+  rand: () => number;
+}
+
+export interface TcpProxy {
+  port: number;
+  /** `url` with its host and port replaced by the proxy's. */
+  urlFor(url: string): string;
+  setMode(mode: ProxyMode): void;
+  /** Cuts open connections now (optionally only those of one kind); returns how many. */
+  cut(kind?: ConnectionKind): number;
+  /** Cuts connections at random intervals until stopChaos(). */
+  startChaos(o: ChaosOptions): void;
+  stopChaos(): void;
+  readonly stats: ProxyStats;
+  close(): Promise<void>;
+}
+
+interface Pair {
+  client: net.Socket;
+  upstream: net.Socket;
+  kind: ConnectionKind;
+}
+
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
+
+/** A port nothing listens on right now (the kernel picked it free; nothing else in the test takes it). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Reads the parameters of a PostgreSQL StartupMessage (protocol 3.0); null while incomplete or not one. */
+function startupKind(buf: Buffer): ConnectionKind | null {
+  if (buf.length < 8) return null;
+  const len = buf.readInt32BE(0);
+  if (len < 8 || len > 10_000) return 'unknown';
+  if (buf.length < len) return null;
+  if (buf.readInt32BE(4) !== 196608) return 'unknown'; // SSLRequest, GSSENCRequest, CancelRequest
+  const parts = buf.subarray(8, len).toString('latin1').split('\0');
+  for (let i = 0; i + 1 < parts.length; i += 2) if (parts[i] === 'replication') return 'replication';
+  return 'sql';
+}
+
+export async function startTcpProxy(o: { target: string; port?: number; maxConnections?: number; mode?: ProxyMode }): Promise<TcpProxy> {
+  const target = new URL(o.target);
+  if (!LOOPBACK.has(target.hostname)) throw new Error(`tcp-proxy forwards to loopback targets only, not ${target.hostname}`);
+  const targetPort = Number(target.port || 5432);
+  const maxConnections = o.maxConnections ?? 64;
+  let mode: ProxyMode = o.mode ?? 'forward';
+  const pairs = new Set<Pair>();
+  const stats: ProxyStats = { accepted: 0, refused: 0, cut: { replication: 0, sql: 0, unknown: 0 }, open: 0 };
+  let chaosTimer: NodeJS.Timeout | null = null;
+
+  const drop = (p: Pair): void => {
+    if (!pairs.delete(p)) return;
+    stats.open = pairs.size;
+    p.client.destroy();
+    p.upstream.destroy();
+  };
+
+  const server = net.createServer((client) => {
+    stats.accepted++;
+    if (mode === 'reset' || pairs.size >= maxConnections) {
+      stats.refused++;
+      client.on('error', () => undefined);
+      client.resetAndDestroy();
+      return;
+    }
+    const upstream = net.connect(targetPort, target.hostname === 'localhost' ? '127.0.0.1' : target.hostname);
+    const pair: Pair = { client, upstream, kind: 'unknown' };
+    pairs.add(pair);
+    stats.open = pairs.size;
+    let head = Buffer.alloc(0);
+    const sniff = (chunk: Buffer): void => {
+      head = Buffer.concat([head, chunk]);
+      const kind = startupKind(head);
+      if (kind === null && head.length < 10_000) return;
+      pair.kind = kind ?? 'unknown';
+      client.off('data', sniff);
+    };
+    client.on('data', sniff);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    for (const s of [client, upstream]) {
+      s.on('error', () => drop(pair));
+      s.on('close', () => drop(pair));
+    }
+  });
+  server.maxConnections = maxConnections + 8; // beyond that the kernel-level accept is refused too
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port ?? 0, '127.0.0.1', () => resolve());
+  });
+  const port = (server.address() as net.AddressInfo).port;
+
+  const cut = (kind?: ConnectionKind, probability = 1, rand: () => number = Math.random): number => {
+    let n = 0;
+    for (const p of [...pairs]) {
+      if (kind && p.kind !== kind) continue;
+      if (probability < 1 && rand() >= probability) continue;
+      stats.cut[p.kind]++;
+      n++;
+      // An RST, as a broken network or a killed middlebox would leave it.
+      p.client.resetAndDestroy();
+      p.upstream.resetAndDestroy();
+      drop(p);
+    }
+    return n;
+  };
+
+  return {
+    port,
+    urlFor(url: string) {
+      const u = new URL(url);
+      u.hostname = '127.0.0.1';
+      u.port = String(port);
+      return u.toString();
+    },
+    setMode(m) {
+      mode = m;
+    },
+    cut: (kind) => cut(kind),
+    startChaos(c) {
+      if (chaosTimer) clearTimeout(chaosTimer);
+      const schedule = (): void => {
+        chaosTimer = setTimeout(() => {
+          cut(undefined, c.probability ?? 1, c.rand);
+          schedule();
+        }, c.minMs + Math.floor(c.rand() * (c.maxMs - c.minMs)));
+      };
+      schedule();
+    },
+    stopChaos() {
+      if (chaosTimer) clearTimeout(chaosTimer);
+      chaosTimer = null;
+    },
+    stats,
+    async close() {
+      if (chaosTimer) clearTimeout(chaosTimer);
+      chaosTimer = null;
+      for (const p of [...pairs]) drop(p);
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
