@@ -73,7 +73,7 @@ function hostileRows(base: number): Row[] {
     [good('ascii', Buffer.from('Structure fire, 12 Main St')), good('empty plaintext', Buffer.alloc(0))],
     [good('invalid UTF-8', Buffer.from([0xff, 0xfe, 0x00, 0xc3, 0x28, 0xa0, 0xa1, 0xed, 0xa0, 0x80, 0xf8, 0x88])), good('every byte value', Buffer.from(Array.from({ length: 256 }, (_, i) => i)))],
     [good('unicode', Buffer.from('Wohnungsbrand \u{1F692} 火事 \u0000 nul')), good('10 MB random', bigRandom)],
-    [NULL, good('10 MB pattern, invalid UTF-8 tail', bigPattern)],
+    [keep('10 MB not ours', 'x'.repeat(TEN_MB)), good('10 MB pattern, invalid UTF-8 tail', bigPattern)],
     [bad('bad base64', 'v1:@@not-base64@@', 'bad-base64'), NULL],
     [bad('prefix only', 'v1:', 'too-short'), NULL],
     [bad('truncated mid-value', ok.slice(0, 30), 'bad-base64'), NULL],
@@ -96,7 +96,7 @@ function hostileRows(base: number): Row[] {
     [keep('no colon', 'v1'), keep('no version', 'v:')],
     [keep('fullwidth digit', 'v１:abc'), keep('unicode text', 'ünïcödé v1: \u{1F692}')],
     [keep('target, nothing after it', 'v2:'), keep('target, garbage', 'v2:garbage!!')],
-    [keep('valid target', encryptValue(Buffer.from('already v2'), 2, ring)), NULL],
+    [keep('valid target', encryptValue(Buffer.from('already v2'), 2, ring)), keep('10 MB at target (never decrypted)', `v2:${'A'.repeat(TEN_MB)}`)],
   ];
   return cells.map(([title, raw_xml], i) => ({ id: base + i, title, raw_xml }));
 }
