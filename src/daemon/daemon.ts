@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import type { Context } from '../context.js';
 import type { KeyRing } from '../crypto/key-ring.js';
-import { resolveTables, type TableInfo } from '../db/catalog.js';
+import type { TableInfo } from '../db/catalog.js';
 import { displayName } from '../db/ident.js';
 import { EXIT_NOT_CONVERGED, EXIT_OK, EXIT_RUNTIME, RuntimeFailure } from '../errors.js';
 import { Metrics } from '../metrics.js';
@@ -13,7 +13,8 @@ import { formatLsn } from '../replication/lsn.js';
 import { RelationMap } from '../replication/relation-map.js';
 import { createSlot, dropSlot, formatBytes, readSlot, retainedWalExceeded, slotUnusable, type SlotInfo } from '../replication/slot.js';
 import { ReplicationStream } from '../replication/stream.js';
-import { StreamWriter } from '../replication/stream-writer.js';
+import { StreamWriter, type BatchLimits, type FlushResult } from '../replication/stream-writer.js';
+import { CatalogWatch } from './catalog-watch.js';
 import { checkConvergence, type ConvergenceCheck } from './convergence.js';
 import { LiveSettings } from '../throttle/live-settings.js';
 import { Throttle } from '../throttle/throttle.js';
@@ -43,6 +44,12 @@ export class Daemon {
   private convergedAt: Date | null = null;
   private slotMutex: Promise<void> = Promise.resolve();
   private readonly refreshedAt = new Map<string, number>();
+  private catalog!: CatalogWatch;
+  private catalogMutex: Promise<unknown> = Promise.resolve();
+  /** Relations to sweep again from block 0 (new partitions, rewritten tables). */
+  private readonly resweep = new Set<string>();
+  /** The tables changed during a sweep pass: run another pass before calling it complete. */
+  private sweepAgain = false;
   private lastCheckAt: Date | null = null;
   private rateSample = { at: Date.now(), rewrites: 0, perSec: 0 };
   private retainedWalHigh = false;
@@ -59,8 +66,12 @@ export class Daemon {
   async run(): Promise<number> {
     const { config, pool } = this.ctx;
     this.relations = await RelationMap.build(pool, this.tables);
+    this.catalog = new CatalogWatch(pool, config.tables, this.tables);
+    await this.catalog.init();
     await this.ensureSlot('startup check');
-    const writer = new StreamWriter(pool, this.ring, { maxRows: config.daemon.streamBatchRows, maxBytes: 32 * 1024 * 1024, maxDelayMs: config.daemon.streamBatchDelayMs });
+    const writer = new CatalogFollowingWriter(pool, this.ring, { maxRows: config.daemon.streamBatchRows, maxBytes: 32 * 1024 * 1024, maxDelayMs: config.daemon.streamBatchDelayMs }, () =>
+      this.refreshCatalog('stream write failed'),
+    );
     this.stream = new ReplicationStream({
       connectionString: config.connectionString,
       slot: config.replication.slot,
@@ -85,6 +96,7 @@ export class Daemon {
     const timers = [
       setInterval(() => void this.watchSlot().catch((e) => this.log.warn({ err: e }, 'slot check failed')), config.daemon.slotCheckIntervalMs),
       setInterval(() => void this.checkNow().catch((e) => this.log.warn({ err: e }, 'convergence check failed')), config.daemon.checkIntervalMs),
+      setInterval(() => void this.refreshCatalog('periodic catalog check').catch((e) => this.log.warn({ err: e }, 'catalog check failed')), config.daemon.slotCheckIntervalMs),
     ];
     const code = await this.finished;
     this.stopping = true;
@@ -116,7 +128,13 @@ export class Daemon {
         this.log.warn('sweep restarted from block 0 (new replication slot)');
       }
       this.sweepAbort = new AbortController();
+      this.sweepAgain = false;
       try {
+        if (this.resweep.size) {
+          const relations = [...this.resweep];
+          await restartSegments(pool, relations);
+          relations.forEach((r) => this.resweep.delete(r));
+        }
         const results = await sweepTables(pool, this.tables, { settings: config.sweep, live, throttle, ring: this.ring, signal: this.sweepAbort.signal, progress, log: this.ctx.log });
         await throttle.clear();
         for (const r of results) this.metrics.rewrites.inc({ source: 'sweep', table: r.table }, r.rewritten);
@@ -126,11 +144,16 @@ export class Daemon {
           this.log.fatal({ err: e, hint: e.hint }, 'sweep cannot continue');
           return this.stop(EXIT_RUNTIME);
         }
+        // A table dropped or rewritten under the sweep: follow the catalog and go on at once.
+        if (await this.refreshCatalog('sweep failed').catch(() => false)) {
+          this.log.info({ err: e }, 'sweep interrupted by a change of the configured tables; going on');
+          continue;
+        }
         this.log.warn({ err: e }, 'sweep failed; retrying in 5s');
         await sleep(5_000);
         continue;
       }
-      if (this.stopping || this.sweepAbort.signal.aborted) continue;
+      if (this.stopping || this.sweepAbort.signal.aborted || this.sweepAgain) continue;
       if (!this.sweepDone) this.log.info('sweep complete for every configured table');
       this.sweepDone = true;
       void this.checkNow().catch((e) => this.log.warn({ err: e }, 'convergence check failed'));
@@ -208,19 +231,57 @@ export class Daemon {
 
   /** A change arrived for a relation we do not know: maybe a partition was attached. */
   private async refreshTables(schema: string, name: string): Promise<boolean> {
-    const id = `${schema}.${name}`;
+    const id = displayName({ schema, name });
     if (Date.now() - (this.refreshedAt.get(id) ?? 0) < 10_000) return false;
+    await this.refreshCatalog(`change for unknown relation ${id}`);
     this.refreshedAt.set(id, Date.now());
-    const tables = await resolveTables(this.ctx.pool, this.ctx.config.tables);
-    const relations = await RelationMap.build(this.ctx.pool, tables);
-    if (!relations.get(schema, name)) return false;
-    this.tables = tables;
-    this.relations = relations;
-    for (const t of tables) for (const leaf of t.leaves) await ensureSegment(this.ctx.pool, t.display, displayName(leaf));
-    this.log.info({ relation: id }, 'new relation of a configured table (partition attached?): now streamed and swept');
-    this.sweepDone = false;
-    this.sweepWake?.();
-    return true;
+    return this.relations.get(schema, name) !== undefined;
+  }
+
+  /**
+   * Follows DDL on the configured tables (see CatalogWatch): a dropped table is
+   * left out; a new partition is streamed and swept; a rewritten relation is
+   * swept again from block 0, since its rows moved, maybe behind the sweep's
+   * checkpoint; anything else (a configured column or the key gone, a table
+   * created again) stops run with the problem. True when something changed.
+   */
+  private refreshCatalog(trigger: string): Promise<boolean> {
+    const run = async (): Promise<boolean> => {
+      if (this.stopping) return false;
+      const c = await this.catalog.check();
+      if (c.problems.length) {
+        this.log.fatal(
+          { problems: c.problems, trigger, hint: 'fix the table or the `tables:` section of the config, run `pg-rekey setup`, then start `pg-rekey run` again' },
+          `a configured table changed in a way run cannot follow; stopping: ${c.problems.join('; ')}`,
+        );
+        this.stop(EXIT_RUNTIME);
+        return false;
+      }
+      if (!c.changed) return false;
+      const relations = await RelationMap.build(this.ctx.pool, c.tables);
+      for (const l of [...c.added, ...c.rewritten]) await ensureSegment(this.ctx.pool, l.table, l.relation);
+      this.catalog.accept(c);
+      this.tables = c.tables;
+      this.relations = relations;
+      for (const table of c.dropped) {
+        this.log.error({ table, trigger }, `configured table ${table} no longer exists (dropped): it is no longer streamed, swept or counted; remove it from \`tables:\` in the config before the next start`);
+      }
+      for (const l of c.removed) this.log.info({ ...l, trigger }, `${l.relation} is no longer a partition of ${l.table} (detached or dropped): no longer streamed or swept`);
+      for (const l of c.added) this.log.info({ ...l, trigger }, `new partition ${l.relation} of ${l.table} (attached or created): now streamed, and swept from block 0`);
+      for (const l of c.rewritten) {
+        this.log.warn({ ...l, trigger }, `${l.relation} was rewritten (ALTER TABLE ... TYPE, VACUUM FULL, CLUSTER, TRUNCATE): its rows moved without an UPDATE the stream could see; sweeping it again from block 0`);
+      }
+      [...c.added, ...c.rewritten].forEach((l) => this.resweep.add(l.relation));
+      this.sweepDone = false;
+      this.sweepAgain = true;
+      this.convergedAt = null; // checked again once the sweep pass over the new set of relations is complete
+      if (c.rewritten.length) this.sweepAbort.abort(); // its chunks after the rewrite are wasted: start over now
+      this.sweepWake?.();
+      return true;
+    };
+    const p = this.catalogMutex.then(run);
+    this.catalogMutex = p.catch(() => undefined);
+    return p;
   }
 
   private async checkNow(): Promise<void> {
@@ -282,5 +343,33 @@ export class Daemon {
         this.rateSample.perSec,
       ],
     );
+  }
+}
+
+/** SQLSTATEs of a write to a relation or column that no longer exists. */
+const UNDEFINED_RELATION_OR_COLUMN = new Set(['42P01', '42703']);
+
+/**
+ * The stream's writer; a flush that fails because a configured table or column
+ * is gone re-reads the catalog before the error ends the session, so the replay
+ * after the reconnect leaves the dropped table out instead of failing again.
+ */
+class CatalogFollowingWriter extends StreamWriter {
+  constructor(
+    pool: ConstructorParameters<typeof StreamWriter>[0],
+    ring: KeyRing,
+    limits: BatchLimits,
+    private readonly onMissing: () => Promise<unknown>,
+  ) {
+    super(pool, ring, limits);
+  }
+
+  override async flush(): Promise<FlushResult> {
+    try {
+      return await super.flush();
+    } catch (e) {
+      if (UNDEFINED_RELATION_OR_COLUMN.has((e as { code?: string }).code ?? '')) await this.onMissing().catch(() => undefined);
+      throw e;
+    }
   }
 }
