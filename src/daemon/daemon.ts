@@ -9,7 +9,7 @@ import { LogProgress, type ProgressSink } from '../backfill/progress.js';
 import { sleep, sweepTables } from '../backfill/sweep.js';
 import { ensureSegment, restartSegments } from '../state/segments.js';
 import { summarizeQuarantine } from '../state/quarantine.js';
-import { formatLsn } from '../replication/lsn.js';
+import { formatLsn, parseLsn } from '../replication/lsn.js';
 import { RelationMap } from '../replication/relation-map.js';
 import { createSlot, dropSlot, formatBytes, readSlot, retainedWalExceeded, slotUnusable, type SlotInfo } from '../replication/slot.js';
 import { ReplicationStream } from '../replication/stream.js';
@@ -50,6 +50,7 @@ export class Daemon {
   private readonly resweep = new Set<string>();
   /** The tables changed during a sweep pass: run another pass before calling it complete. */
   private sweepAgain = false;
+  private serverVersionNum = 0;
   private lastCheckAt: Date | null = null;
   private rateSample = { at: Date.now(), rewrites: 0, perSec: 0 };
   private retainedWalHigh = false;
@@ -68,6 +69,7 @@ export class Daemon {
     this.relations = await RelationMap.build(pool, this.tables);
     this.catalog = new CatalogWatch(pool, config.tables, this.tables);
     await this.catalog.init();
+    this.serverVersionNum = Number((await pool.query<{ v: string }>(`select current_setting('server_version_num') as v`)).rows[0]!.v);
     await this.ensureSlot('startup check');
     const writer = new CatalogFollowingWriter(pool, this.ring, { maxRows: config.daemon.streamBatchRows, maxBytes: 32 * 1024 * 1024, maxDelayMs: config.daemon.streamBatchDelayMs }, () =>
       this.refreshCatalog('stream write failed'),
@@ -95,7 +97,14 @@ export class Daemon {
     const sweeping = this.sweepLoop();
     const timers = [
       setInterval(() => void this.watchSlot().catch((e) => this.log.warn({ err: e }, 'slot check failed')), config.daemon.slotCheckIntervalMs),
-      setInterval(() => void this.checkNow().catch((e) => this.log.warn({ err: e }, 'convergence check failed')), config.daemon.checkIntervalMs),
+      setInterval(
+        () =>
+          void this.checkNow().catch((e) => {
+            this.log.warn({ err: e }, 'convergence check failed');
+            void this.refreshCatalog('convergence check failed').catch(() => undefined); // a configured table dropped?
+          }),
+        config.daemon.checkIntervalMs,
+      ),
       setInterval(() => void this.refreshCatalog('periodic catalog check').catch((e) => this.log.warn({ err: e }, 'catalog check failed')), config.daemon.slotCheckIntervalMs),
     ];
     const code = await this.finished;
@@ -271,6 +280,7 @@ export class Daemon {
       for (const l of c.rewritten) {
         this.log.warn({ ...l, trigger }, `${l.relation} was rewritten (ALTER TABLE ... TYPE, VACUUM FULL, CLUSTER, TRUNCATE): its rows moved without an UPDATE the stream could see; sweeping it again from block 0`);
       }
+      if (c.added.length && this.serverVersionNum < 150000) void this.refreshWalsender(c.added.map((l) => l.relation));
       [...c.added, ...c.rewritten].forEach((l) => this.resweep.add(l.relation));
       this.sweepDone = false;
       this.sweepAgain = true;
@@ -282,6 +292,39 @@ export class Daemon {
     const p = this.catalogMutex.then(run);
     this.catalogMutex = p.catch(() => undefined);
     return p;
+  }
+
+  /**
+   * PostgreSQL 14 and older: a walsender that decoded changes of a table before
+   * it was attached as a partition keeps it as "not published" (pgoutput's
+   * relation cache ignores the attach) and skips its later changes for as long
+   * as it lives. Once the stream has acknowledged past the attach, end our
+   * walsender: the next one starts after every change from before the attach,
+   * with a fresh cache. The new partitions are swept again after that, so what
+   * the old walsender skipped is swept.
+   */
+  private async refreshWalsender(relations: string[]): Promise<void> {
+    const { pool, config } = this.ctx;
+    const slot = config.replication.slot;
+    try {
+      const past = parseLsn((await pool.query<{ l: string }>(`select pg_current_wal_flush_lsn()::text as l`)).rows[0]!.l);
+      this.log.info({ relations }, 'PostgreSQL < 15: restarting the replication connection once the stream is past the attach, so that the new partition is published to it');
+      for (;;) {
+        if (this.stopping) return;
+        this.stream.ping();
+        const s = await readSlot(pool, slot);
+        if (this.stream.appliedLsn >= past && s.confirmedFlushLsn && parseLsn(s.confirmedFlushLsn) >= past) break;
+        await sleep(200);
+      }
+      await pool.query(`select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = $1 and active_pid is not null`, [slot]);
+      relations.forEach((r) => this.resweep.add(r));
+      this.sweepDone = false;
+      this.sweepAgain = true;
+      this.convergedAt = null;
+      this.sweepWake?.();
+    } catch (e) {
+      this.log.error({ err: e, relations }, 'could not restart the replication connection for a new partition: its writes may not be streamed; restart `pg-rekey run` (and if `pg-rekey verify` does not converge, `pg-rekey backfill --restart`)');
+    }
   }
 
   private async checkNow(): Promise<void> {
