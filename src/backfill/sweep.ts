@@ -145,7 +145,7 @@ async function sweepRelation(
       controller.retune(controllerSettings(settings));
     }
     if (opts.signal?.aborted) {
-      log.info({ nextBlock: next }, 'interrupted; the next run resumes here');
+      log.info({ nextBlock: next }, dry ? 'interrupted (dry run: nothing kept)' : 'interrupted; the next run resumes here');
       break;
     }
     const chunkStarted = Date.now();

@@ -71,7 +71,10 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     if (runId !== null) await finishRun(ctx.pool, runId, abort.signal.aborted ? 'interrupted' : 'ok', summary);
     process.stdout.write(opts.json ? `${JSON.stringify({ ...summary, relations: results }, null, 2)}\n` : `${renderBackfill(results, summary)}\n`);
     if (abort.signal.aborted) {
-      throw new RuntimeFailure('interrupted by a signal after finishing the chunk in flight', 'run `pg-rekey backfill` again to resume from the checkpoint');
+      throw new RuntimeFailure(
+        'interrupted by a signal after finishing the chunk in flight',
+        opts.dryRun ? 'a dry run keeps no checkpoint: run it again to scan from block 0' : 'run `pg-rekey backfill` again to resume from the checkpoint',
+      );
     }
     return EXIT_OK;
   } catch (e) {

@@ -116,7 +116,9 @@ export async function startCluster(major: PgMajor): Promise<Cluster> {
       '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off',
       '-c', 'max_connections=200', '-c', 'shared_buffers=128MB',
     ];
-    const proc = spawn(bin.postgres, args, { ...spawnOpts, stdio: ['ignore', 'pipe', 'pipe'] });
+    // detached: its own process group, so a Ctrl-C meant for the test run (or the demo) does not
+    // shut PostgreSQL down under the code that is still cleaning up; stop() and the watchdog stop it.
+    const proc = spawn(bin.postgres, args, { ...spawnOpts, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     if (proc.pid === undefined) throw await new Promise<Error>((resolve) => proc.once('error', resolve));
     // If this process dies without stop(), the watchdog shuts the postmaster down (SIGQUIT) and removes dataDir.
     disarm = guardProcess(proc.pid, 'SIGQUIT', dataDir);
