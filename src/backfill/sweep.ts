@@ -153,8 +153,17 @@ async function sweepRelation(
       opts.throttle?.noteLockWait();
       if (!dry) await pool.query(`update pgrekey.sweep_segment set lock_timeouts = lock_timeouts + 1 where relation = $1 and segment_start = 0`, [relation]).catch(() => undefined);
     };
-    const chunkBlocks = controller.next();
-    const { total, range, counts, plan } = await withRetries(log, onLockTimeout, () =>
+    let chunkBlocks = controller.next();
+    const retry: RetryHooks = {
+      onLockTimeout,
+      // A chunk too big to finish within statement_timeout must not be retried at the same size.
+      onStatementTimeout: () => {
+        controller.shrink();
+        chunkBlocks = controller.next();
+      },
+      signal: opts.signal,
+    };
+    const { total, range, counts, plan } = await withRetries(log, retry, () =>
       inTransaction(pool, dry, settings, async (client) => {
         const total = Number((await client.query<{ blocks: string }>(RELATION_BLOCKS_SQL, [quoteQualified(leaf)])).rows[0]!.blocks);
         const range = planChunk(next, total, chunkBlocks);
@@ -239,16 +248,26 @@ async function inTransaction<T>(pool: pg.Pool, readOnly: boolean, s: SweepSettin
 }
 
 /** Lock and statement timeouts, dropped connections: wait and redo the chunk. */
-async function withRetries<T>(log: Logger, onLockTimeout: () => Promise<void>, fn: () => Promise<T>): Promise<T> {
+interface RetryHooks {
+  onLockTimeout: () => Promise<void>;
+  onStatementTimeout: () => void;
+  /** A stop requested while waiting to retry ends the wait and gives up on the chunk. */
+  signal?: AbortSignal;
+}
+
+async function withRetries<T>(log: Logger, hooks: RetryHooks, fn: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await fn();
     } catch (e) {
-      if (!isRetryable(e) || attempt >= MAX_CHUNK_RETRIES) throw e;
-      if ((e as { code?: string }).code === '55P03') await onLockTimeout();
+      if (!isRetryable(e) || attempt >= MAX_CHUNK_RETRIES || hooks.signal?.aborted) throw e;
+      const code = (e as { code?: string }).code;
+      if (code === '55P03') await hooks.onLockTimeout();
+      if (code === '57014') hooks.onStatementTimeout();
       const waitMs = Math.min(30_000, 250 * 2 ** (attempt - 1));
-      log.warn({ attempt, waitMs, code: (e as { code?: string }).code, reason: (e as Error).message }, 'chunk failed with a retryable error; retrying');
-      await sleep(waitMs);
+      log.warn({ attempt, waitMs, code, reason: (e as Error).message }, 'chunk failed with a retryable error; retrying');
+      await sleep(waitMs, hooks.signal);
+      if (hooks.signal?.aborted) throw e;
     }
   }
 }

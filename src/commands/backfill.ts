@@ -81,6 +81,11 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     if (runId !== null && !abort.signal.aborted) {
       await finishRun(ctx.pool, runId, 'failed', { error: (e as Error).message }).catch(() => undefined);
     }
+    // A stop requested while a chunk waited to be retried: an interruption, not the retried error.
+    if (abort.signal.aborted && !(e instanceof RuntimeFailure)) {
+      if (runId !== null) await finishRun(ctx.pool, runId, 'interrupted', {}).catch(() => undefined);
+      throw new RuntimeFailure('interrupted by a signal while a chunk waited to be retried', 'run `pg-rekey backfill` again to resume from the checkpoint');
+    }
     throw e;
   } finally {
     stopSignals();

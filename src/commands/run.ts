@@ -1,7 +1,8 @@
 import type { GlobalFlags } from '../config/load-config.js';
 import { openContext, requireState, type Context } from '../context.js';
 import { ConnectWaitInterrupted } from '../db/connect.js';
-import { EXIT_OK } from '../errors.js';
+import { EXIT_NOT_CONVERGED, EXIT_OK } from '../errors.js';
+import { finishRun, startRun, type RunOutcome } from '../state/runs.js';
 import { loadKeyRing } from '../crypto/key-ring.js';
 import { initSodium, memzero } from '../crypto/secretbox.js';
 import { resolveTables } from '../db/catalog.js';
@@ -26,11 +27,21 @@ export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?:
     await requireState(ctx.pool);
     const tables = await resolveTables(ctx.pool, ctx.config.tables);
     const daemon = new Daemon(ctx, ring, tables, { exitWhenConverged: opts.exitWhenConverged === true });
-    const removeSignals = onShutdownSignals(ctx.log, () => daemon.stop());
+    let signalled = false;
+    const removeSignals = onShutdownSignals(ctx.log, () => {
+      signalled = true;
+      daemon.stop();
+    });
+    const runId = await startRun(ctx.pool, 'run', ring.target);
+    let code: number | null = null;
     try {
-      return await daemon.run();
+      code = await daemon.run();
+      return code;
     } finally {
       removeSignals();
+      const outcome: RunOutcome =
+        code === null ? 'failed' : signalled ? 'interrupted' : code === EXIT_OK ? 'ok' : code === EXIT_NOT_CONVERGED ? 'not-converged' : 'failed';
+      await finishRun(ctx.pool, runId, outcome, { exitCode: code, converged: daemon.converged }).catch(() => undefined);
     }
   } finally {
     ring.wipe(memzero);

@@ -30,6 +30,8 @@ export interface ReplicationStatus {
     convergedAt: Date | null;
     streamRewrites: number | null;
     streamRewritesPerSec: number | null;
+    /** Set when `run` exited cleanly; a heartbeat that stopped without it means the daemon died. */
+    stoppedAt: Date | null;
   } | null;
   converged: boolean;
 }
@@ -64,7 +66,7 @@ async function readReplication(db: Parameters<typeof listSegments>[0], slot: str
     `select host, pid, heartbeat_at as "heartbeatAt", applied_lsn::text as "appliedLsn", stream_connected as "streamConnected",
             sweep_done as "sweepDone", remaining::float8 as remaining, quarantined::float8 as quarantined,
             last_check_at as "lastCheckAt", converged_at as "convergedAt",
-            stream_rewrites::float8 as "streamRewrites", stream_rewrites_per_sec as "streamRewritesPerSec"
+            stream_rewrites::float8 as "streamRewrites", stream_rewrites_per_sec as "streamRewritesPerSec", stopped_at as "stoppedAt"
        from pgrekey.daemon where slot_name = $1`,
     [slot],
   );
@@ -145,7 +147,7 @@ function renderReplication(r: ReplicationStatus): string {
   if (!i.exists) return `replication slot ${r.slot}: MISSING (run \`pg-rekey setup\`, or \`pg-rekey run\` recreates it and re-sweeps)`;
   const lines = [
     `replication slot ${r.slot}: ${i.active ? 'active' : 'inactive'}${i.walStatus ? `, wal_status ${i.walStatus}` : ''}, confirmed ${i.confirmedFlushLsn}, server at ${i.currentLsn}`,
-    `  lag ${mb(i.lagBytes)} (~${formatDuration(r.lagSeconds)}), WAL retained by the slot ${mb(i.retainedBytes)}, recreated ${r.slotRecreations} time(s)`,
+    `  lag ${mb(i.lagBytes)}${r.lagSeconds === null ? '' : ` (~${formatDuration(r.lagSeconds)})`}, WAL retained by the slot ${mb(i.retainedBytes)}, recreated ${r.slotRecreations} time(s)`,
   ];
   if (r.retainedWal.exceeded) {
     lines.push(
@@ -156,12 +158,19 @@ function renderReplication(r: ReplicationStatus): string {
   const d = r.daemon;
   if (d) {
     lines.push(
-      `daemon: pid ${d.pid} on ${d.host}, last heartbeat ${d.heartbeatAt.toISOString()}, stream ${d.streamConnected ? 'connected' : 'not connected'}, sweep ${d.sweepDone ? 'complete' : 'running'}`,
+      d.stoppedAt
+        ? `daemon: STOPPED cleanly at ${d.stoppedAt.toISOString()} (pid ${d.pid} on ${d.host}); sweep ${d.sweepDone ? 'was complete' : 'resumes at the next start'}`
+        : `daemon: pid ${d.pid} on ${d.host}, last heartbeat ${d.heartbeatAt.toISOString()}${staleHeartbeat(d.heartbeatAt) ? ' (STALE: not running? it did not stop cleanly)' : ''}, stream ${d.streamConnected ? 'connected' : 'not connected'}, sweep ${d.sweepDone ? 'complete' : 'running'}`,
       `  stream rewrites: ${d.streamRewrites ?? 0} (${(d.streamRewritesPerSec ?? 0).toFixed(1)}/s recently)`,
-      `  ${d.convergedAt ? `CONVERGED since ${d.convergedAt.toISOString()}` : 'not converged'}${d.lastCheckAt ? ` (last check ${d.lastCheckAt.toISOString()}: ${d.remaining ?? '?'} remaining, ${d.quarantined ?? 0} quarantined)` : ''}`,
+      `  ${d.convergedAt ? `${d.stoppedAt ? 'was CONVERGED' : 'CONVERGED'} since ${d.convergedAt.toISOString()}` : 'not converged'}${d.lastCheckAt ? ` (last check ${d.lastCheckAt.toISOString()}: ${d.remaining ?? '?'} remaining, ${d.quarantined ?? 0} quarantined)` : ''}`,
     );
   } else lines.push('daemon: `pg-rekey run` has not run yet');
   return lines.join('\n');
+}
+
+/** A heartbeat older than a minute: the daemon is not running (it writes one every slot_check_interval). */
+function staleHeartbeat(at: Date): boolean {
+  return Date.now() - at.getTime() > 60_000;
 }
 
 function renderThrottle(t: ThrottleStatus): string {

@@ -99,7 +99,7 @@ export class Daemon {
       setInterval(() => void this.watchSlot().catch((e) => this.log.warn({ err: e }, 'slot check failed')), config.daemon.slotCheckIntervalMs),
       setInterval(
         () =>
-          void this.checkNow().catch((e) => {
+          void this.track(this.checkNow()).catch((e) => {
             this.log.warn({ err: e }, 'convergence check failed');
             void this.refreshCatalog('convergence check failed').catch(() => undefined); // a configured table dropped?
           }),
@@ -112,12 +112,27 @@ export class Daemon {
     timers.forEach(clearInterval);
     this.sweepAbort.abort();
     this.sweepWake?.();
-    await sweeping;
-    await this.stream.stop();
-    await this.writeState().catch(() => undefined);
+    // Drain both at once: the chunk in flight, and the stream's batch (flush, acknowledge).
+    await Promise.all([sweeping, this.stream.stop()]);
+    await Promise.allSettled([...this.inFlight]); // checks started by a timer use the pool too
+    await this.writeState(true).catch(() => undefined);
     await new Promise((r) => http.server.close(r));
     this.log.info({ code, applied: formatLsn(this.stream.appliedLsn) }, 'stopped');
     return code;
+  }
+
+  private readonly inFlight = new Set<Promise<unknown>>();
+
+  /** Keeps a background task known, so shutdown waits for it before closing the pool. */
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.inFlight.add(p);
+    void p.finally(() => this.inFlight.delete(p)).catch(() => undefined);
+    return p;
+  }
+
+  /** True when the last convergence check passed. */
+  get converged(): boolean {
+    return this.convergedAt !== null;
   }
 
   /** First signal: drain and exit 0. */
@@ -146,9 +161,9 @@ export class Daemon {
         }
         const results = await sweepTables(pool, this.tables, { settings: config.sweep, live, throttle, ring: this.ring, signal: this.sweepAbort.signal, progress, log: this.ctx.log });
         await throttle.clear();
-        for (const r of results) this.metrics.rewrites.inc({ source: 'sweep', table: r.table }, r.rewritten);
-        for (const r of results) if (r.quarantined) this.metrics.quarantined.inc({ source: 'sweep', table: r.table }, r.quarantined);
+        void results; // counted per chunk by the progress sink
       } catch (e) {
+        if (this.stopping) break;
         if (e instanceof RuntimeFailure) {
           this.log.fatal({ err: e, hint: e.hint }, 'sweep cannot continue');
           return this.stop(EXIT_RUNTIME);
@@ -159,13 +174,13 @@ export class Daemon {
           continue;
         }
         this.log.warn({ err: e }, 'sweep failed; retrying in 5s');
-        await sleep(5_000);
+        await sleep(5_000, this.sweepAbort.signal);
         continue;
       }
       if (this.stopping || this.sweepAbort.signal.aborted || this.sweepAgain) continue;
       if (!this.sweepDone) this.log.info('sweep complete for every configured table');
       this.sweepDone = true;
-      void this.checkNow().catch((e) => this.log.warn({ err: e }, 'convergence check failed'));
+      void this.track(this.checkNow()).catch((e) => this.log.warn({ err: e }, 'convergence check failed'));
       await new Promise<void>((r) => (this.sweepWake = r));
       this.sweepWake = null;
     }
@@ -173,9 +188,21 @@ export class Daemon {
 
   private sweepProgress(): ProgressSink {
     const logSink = new LogProgress(this.ctx.log, this.ctx.config.sweep.progressIntervalMs);
+    // Counters move per chunk (a sweep pass can take hours): add what each chunk added.
+    const seen = new Map<string, { rewritten: number; conflicts: number; quarantined: number }>();
+    const tableOf = (rel: string) => this.tables.find((t) => t.leaves.some((l) => displayName(l) === rel))?.display ?? rel;
     return {
-      start: (rel, next) => logSink.start(rel, next),
+      start: (rel, next) => {
+        seen.set(rel, { rewritten: 0, conflicts: 0, quarantined: 0 });
+        logSink.start(rel, next);
+      },
       chunk: (rel, p) => {
+        const before = seen.get(rel) ?? { rewritten: 0, conflicts: 0, quarantined: 0 };
+        const table = tableOf(rel);
+        this.metrics.rewrites.inc({ source: 'sweep', table }, p.rewritten - before.rewritten);
+        this.metrics.quarantined.inc({ source: 'sweep', table }, p.quarantined - before.quarantined);
+        this.metrics.casConflicts.inc({ source: 'sweep' }, p.conflicts - before.conflicts);
+        seen.set(rel, { rewritten: p.rewritten, conflicts: p.conflicts, quarantined: p.quarantined });
         this.metrics.sweepBlocksDone.set({ relation: rel }, p.nextBlock);
         this.metrics.sweepBlocksTotal.set({ relation: rel }, p.totalBlocks);
         if (p.chunkBlocks !== undefined) this.metrics.sweepChunkBlocks.set({ relation: rel }, p.chunkBlocks);
@@ -355,7 +382,7 @@ export class Daemon {
     }
   }
 
-  private async writeState(): Promise<void> {
+  private async writeState(stopped = false): Promise<void> {
     const c = this.lastCheck;
     const now = Date.now();
     if (now - this.rateSample.at >= 1000) {
@@ -363,14 +390,15 @@ export class Daemon {
       this.rateSample = { at: now, rewrites: this.stream.rewrites, perSec };
     }
     await this.ctx.pool.query(
-      `insert into pgrekey.daemon as d (slot_name, host, pid, started_at, heartbeat_at, applied_lsn, stream_connected, sweep_done, remaining, quarantined, last_check_at, converged_at, stream_rewrites, stream_rewrites_per_sec)
-       values ($1, $2, $3, now(), now(), $4::pg_lsn, $5, $6, $7, $8, $9, $10, $11, $12)
+      `insert into pgrekey.daemon as d (slot_name, host, pid, started_at, heartbeat_at, applied_lsn, stream_connected, sweep_done, remaining, quarantined, last_check_at, converged_at, stream_rewrites, stream_rewrites_per_sec, stopped_at)
+       values ($1, $2, $3, now(), now(), $4::pg_lsn, $5, $6, $7, $8, $9, $10, $11, $12, case when $13 then now() end)
        on conflict (slot_name) do update set host = excluded.host, pid = excluded.pid,
          started_at = case when d.pid is distinct from excluded.pid then now() else d.started_at end,
          heartbeat_at = now(), applied_lsn = excluded.applied_lsn, stream_connected = excluded.stream_connected,
          sweep_done = excluded.sweep_done, remaining = excluded.remaining, quarantined = excluded.quarantined,
          last_check_at = excluded.last_check_at, converged_at = excluded.converged_at,
-         stream_rewrites = excluded.stream_rewrites, stream_rewrites_per_sec = excluded.stream_rewrites_per_sec`,
+         stream_rewrites = excluded.stream_rewrites, stream_rewrites_per_sec = excluded.stream_rewrites_per_sec,
+         stopped_at = excluded.stopped_at`,
       [
         this.ctx.config.replication.slot,
         hostname(),
@@ -384,6 +412,7 @@ export class Daemon {
         this.convergedAt,
         this.stream.rewrites,
         this.rateSample.perSec,
+        stopped,
       ],
     );
   }

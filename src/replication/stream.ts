@@ -64,6 +64,10 @@ export class ReplicationStream {
   private chain: Promise<unknown> = Promise.resolve();
   private service: LogicalReplicationService | null = null;
   private stopping = false;
+  /** Aborted by stop(): ends a reconnect wait at once. */
+  private readonly stopped = new AbortController();
+  /** When the current session started streaming (0 = not yet). */
+  private streamingSince = 0;
   private running: Promise<void> | null = null;
   private readonly log: Logger;
   connected = false;
@@ -85,6 +89,7 @@ export class ReplicationStream {
   /** Drain: finish the message and batch in flight, commit, acknowledge, disconnect. */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.stopped.abort();
     const svc = this.service;
     if (svc) {
       await this.serial(() => this.flush()).catch((e) => this.log.warn({ err: e }, 'final flush failed; the work replays on restart'));
@@ -102,7 +107,7 @@ export class ReplicationStream {
   private async loop(): Promise<void> {
     let attempt = 0;
     while (!this.stopping) {
-      const started = Date.now();
+      this.streamingSince = 0;
       try {
         await this.session();
       } catch (e) {
@@ -119,12 +124,14 @@ export class ReplicationStream {
         }
       }
       if (this.stopping) break;
-      if (Date.now() - started > 30_000) attempt = 0;
+      // A session that got as far as streaming for a while proves the way back works: start
+      // the backoff over, or a few short sessions would leave the stream waiting 30 s later.
+      if (this.streamingSince > 0 && Date.now() - this.streamingSince >= 1_000) attempt = 0;
       attempt++;
       const waitMs = Math.min(this.o.maxBackoffMs ?? 30_000, 500 * 2 ** Math.min(attempt - 1, 10));
       this.o.metrics.streamReconnects.inc();
       this.log.info({ attempt, waitMs }, 'reconnecting to the replication slot');
-      await sleep(waitMs);
+      await sleep(waitMs, this.stopped.signal);
     }
   }
 
@@ -148,6 +155,7 @@ export class ReplicationStream {
     svc.on('error', breakWith);
     svc.on('start', () => {
       this.connected = true;
+      this.streamingSince = Date.now();
       this.o.metrics.streamConnected.set(1);
       this.log.info({ applied: formatLsn(this.applied) }, 'streaming');
     });

@@ -66,6 +66,12 @@ export class ChunkController {
     this.size = this.clamp(Math.min(wanted, this.size * this.s.maxGrowth));
   }
 
+  /** After a chunk failed on statement_timeout: a quarter of the size, and forget the average. */
+  shrink(): void {
+    this.size = this.clamp(this.size / 4);
+    this.blocksPerMs = null;
+  }
+
   private clamp(n: number): number {
     return Math.max(this.s.minBlocks, Math.min(this.s.maxBlocks, Math.max(1, Math.floor(n))));
   }

@@ -40,6 +40,10 @@ describe('run lifecycle', () => {
     expect(res.code).toBe(0);
     expect(Date.now() - t0).toBeLessThan(8_000);
     expect(res.stderr).toMatch(/"msg":"stopped"/);
+    expect(res.stderr).not.toMatch(/Cannot use a pool after calling end/);
+    const status = await cli(files, 'status');
+    expect(status.stdout).toMatch(/daemon: STOPPED cleanly at /);
+    expect(status.stdout).toMatch(/ run +\S+ +interrupted/); // the run history has it
   });
 
   it('status shows the slot, lag and the daemon', async () => {

@@ -75,4 +75,13 @@ describe('ChunkController', () => {
     const { times } = run(c, 3, () => 0.5);
     expect(times.at(-1)!).toBeLessThanOrEqual(55);
   });
+
+  it('shrinks to a quarter after a statement timeout and learns again from there', () => {
+    const c = new ChunkController(base);
+    run(c, 15, () => 0.5); // 200 blocks
+    c.shrink();
+    expect(c.next()).toBe(50);
+    const { sizes } = run(c, 4, () => 0.5);
+    expect(sizes[1]!).toBeLessThanOrEqual(100); // grows back at most 2x per chunk
+  });
 });
