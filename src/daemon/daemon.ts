@@ -159,9 +159,9 @@ export class Daemon {
           await restartSegments(pool, relations);
           relations.forEach((r) => this.resweep.delete(r));
         }
-        const results = await sweepTables(pool, this.tables, { settings: config.sweep, live, throttle, ring: this.ring, signal: this.sweepAbort.signal, progress, log: this.ctx.log });
+        // Rewrites, conflicts and quarantined values are counted per chunk by the progress sink.
+        await sweepTables(pool, this.tables, { settings: config.sweep, live, throttle, ring: this.ring, signal: this.sweepAbort.signal, progress, log: this.ctx.log });
         await throttle.clear();
-        void results; // counted per chunk by the progress sink
       } catch (e) {
         if (this.stopping) break;
         if (e instanceof RuntimeFailure) {
