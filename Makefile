@@ -28,7 +28,7 @@ demo: node_modules build
 	node --import tsx demo/demo.ts
 
 bench: node_modules build
-	node bench/run.mjs
+	node --import tsx bench/load-spike/run.ts
 
 clean:
 	rm -rf dist .pg-rekey-test .demo-data .bench-data

@@ -1,0 +1,68 @@
+// The benchmark's knobs: environment variables with defaults. The ones set are listed in RESULTS.md.
+export const KNOB_DEFAULTS = {
+  /** Rows in `incidents`. */
+  BENCH_ROWS: 1_000_000,
+  /** Foreground transactions per second, all connections together. */
+  BENCH_RATE: 300,
+  /** Foreground connections. */
+  BENCH_CLIENTS: 8,
+  /** Share of foreground transactions that are updates (the rest are reads by key). */
+  BENCH_UPDATE_FRACTION: 0.2,
+  /** Workload time before each measured window opens. */
+  BENCH_WARMUP_SECONDS: 3,
+  /** Length of the baseline windows. */
+  BENCH_BASELINE_SECONDS: 25,
+  /** Workload-alone window right before each rotation, to compare it with the machine as it is at that moment. */
+  BENCH_PRE_BASELINE_SECONDS: 15,
+  /** The classic batch runs this long (it would take far longer to finish). */
+  BENCH_CLASSIC_SECONDS: 30,
+  /** Before each scenario, wait up to this long for the machine to be at most half busy (other jobs share it). */
+  BENCH_QUIET_WAIT_SECONDS: 45,
+  /** A pg-rekey backfill still running after this long is stopped (SIGTERM) and reported as partial; 0 = no limit. */
+  BENCH_SWEEP_LIMIT_SECONDS: 300,
+} as const;
+
+export type Knobs = Record<keyof typeof KNOB_DEFAULTS, number>;
+
+/**
+ * Extra pg-rekey scenarios: default settings except the given `sweep:` fields. BENCH_SWEEP_VARIANTS lists
+ * them separated by `;`, fields as `name=value` separated by `,`: `nice_ratio=1;chunk_time=25ms,nice_ratio=1`.
+ * Default: `nice_ratio=0`. Empty: none.
+ */
+export function sweepVariants(env: NodeJS.ProcessEnv = process.env): Record<string, string | number>[] {
+  const raw = env.BENCH_SWEEP_VARIANTS ?? 'nice_ratio=0';
+  return raw
+    .split(';')
+    .filter((v) => v.trim() !== '')
+    .map((v) =>
+      Object.fromEntries(
+        v.split(',').map((field) => {
+          const m = /^\s*([a-z_]+)\s*=\s*(\S+)\s*$/.exec(field);
+          if (!m) throw new Error(`BENCH_SWEEP_VARIANTS: "${field}" is not name=value (e.g. nice_ratio=1;chunk_time=25ms,nice_ratio=1)`);
+          return [m[1]!, /^\d+(\.\d+)?$/.test(m[2]!) ? Number(m[2]) : m[2]!];
+        }),
+      ),
+    );
+}
+
+/** Knobs that may be 0; the others must be positive. */
+const ZERO_OK = new Set(['BENCH_UPDATE_FRACTION', 'BENCH_WARMUP_SECONDS', 'BENCH_QUIET_WAIT_SECONDS', 'BENCH_SWEEP_LIMIT_SECONDS']);
+
+export function readKnobs(env: NodeJS.ProcessEnv = process.env): Knobs {
+  const out = {} as Knobs;
+  for (const [name, dflt] of Object.entries(KNOB_DEFAULTS) as [keyof Knobs, number][]) {
+    const raw = env[name];
+    const n = raw === undefined || raw === '' ? dflt : Number(raw);
+    if (!Number.isFinite(n) || n < 0 || (n === 0 && !ZERO_OK.has(name))) throw new Error(`${name} must be a number ${ZERO_OK.has(name) ? '>= 0' : '> 0'}, got "${raw}"`);
+    out[name] = n;
+  }
+  return out;
+}
+
+/** `BENCH_ROWS=200000 ` for the knobs set in the environment, quoted for a shell. */
+export function setKnobs(env: NodeJS.ProcessEnv = process.env): string {
+  return [...Object.keys(KNOB_DEFAULTS), 'BENCH_SWEEP_VARIANTS']
+    .filter((k) => env[k] !== undefined)
+    .map((k) => `${k}=${/^[\w.,=-]+$/.test(env[k]!) ? env[k] : `'${env[k]}'`} `)
+    .join('');
+}

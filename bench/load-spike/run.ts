@@ -1,0 +1,268 @@
+// `make bench`: the load-spike benchmark of the "load-aware sweep" issue. Rotates a >= 1M-row
+// `incidents` table from v1 to v2 in several ways under the same open-loop foreground workload and
+// writes bench/RESULTS.md. Not a test: nothing here asserts; the targets are reported as met or not.
+// Run from the repo root after `npm run build`: node --import tsx bench/load-spike/run.ts
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { loadKeyRing } from '../../src/crypto/key-ring.js';
+import { initSodium } from '../../src/crypto/secretbox.js';
+import { SERVER_SETTINGS, startBenchCluster, type BenchCluster } from './cluster.js';
+import { countV1, createTables, loadPristine, restoreIncidents, tableFacts } from './dataset.js';
+import { readKnobs, setKnobs, sweepVariants } from './knobs.js';
+import { summarize } from './latency.js';
+import { observe, startWorkload } from './measure.js';
+import { waitForQuiet } from './sampler.js';
+import { ROOT, resolvedSettings, runCli, snapshotBuild, writeConfig, writeKeys } from './pg-rekey-cli.js';
+import { renderResults, type RunInfo, type ScenarioResult } from './report.js';
+import { CLASSIC_BATCH, classicBatch, floorUpdate } from './rotators.js';
+import type { WorkloadConfig } from './workload.js';
+
+const K = readKnobs();
+const ROWS = Math.round(K.BENCH_ROWS);
+const WORK_DIR = path.join(ROOT, '.bench-data');
+const RESULTS_FILE = path.join(ROOT, 'bench', 'RESULTS.md');
+const T0 = Date.now();
+const LOAD_AT_START = os.loadavg();
+const BUILD = buildInfo();
+const log = (msg: string) => console.log(`[${((Date.now() - T0) / 1000).toFixed(0).padStart(4)} s] ${msg}`);
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** pg-rekey sweep configurations measured (only the `sweep:` fields that differ from the defaults). */
+const SWEEPS: { key: string; title: string; sweep: Record<string, unknown> }[] = [
+  { key: 'default', title: 'pg-rekey backfill, default settings', sweep: {} },
+  ...sweepVariants().map((sweep, i) => ({
+    key: `variant-${i + 1}`,
+    title: `pg-rekey backfill, defaults but ${Object.entries(sweep)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}`,
+    sweep,
+  })),
+  { key: 'unthrottled', title: 'pg-rekey backfill, unthrottled', sweep: { nice_ratio: 0, chunk_time: '2s', max_chunk_blocks: 8192 } },
+];
+
+async function main(): Promise<void> {
+  const work = path.join(WORK_DIR, 'load-spike');
+  rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+  const envFile = path.join(work, 'keys.env');
+  snapshotBuild(path.join(work, 'pg-rekey'));
+  let cluster: BenchCluster | undefined;
+  /** Connections to close before the cluster stops (an idle client would see the shutdown as an error). */
+  const connections: { end(): Promise<void> }[] = [];
+  try {
+    cluster = await startBenchCluster(WORK_DIR);
+    const { url, pid: postmaster } = cluster;
+    log(`PostgreSQL up (${cluster.dataDir})`);
+    const db = new pg.Client({ connectionString: url, application_name: 'bench-admin' });
+    const admin = new pg.Pool({ connectionString: url, max: 2, application_name: 'bench-admin' });
+    db.on('error', () => undefined);
+    admin.on('error', () => undefined);
+    connections.push(db, admin);
+    await db.connect();
+    await db.query('create extension pg_stat_statements');
+
+    await writeKeys(envFile);
+    await initSodium();
+    const ring = loadKeyRing({ env: {}, envFile });
+    await createTables(db);
+    let t = Date.now();
+    const { meanValueBytes } = await loadPristine(db, ROWS, ring);
+    log(`loaded ${ROWS} rows (v1, and their v2 values for the floor) in ${((Date.now() - t) / 1000).toFixed(1)} s`);
+    t = Date.now();
+    await restoreIncidents(db);
+    const restoreSeconds = (Date.now() - t) / 1000;
+    const table = await tableFacts(db);
+    log(`incidents restored in ${restoreSeconds.toFixed(1)} s: ${table.blocks} blocks, heap ${table.heapMB.toFixed(0)} MB`);
+
+    const cliFlags = (config: string) => ['-c', config, '--env-file', envFile, '--database-url', url];
+    const configs = SWEEPS.map((s) => writeConfig(path.join(work, `${s.key}.yaml`), s.sweep));
+    const setup = await runCli(['setup', ...cliFlags(configs[0]!)]);
+    if (setup.code !== 0) throw new Error(`pg-rekey setup exited ${setup.code}:\n${setup.stderr}`);
+    log('pg-rekey setup done (state schema, publication, replication slot)');
+
+    const workload: WorkloadConfig = { url, rows: ROWS, rate: K.BENCH_RATE, clients: K.BENCH_CLIENTS, updateFraction: K.BENCH_UPDATE_FRACTION, seed: 42 };
+    const results: ScenarioResult[] = [];
+    const failed: RunInfo['failed'] = [];
+
+    /**
+     * One scenario under the workload: optionally a baseline window of its own right before the
+     * rotation (same table state, same workload process), then the rotation's window. A rotation that
+     * fails is reported as such and the run goes on with the next one.
+     */
+    async function scenario<T>(
+      r: Pick<ScenarioResult, 'key' | 'title' | 'settings'>,
+      rotate: () => Promise<T>,
+      describe: (value: T, windowMs: number) => Pick<ScenarioResult, 'rotation'> & Partial<Pick<ScenarioResult, 'sweep' | 'note'>>,
+      preBaseline = true,
+    ): Promise<void> {
+      try {
+        await measureScenario(r, rotate, describe, preBaseline);
+      } catch (e) {
+        if (r.key === 'baseline') throw e;
+        log(`${r.title} FAILED: ${(e as Error).message}`);
+        failed.push({ title: r.title, error: (e as Error).message.slice(0, 2000) });
+      }
+      writeFileSync(path.join(work, 'results.json'), JSON.stringify({ results, failed }, null, 2));
+    }
+
+    async function measureScenario<T>(
+      r: Pick<ScenarioResult, 'key' | 'title' | 'settings'>,
+      rotate: () => Promise<T>,
+      describe: (value: T, windowMs: number) => Pick<ScenarioResult, 'rotation'> & Partial<Pick<ScenarioResult, 'sweep' | 'note'>>,
+      preBaseline: boolean,
+    ): Promise<void> {
+      const quiet = await waitForQuiet(K.BENCH_QUIET_WAIT_SECONDS * 1000);
+      const wl = await startWorkload(workload, K.BENCH_WARMUP_SECONDS * 1000);
+      const windows = (async () => {
+        const pre = preBaseline ? await observe(admin, postmaster, wl, () => sleep(K.BENCH_PRE_BASELINE_SECONDS * 1000)) : null;
+        return { pre, main: await observe(admin, postmaster, wl, rotate) };
+      })();
+      await windows.catch(() => undefined);
+      const { samples, stillInFlight } = await wl.stop();
+      const { pre, main } = await windows;
+      const windowMs = main.w.to - main.w.from;
+      const done: ScenarioResult = {
+        ...r,
+        ...describe(main.value, windowMs),
+        w: main.w,
+        latency: summarize(samples, main.w.from, main.w.to),
+        stuck: stillInFlight,
+        quiet,
+        pre: pre ? { w: pre.w, latency: summarize(samples, pre.w.from, pre.w.to) } : null,
+        v1Left: null,
+        heapAfterMB: (await tableFacts(db)).heapMB,
+      };
+      if (done.rotation) done.v1Left = await countV1(db);
+      results.push(done);
+      const l = done.latency;
+      log(
+        `${r.title}: p50 ${l.p50.toFixed(1)} p99 ${l.p99.toFixed(1)} max ${l.max.toFixed(0)} ms, ${l.ratePerSec.toFixed(0)} tx/s` +
+          (done.pre ? ` (right before: p99 ${done.pre.latency.p99.toFixed(1)} ms)` : '') +
+          (done.rotation ? `; ${done.rotation.rows} rows in ${(done.rotation.ms / 1000).toFixed(1)} s = ${done.rotation.rowsPerSec.toFixed(0)} rows/s` : '') +
+          `; WAL ${(done.w.walBytes / 2 ** 20).toFixed(0)} MB`,
+      );
+    }
+
+    // 1. baseline
+    log(`baseline: workload alone for ${K.BENCH_BASELINE_SECONDS} s`);
+    await scenario(
+      { key: 'baseline', title: 'baseline (workload alone)', settings: `${K.BENCH_BASELINE_SECONDS} s of the workload alone` },
+      () => sleep(K.BENCH_BASELINE_SECONDS * 1000),
+      () => ({ rotation: null }),
+      false,
+    );
+
+    // 2. the classic batch approach
+    await restoreIncidents(db);
+    log(`classic batch approach for up to ${K.BENCH_CLASSIC_SECONDS} s`);
+    await scenario(
+      {
+        key: 'classic',
+        title: 'classic batch (500 by key, UPDATE per row)',
+        settings: `batches of ${CLASSIC_BATCH} v1 rows by key (\`where title like 'v1:%' and id > $last order by id limit ${CLASSIC_BATCH}\`), re-encrypted in the bench process, one autocommit UPDATE by id per row, 1 connection, no throttle, stopped after ${K.BENCH_CLASSIC_SECONDS} s`,
+      },
+      () => classicBatch(url, ring, performance.now() + K.BENCH_CLASSIC_SECONDS * 1000),
+      (v, ms) => ({ rotation: rotation(v.rows, ms, v.done, NaN) }),
+    );
+
+    // 3 and 4 (and the variants of the defaults between them). pg-rekey backfill.
+    for (const [i, s] of SWEEPS.entries()) {
+      await restoreIncidents(db);
+      log(`${s.title} (limit ${K.BENCH_SWEEP_LIMIT_SECONDS} s)`);
+      const config = configs[i]!;
+      const resolved = resolvedSettings(config);
+      await scenario(
+        {
+          key: s.key,
+          title: s.title,
+          settings: `\`pg-rekey backfill --restart --json\`; resolved sweep settings ${JSON.stringify(resolved.sweep)}, throttle ${JSON.stringify(resolved.throttle)}`,
+        },
+        () => runCli(['backfill', '--restart', '--json', ...cliFlags(config)], K.BENCH_SWEEP_LIMIT_SECONDS * 1000),
+        (run) => {
+          writeFileSync(path.join(work, `${s.key}.stderr.log`), run.stderr);
+          if (run.code !== 0 && !run.timedOut) throw new Error(`pg-rekey backfill (${s.key}) exited ${run.code}:\n${run.stderr.slice(-4000)}`);
+          const out = JSON.parse(run.stdout) as { rewritten: number; conflicts: number; relations: { chunks: number; blocks: number }[] };
+          return {
+            rotation: rotation(out.rewritten, run.wallMs, !run.timedOut, run.cpuSeconds),
+            sweep: { config: readFileSync(config, 'utf8').trim(), resolved, chunks: out.relations[0]?.chunks ?? 0, blocks: out.relations[0]?.blocks ?? 0, conflicts: out.conflicts },
+          };
+        },
+      );
+    }
+
+    // 5. the floor
+    await restoreIncidents(db);
+    log('floor: one UPDATE of every row with precomputed v2 values, under the workload');
+    await scenario(
+      {
+        key: 'floor',
+        title: 'floor (one UPDATE of all rows)',
+        settings: '`update incidents i set title = r.title from incidents_rekeyed r where r.id = i.id` (values re-encrypted beforehand, not timed), one transaction',
+      },
+      () => floorUpdate(url),
+      (v) => ({ rotation: rotation(v.rows, v.updateMs, true, NaN), note: `plan: ${v.plan}` }),
+    );
+
+    const info = { ...(await runInfo(db, table, meanValueBytes, restoreSeconds)), failed };
+    writeFileSync(path.join(work, 'results.json'), JSON.stringify({ info, results }, null, 2));
+    writeFileSync(RESULTS_FILE, renderResults(info, results));
+    log(`wrote ${path.relative(ROOT, RESULTS_FILE)} (raw numbers: ${path.relative(ROOT, path.join(work, 'results.json'))})`);
+    if (failed.length > 0) process.exitCode = 1;
+  } finally {
+    rmSync(envFile, { force: true });
+    for (const c of connections) await c.end().catch(() => undefined);
+    await cluster?.stop();
+  }
+}
+
+/** cpuSeconds: of the rotating process when it is not the bench process itself (NaN: use the window's bench CPU). */
+function rotation(rows: number, ms: number, complete: boolean, cpuSeconds: number): ScenarioResult['rotation'] {
+  const rowsPerSec = rows / (ms / 1000);
+  return { rows, ms, rowsPerSec, complete, estimatedTotalS: complete ? null : ROWS / rowsPerSec, cpuSeconds };
+}
+
+/** The commit the CLI is built from, and what differs from it under src/ and sql/ (read at start). */
+function buildInfo(): Pick<RunInfo, 'commit' | 'uncommitted'> {
+  const git = (...args: string[]) => {
+    try {
+      return execFileSync('git', args, { cwd: ROOT, encoding: 'utf8' });
+    } catch {
+      return '?';
+    }
+  };
+  return {
+    commit: `${git('rev-parse', '--short', 'HEAD').trim()} (${git('log', '-1', '--format=%s').trim().slice(0, 80)})`,
+    uncommitted: git('status', '--porcelain', '--', 'src', 'sql')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => l.slice(3)),
+  };
+}
+
+async function runInfo(db: pg.Client, table: Awaited<ReturnType<typeof tableFacts>>, meanValueBytes: number, restoreSeconds: number): Promise<Omit<RunInfo, 'failed'>> {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  const meminfo = readFileSync('/proc/meminfo', 'utf8');
+  const srv = (await db.query<{ v: string; c: string }>(`select version() as v, current_setting('data_checksums') as c`)).rows[0]!;
+  return {
+    date: new Date(T0).toISOString(),
+    durationS: (Date.now() - T0) / 1000,
+    loadAtStart: LOAD_AT_START.map((x) => x.toFixed(2)).join(' '),
+    nproc: os.availableParallelism(),
+    memory: `${(Number(/MemTotal:\s+(\d+)/.exec(meminfo)?.[1] ?? 0) / 2 ** 20).toFixed(1)} GiB`,
+    cpuModel: /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1]?.trim() ?? '?',
+    kernel: os.release(),
+    node: process.version,
+    postgres: srv.v,
+    dataChecksums: srv.c,
+    serverSettings: SERVER_SETTINGS.map(([k, v]) => `${k}=${v}`),
+    ...BUILD,
+    command: `${setKnobs()}${process.env.MAKELEVEL ? 'make bench' : 'node --import tsx bench/load-spike/run.ts'}`,
+    knobs: K,
+    table: { ...table, rows: ROWS, meanValueBytes, restoreSeconds },
+  };
+}
+
+await main();
