@@ -1,11 +1,14 @@
 // TLS to the database: sslmode / sslrootcert in the connection string reach every connection,
-// the replication one included. The shared test cluster gets a certificate (ssl reloads on SIGHUP).
+// the replication one included. The shared test cluster gets a certificate (ssl reloads on SIGHUP):
+// that needs its data directory on this host, so it runs on the embedded cluster only, never on a
+// server given by DATABASE_URL (whose configuration a test must not change).
+const embedded = inject('pgBackend') === 'embedded binaries';
 import { execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { adminUrl, createTestDatabase, type TestDatabase } from '../support/db.js';
 import { insertBatched, testRing } from '../support/fixtures.js';
 import { cli, writeDaemonFiles } from '../support/daemon.js';
@@ -31,6 +34,7 @@ function makeCertificates(): void {
 }
 
 beforeAll(async () => {
+  if (!embedded) return;
   makeCertificates();
   const admin = new pg.Client({ connectionString: adminUrl() });
   await admin.connect();
@@ -58,6 +62,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  if (!embedded) return;
   await db?.drop();
   const admin = new pg.Client({ connectionString: adminUrl() });
   await admin.connect();
@@ -66,7 +71,7 @@ afterAll(async () => {
   await admin.end();
 });
 
-describe('TLS to the database', () => {
+describe.skipIf(!embedded)('TLS to the database', () => {
   it('verify-full with the right CA: setup and run work, every pg-rekey connection (replication too) is encrypted', async () => {
     const url = `${db.url}?sslmode=verify-full&sslrootcert=${encodeURIComponent(path.join(certDir, 'ca.pem'))}`;
     const files = writeDaemonFiles(url, [{ name: 'notes', columns: ['body'] }]);

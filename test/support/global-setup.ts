@@ -8,6 +8,8 @@ declare module 'vitest' {
   export interface ProvidedContext {
     pgAdminUrl: string;
     pgMajor: number;
+    /** 'embedded binaries' | 'DATABASE_URL' | 'testcontainers ...': tests that touch the server's files need the first. */
+    pgBackend: string;
   }
 }
 
@@ -102,5 +104,6 @@ export default async function setup(project: TestProject): Promise<() => Promise
   console.log(`[pg-rekey tests] PostgreSQL ${version} via ${backend.name}`);
   project.provide('pgAdminUrl', backend.url);
   project.provide('pgMajor', serverMajor);
+  project.provide('pgBackend', backend.name);
   return backend.stop;
 }
