@@ -41,17 +41,46 @@ export async function classicBatch(url: string, ring: KeyRing, deadline: number)
   }
 }
 
-/** The floor: one UPDATE writing every row's precomputed v2 value (incidents_rekeyed), one transaction. */
-export async function floorUpdate(url: string): Promise<{ rows: number; plan: string; updateMs: number }> {
+/** Every row's v2 value, as the client of the unnest floor sends them. */
+export interface FloorValues {
+  ids: string[];
+  titles: string[];
+}
+
+export async function loadFloorValues(db: pg.Client): Promise<FloorValues> {
+  const r = await db.query<[string, string]>({ text: 'select id::text, title from incidents_rekeyed order by id', rowMode: 'array' });
+  return { ids: r.rows.map((x) => x[0]), titles: r.rows.map((x) => x[1]) };
+}
+
+/**
+ * The floor: one UPDATE writing every row's precomputed v2 value, in one transaction: joined from the
+ * incidents_rekeyed table, or, with `values`, sent by the client as two arrays for unnest() (what
+ * pg-rekey also has to do: ship every new value). Connects and explains up front, so that run()
+ * is the statement alone.
+ */
+export async function prepareFloor(url: string, values?: FloorValues): Promise<{ plan: string; run(): Promise<{ rows: number; updateMs: number }> }> {
+  const sql = values
+    ? `update incidents i set title = v.title from unnest($1::bigint[], $2::text[]) as v(id, title) where i.id = v.id`
+    : `update incidents i set title = r.title from incidents_rekeyed r where r.id = i.id`;
+  const params = values ? [values.ids, values.titles] : undefined;
   const db = new pg.Client({ connectionString: url, application_name: 'bench-floor' });
   await db.connect();
   try {
-    const sql = `update incidents i set title = r.title from incidents_rekeyed r where r.id = i.id`;
-    const plan = (await db.query<{ 'QUERY PLAN': string }>(`explain (costs off) ${sql}`)).rows.map((r) => r['QUERY PLAN'].trim()).join(' / ');
-    const started = performance.now();
-    const res = await db.query(sql);
-    return { rows: res.rowCount ?? 0, plan, updateMs: performance.now() - started };
-  } finally {
+    const explained = await db.query<{ 'QUERY PLAN': string }>(`explain (costs off) ${sql}`, params);
+    return {
+      plan: explained.rows.map((r) => r['QUERY PLAN'].trim()).join(' / '),
+      async run() {
+        try {
+          const started = performance.now();
+          const res = await db.query(sql, params);
+          return { rows: res.rowCount ?? 0, updateMs: performance.now() - started };
+        } finally {
+          await db.end();
+        }
+      },
+    };
+  } catch (e) {
     await db.end();
+    throw e;
   }
 }
