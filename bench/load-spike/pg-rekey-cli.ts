@@ -6,7 +6,6 @@ import { cpSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { loadConfig, type SweepSettings, type ThrottleSettings } from '../../src/config/load-config.js';
-import { sweepSchema } from '../../src/config/schema.js';
 import { trackCpu } from './sampler.js';
 
 export const ROOT = path.resolve(import.meta.dirname, '..', '..');
@@ -49,11 +48,6 @@ export interface ResolvedSettings {
 export function resolvedSettings(configFile: string): ResolvedSettings {
   const c = loadConfig({ config: configFile, databaseUrl: 'postgres://unused' }, {});
   return { sweep: c.sweep, throttle: c.throttle };
-}
-
-/** Whether the sweep config has a field (the load-aware sweep adds chunk_time and max_chunk_blocks). */
-export function sweepHas(field: string): boolean {
-  return field in sweepSchema.shape;
 }
 
 function scrubbedEnv(): NodeJS.ProcessEnv {
