@@ -2,12 +2,11 @@
 // test/support/cluster.ts does it but with durable, production-like settings: the test cluster runs with
 // fsync=off, synchronous_commit=off and full_page_writes=off, which would hide exactly the costs
 // (commit flushes, full-page images after a checkpoint) that separate the approaches measured here.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { chownSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
-import pg from 'pg';
 import { guardProcess } from '../../test/support/guard.js';
+import { freePort, runAsIds, waitForConnection } from '../../test/support/cluster.js';
 
 /** Server settings passed as -c flags; reported verbatim in RESULTS.md. */
 export const SERVER_SETTINGS: readonly [string, string][] = [
@@ -30,47 +29,6 @@ export interface BenchCluster {
   pid: number;
   dataDir: string;
   stop(): Promise<void>;
-}
-
-// PostgreSQL refuses to run as root, so as root the cluster runs as the OS user `postgres`.
-function runAsIds(): { uid: number; gid: number } | undefined {
-  if (process.getuid?.() !== 0) return undefined;
-  const id = (flag: string) => Number(execFileSync('id', [flag, 'postgres'], { encoding: 'utf8' }).trim());
-  try {
-    return { uid: id('-u'), gid: id('-g') };
-  } catch {
-    execFileSync('groupadd', ['postgres']);
-    execFileSync('useradd', ['-g', 'postgres', 'postgres']);
-    return { uid: id('-u'), gid: id('-g') };
-  }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForConnection(url: string, child: ChildProcess, output: () => string): Promise<void> {
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`postgres exited during startup:\n${output()}`);
-    const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1000 });
-    try {
-      await client.connect();
-      await client.end();
-      return;
-    } catch (err) {
-      await client.end().catch(() => undefined);
-      if (Date.now() > deadline) throw new Error(`postgres did not accept connections within 60s: ${String(err)}\n${output()}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /** initdb + postgres under `parent` (a fresh directory inside it, removed by stop()). */

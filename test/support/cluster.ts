@@ -29,7 +29,7 @@ async function binaries(major: PgMajor): Promise<{ initdb: string; postgres: str
 }
 
 // PostgreSQL refuses to run as root, so as root the cluster runs as the OS user `postgres`.
-function runAsIds(): { uid: number; gid: number } | undefined {
+export function runAsIds(): { uid: number; gid: number } | undefined {
   if (process.getuid?.() !== 0) return undefined;
   const id = (flag: string) => Number(execFileSync('id', [flag, 'postgres'], { encoding: 'utf8' }).trim());
   try {
@@ -42,7 +42,8 @@ function runAsIds(): { uid: number; gid: number } | undefined {
   }
 }
 
-function freePort(): Promise<number> {
+/** A port nothing listens on right now (the kernel picked it free). */
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once('error', reject);
@@ -62,7 +63,8 @@ function ensureReplicationHba(dataDir: string): void {
   if (!hasLine) appendFileSync(file, 'host replication all 127.0.0.1/32 trust\n');
 }
 
-async function waitForConnection(url: string, child: ChildProcess, output: () => string): Promise<void> {
+/** Polls until the server accepts a connection; fails with its log if it exits or takes over 60 s. */
+export async function waitForConnection(url: string, child: ChildProcess, output: () => string): Promise<void> {
   const deadline = Date.now() + 60_000;
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null) {

@@ -83,17 +83,7 @@ const ROLLBACK = queryMessage('rollback');
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
 
-/** A port nothing listens on right now (the kernel picked it free; nothing else in the test takes it). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from './cluster.js';
 
 /** Reads the parameters of a PostgreSQL StartupMessage (protocol 3.0); null while incomplete or not one. */
 function startupKind(buf: Buffer): ConnectionKind | null {
