@@ -223,7 +223,8 @@ async function sweepRelation(
     if (range.end === null) break;
     if (settings.niceRatio > 0) await sleep(settings.niceRatio * chunkMs, opts.signal);
   }
-  opts.progress.finish(relation, result);
+  // An interrupted relation is not "swept": only its last chunk says that.
+  if (!opts.signal?.aborted) opts.progress.finish(relation, result);
   return result;
 }
 
