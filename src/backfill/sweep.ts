@@ -7,6 +7,7 @@ import type { TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { checkout, isRetryable } from '../db/connect.js';
 import { RuntimeFailure } from '../errors.js';
+import { backoffMs, sleep } from '../timing.js';
 import { ensureSegment, advanceSegment, restartSegments, rewindSegment, type ChunkCounts } from '../state/segments.js';
 import { clearQuarantine, countQuarantine, recordQuarantine } from '../state/quarantine.js';
 import { planChunk } from './chunk-plan.js';
@@ -265,7 +266,7 @@ async function withRetries<T>(log: Logger, hooks: RetryHooks, fn: () => Promise<
       const code = (e as { code?: string }).code;
       if (code === '55P03') await hooks.onLockTimeout();
       if (code === '57014') hooks.onStatementTimeout();
-      const waitMs = Math.min(30_000, 250 * 2 ** (attempt - 1));
+      const waitMs = backoffMs(attempt, 250, 30_000);
       log.warn({ attempt, waitMs, code, reason: (e as Error).message }, 'chunk failed with a retryable error; retrying');
       await sleep(waitMs, hooks.signal);
       if (hooks.signal?.aborted) throw e;
@@ -273,15 +274,3 @@ async function withRetries<T>(log: Logger, hooks: RetryHooks, fn: () => Promise<
   }
 }
 
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (ms <= 0 || signal?.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    signal?.addEventListener('abort', done, { once: true });
-    function done() {
-      clearTimeout(t);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-  });
-}

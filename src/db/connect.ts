@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { RuntimeFailure } from '../errors.js';
+import { backoffMs, sleep } from '../timing.js';
 import type { Logger } from '../logger.js';
 
 export const APPLICATION_NAME = 'pg-rekey';
@@ -122,21 +123,13 @@ export async function waitForConnection(pool: pg.Pool, o: WaitForConnectionOptio
     } catch (e) {
       const what = connectFailureText(e, o.source);
       if (!isRetryable(e)) throw new RuntimeFailure(what, `${CONNECT_HINT} (not retried: this error does not go away by waiting)`);
-      const waitMs = Math.min(o.maxBackoffMs ?? 30_000, (o.initialBackoffMs ?? 500) * 2 ** Math.min(attempt - 1, 16));
+      const waitMs = backoffMs(attempt, o.initialBackoffMs ?? 500, o.maxBackoffMs ?? 30_000);
       if (Date.now() - started + waitMs > o.maxWaitMs) {
         throw new RuntimeFailure(`${what}; gave up after ${attempt} attempts in ${Math.round((Date.now() - started) / 1000)} s`, CONNECT_HINT);
       }
       if (o.signal?.aborted) throw new ConnectWaitInterrupted();
       log.warn({ attempt, retryInSec: waitMs / 1000, code: (e as { code?: string }).code }, `${what}; attempt ${attempt} failed, next attempt in ${waitMs / 1000} s`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(done, waitMs);
-        o.signal?.addEventListener('abort', done, { once: true });
-        function done() {
-          clearTimeout(t);
-          o.signal?.removeEventListener('abort', done);
-          resolve();
-        }
-      });
+      await sleep(waitMs, o.signal);
       if (o.signal?.aborted) {
         log.info({ attempt }, 'stop signal while waiting for PostgreSQL: nothing was started, exiting');
         throw new ConnectWaitInterrupted();

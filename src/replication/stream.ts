@@ -2,7 +2,7 @@ import { LogicalReplicationService, PgoutputPlugin, type Pgoutput } from 'pg-log
 import type { Logger } from '../logger.js';
 import type { KeyRing } from '../crypto/key-ring.js';
 import type { Metrics } from '../metrics.js';
-import { sleep } from '../backfill/sweep.js';
+import { backoffMs, sleep } from '../timing.js';
 import { formatLsn, maxLsn, parseLsn, type Lsn } from './lsn.js';
 import type { RelationMap } from './relation-map.js';
 import { planRowWork } from './rewrite-plan.js';
@@ -128,7 +128,7 @@ export class ReplicationStream {
       // the backoff over, or a few short sessions would leave the stream waiting 30 s later.
       if (this.streamingSince > 0 && Date.now() - this.streamingSince >= 1_000) attempt = 0;
       attempt++;
-      const waitMs = Math.min(this.o.maxBackoffMs ?? 30_000, 500 * 2 ** Math.min(attempt - 1, 10));
+      const waitMs = backoffMs(attempt, 500, this.o.maxBackoffMs ?? 30_000);
       this.o.metrics.streamReconnects.inc();
       this.log.info({ attempt, waitMs }, 'reconnecting to the replication slot');
       await sleep(waitMs, this.stopped.signal);

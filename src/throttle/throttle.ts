@@ -2,6 +2,7 @@ import type pg from 'pg';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import { RuntimeFailure } from '../errors.js';
+import { sleep } from '../timing.js';
 import { decide, type Decision, type Signals, type ThrottleReason } from './decide.js';
 import type { LiveSettings } from './live-settings.js';
 import { readSignals } from './signals.js';
@@ -11,13 +12,6 @@ export interface ThrottleState {
   detail: string;
   since: Date | null;
 }
-
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve) => {
-    if (signal?.aborted) return resolve();
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
-  });
 
 /**
  * Gate in front of every sweep chunk: waits while any throttle signal says

@@ -1,7 +1,8 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentProgress } from '../../src/backfill/progress.js';
-import { sleep, sweepTables } from '../../src/backfill/sweep.js';
+import { sweepTables } from '../../src/backfill/sweep.js';
+import { sleep } from '../../src/timing.js';
 import type { KeyRing } from '../../src/crypto/key-ring.js';
 import { encryptValue } from '../../src/crypto/rewrite.js';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
