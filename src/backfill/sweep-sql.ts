@@ -66,8 +66,7 @@ export function casUpdateSql(leaf: QualifiedName, columns: readonly string[], ra
   const rel = quoteQualified(leaf);
   const names = columns.flatMap((_, i) => [`o${i}`, `n${i}`]);
   const arrays = columns.flatMap((_, i) => [`$${2 + 2 * i}::text[]`, `$${3 + 2 * i}::text[]`]);
-  const sets = columns.map((c, i) => `${quoteIdent(c)} = coalesce(v.n${i}, t.${quoteIdent(c)})`).join(', ');
-  const guards = columns.map((c, i) => `(v.n${i} is null or t.${quoteIdent(c)} = v.o${i})`).join(' and ');
+  const { sets, guards } = casColumnsSql(columns);
   const p = 2 + 2 * columns.length;
   const bounds = !range
     ? ''
@@ -76,6 +75,18 @@ export function casUpdateSql(leaf: QualifiedName, columns: readonly string[], ra
   from unnest($1::tid[], ${arrays.join(', ')}) as v(tid, ${names.join(', ')})
  where ${bounds}t.ctid = any($1::tid[]) and t.ctid = v.tid and ${guards}
 returning v.tid::text as tid`;
+}
+
+/**
+ * The column half of every compare-and-swap (sweep by ctid, stream by key): with the
+ * batch unnested as `v(..., o0, n0, o1, n1, ...)`, set each column to its new value
+ * where there is one, and require every column being rewritten to still hold its old value.
+ */
+export function casColumnsSql(columns: readonly string[]): { sets: string; guards: string } {
+  return {
+    sets: columns.map((c, i) => `${quoteIdent(c)} = coalesce(v.n${i}, t.${quoteIdent(c)})`).join(', '),
+    guards: columns.map((c, i) => `(v.n${i} is null or t.${quoteIdent(c)} = v.o${i})`).join(' and '),
+  };
 }
 
 /** Relation size in blocks, fresh (relpages is a stale estimate). */

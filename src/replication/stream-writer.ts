@@ -4,6 +4,7 @@ import type { KeyRing } from '../crypto/key-ring.js';
 import { rewriteValue } from '../crypto/rewrite.js';
 import { parseVersioned } from '../crypto/envelope.js';
 import { quoteIdent } from '../db/ident.js';
+import { casColumnsSql, versionExpr } from '../backfill/sweep-sql.js';
 import { checkout } from '../db/connect.js';
 import { clearQuarantine, recordQuarantine, type QuarantineEntry } from '../state/quarantine.js';
 import { keyMatchSql, type StreamRelation } from './relation-map.js';
@@ -172,7 +173,7 @@ export class StreamWriter {
     const kn = rel.keyColumns.map((_, i) => `k${i}`).join(', ');
     // Only the first 12 characters decide whether a value needs work; fetch the
     // full value only for those that do, so a 10 MB value at target costs nothing.
-    const sql = `select v.ord::int as ord, ${cols.map((c) => `case when substring(substr(t.${quoteIdent(c)}, 1, 12) from '^v([1-9][0-9]{0,8}):')::int <> $${rel.keyColumns.length + 1} then t.${quoteIdent(c)} end`).join(', ')}
+    const sql = `select v.ord::int as ord, ${cols.map((c) => `case when ${versionExpr(`t.${quoteIdent(c)}`)} <> $${rel.keyColumns.length + 1} then t.${quoteIdent(c)} end`).join(', ')}
       from unnest(${vs}) with ordinality as v(${kn}, ord) join only ${rel.quoted} t on ${keyMatchSql(rel)}`;
     const r = await client.query({ text: sql, values: [...keyArrays, this.ring.target], rowMode: 'array' });
     for (const row of r.rows as unknown[][]) {
@@ -195,8 +196,7 @@ export function casByKeySql(rel: StreamRelation): string {
   const cols = rel.columns;
   const arrays = [...rel.keyColumns.map((_, i) => `$${i + 1}::text[]`), ...cols.flatMap((_, i) => [`$${k + 1 + 2 * i}::text[]`, `$${k + 2 + 2 * i}::text[]`])];
   const names = [...rel.keyColumns.map((_, i) => `k${i}`), ...cols.flatMap((_, i) => [`o${i}`, `n${i}`])];
-  const sets = cols.map((c, i) => `${quoteIdent(c)} = coalesce(v.n${i}, t.${quoteIdent(c)})`).join(', ');
-  const guards = cols.map((c, i) => `(v.n${i} is null or t.${quoteIdent(c)} = v.o${i})`).join(' and ');
+  const { sets, guards } = casColumnsSql(cols);
   const count = cols.map((_, i) => `(v.n${i} is not null)::int`).join(' + ');
   return `update only ${rel.quoted} as t set ${sets}
   from unnest(${arrays.join(', ')}) with ordinality as v(${names.join(', ')}, ord)
