@@ -27,8 +27,12 @@ export const sweepSchema = z.strictObject({
   nice_ratio: z.number().min(0).max(100).default(2),
   /** statement_timeout for each chunk's statements. */
   statement_timeout: duration.default('30s'),
-  /** lock_timeout for each chunk: the sweep yields to application locks. */
-  lock_timeout: duration.default('2s'),
+  /**
+   * lock_timeout of sweep chunks and stream batches: pg-rekey yields to application locks. Keep it
+   * below deadlock_timeout (1 s), so pg-rekey times out of a lock cycle before the deadlock
+   * detector picks an application transaction as the victim.
+   */
+  lock_timeout: duration.default('500ms'),
   /** Stop with "wrong key?" when this many values of a version fail to decrypt before any succeeds. */
   wrong_key_threshold: z.number().int().min(1).default(8),
   /** Seconds between progress log lines when stderr is not a terminal. */

@@ -72,7 +72,7 @@ export class Daemon {
     await this.catalog.init();
     this.serverVersionNum = Number((await pool.query<{ v: string }>(`select current_setting('server_version_num') as v`)).rows[0]!.v);
     await this.ensureSlot('startup check');
-    const writer = new CatalogFollowingWriter(pool, this.ring, { maxRows: config.daemon.streamBatchRows, maxBytes: 32 * 1024 * 1024, maxDelayMs: config.daemon.streamBatchDelayMs }, () =>
+    const writer = new CatalogFollowingWriter(pool, this.ring, { maxRows: config.daemon.streamBatchRows, maxBytes: 32 * 1024 * 1024, maxDelayMs: config.daemon.streamBatchDelayMs, lockTimeoutMs: config.sweep.lockTimeoutMs }, () =>
       this.refreshCatalog('stream write failed'),
     );
     this.stream = new ReplicationStream({

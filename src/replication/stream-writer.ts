@@ -17,6 +17,13 @@ export interface BatchLimits {
   maxBytes: number;
   /** Flush when the oldest pending row waited this long. */
   maxDelayMs: number;
+  /**
+   * lock_timeout of a flush. Below deadlock_timeout (1 s by default), so that when a batch and
+   * application transactions (queued on the same rows behind the sweep) form a lock cycle,
+   * pg-rekey gives way before the deadlock detector aborts an application transaction. A flush
+   * that times out fails the session; the batch replays from the slot.
+   */
+  lockTimeoutMs?: number;
 }
 
 export const DEFAULT_BATCH: BatchLimits = { maxRows: 2000, maxBytes: 32 * 1024 * 1024, maxDelayMs: 50 };
@@ -89,6 +96,7 @@ export class StreamWriter {
     const client = await checkout(this.pool);
     try {
       await client.query('begin');
+      if (this.limits.lockTimeoutMs) await client.query(`select set_config('lock_timeout', $1, true)`, [String(this.limits.lockTimeoutMs)]);
       for (const b of batches) await this.flushRelation(client, b, result);
       await client.query('commit');
       client.release();

@@ -35,7 +35,7 @@ describe('loadConfig', () => {
     expect(c.tables).toEqual([{ schema: 'public', name: 'incidents', columns: ['title'] }]);
     expect(c.sweep).toEqual({
       chunkTimeMs: 25, chunkBlocks: 8, minChunkBlocks: 1, maxChunkBlocks: 8192, niceRatio: 2,
-      statementTimeoutMs: 30_000, lockTimeoutMs: 2_000, wrongKeyThreshold: 8, progressIntervalMs: 5_000,
+      statementTimeoutMs: 30_000, lockTimeoutMs: 500, wrongKeyThreshold: 8, progressIntervalMs: 5_000,
     });
     expect(c.throttle).toEqual({
       maxReplicaLagMs: 10_000, maxReplicaLagBytes: 1024 ** 3, maxActiveBackends: 0, criticalActiveBackends: 0,
