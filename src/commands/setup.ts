@@ -8,7 +8,7 @@ import { checkout } from '../db/connect.js';
 import { readServerFacts, replicationProblems, serverProblems } from '../db/server-checks.js';
 import { ConfigError, EXIT_OK } from '../errors.js';
 import { ensureSegment, restartSegments } from '../state/segments.js';
-import { createSlot, dropSlot, ensurePublication, readSlot, slotUnusable } from '../replication/slot.js';
+import { createSlot, dropSlot, ensurePublication, logSlotWait, readSlot, slotUnusable } from '../replication/slot.js';
 
 /**
  * Checks the server, the role and every configured table, reporting all
@@ -52,7 +52,7 @@ export async function setupCommand(flags: GlobalFlags): Promise<number> {
     const unusable = slotInfo.exists ? slotUnusable(slotInfo) : null;
     if (!slotInfo.exists || unusable) {
       if (unusable) await dropSlot(ctx.pool, slot, unusable);
-      const lsn = await createSlot(ctx.pool, slot, unusable ? 'recreated' : 'created', unusable);
+      const lsn = await createSlot(ctx.pool, slot, unusable ? 'recreated' : 'created', unusable, { onWait: logSlotWait(log, slot) });
       await restartSegments(ctx.pool);
       slotLine = `created replication slot ${slot} at ${lsn}; the sweep starts from block 0`;
       log.info({ slot, lsn }, 'replication slot created');

@@ -12,7 +12,7 @@ import { ensureSegment, restartSegments } from '../state/segments.js';
 import { summarizeQuarantine } from '../state/quarantine.js';
 import { formatLsn, parseLsn } from '../replication/lsn.js';
 import { RelationMap } from '../replication/relation-map.js';
-import { createSlot, dropSlot, formatBytes, readSlot, retainedWalExceeded, slotUnusable, type SlotInfo } from '../replication/slot.js';
+import { createSlot, dropSlot, formatBytes, logSlotWait, readSlot, retainedWalExceeded, slotUnusable, type SlotInfo } from '../replication/slot.js';
 import { ReplicationStream } from '../replication/stream.js';
 import { StreamWriter, type BatchLimits, type FlushResult } from '../replication/stream-writer.js';
 import { CatalogWatch } from './catalog-watch.js';
@@ -224,7 +224,7 @@ export class Daemon {
       if (!problem) return;
       this.log.error({ slot, problem, trigger: reason }, 'REPLICATION SLOT LOST OR MISSING: changes may have been missed; recreating the slot and re-sweeping every table from block 0');
       if (info.exists) await dropSlot(pool, slot, problem);
-      const lsn = await createSlot(pool, slot, 'recreated', problem);
+      const lsn = await createSlot(pool, slot, 'recreated', problem, { onWait: logSlotWait(this.log, slot) });
       this.metrics.slotRecreations.inc();
       this.sweepDone = false;
       this.convergedAt = null;

@@ -76,11 +76,81 @@ export async function ensurePublication(db: pg.Pool | pg.ClientBase, name: strin
   return 'created';
 }
 
-export async function createSlot(db: pg.Pool | pg.ClientBase, slot: string, event: 'created' | 'recreated', reason: string | null): Promise<string> {
-  const r = await db.query<{ lsn: string }>(`select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')`, [slot]);
-  const lsn = r.rows[0]!.lsn;
-  await db.query(`insert into pgrekey.slot_event (slot_name, event, lsn, reason) values ($1, $2, $3, $4)`, [slot, event, lsn, reason]);
+/** A transaction that holds up the creation of a logical slot (never its query text: it may hold plaintext). */
+export interface SlotBlocker {
+  pid: number;
+  database: string | null;
+  application: string;
+  state: string | null;
+  xactSeconds: number | null;
+}
+
+export interface CreateSlotOptions {
+  /** Called while the slot waits for other transactions to end: first after `firstReportMs`, then every `reportEveryMs`. */
+  onWait?: (blockers: SlotBlocker[], waitedMs: number) => void;
+  firstReportMs?: number;
+  reportEveryMs?: number;
+}
+
+/**
+ * Creates the logical slot. PostgreSQL first waits for every transaction
+ * that has an xid, in any database of the cluster, to end (it needs a
+ * consistent snapshot), so a forgotten `idle in transaction` session holds
+ * setup up indefinitely. While it waits, `onWait` is told who blocks it.
+ */
+export async function createSlot(pool: pg.Pool, slot: string, event: 'created' | 'recreated', reason: string | null, opts: CreateSlotOptions = {}): Promise<string> {
+  const creator = await pool.connect();
+  let lsn: string;
+  try {
+    const pid = (await creator.query<{ pid: number }>(`select pg_backend_pid() as pid`)).rows[0]!.pid;
+    const started = Date.now();
+    let timer: NodeJS.Timeout | undefined;
+    const report = async (): Promise<void> => {
+      const blockers = await slotBlockers(pool, pid).catch(() => null);
+      if (blockers?.length) opts.onWait?.(blockers, Date.now() - started);
+      timer = setTimeout(() => void report(), opts.reportEveryMs ?? 10_000);
+    };
+    if (opts.onWait) timer = setTimeout(() => void report(), opts.firstReportMs ?? 3_000);
+    try {
+      lsn = (await creator.query<{ lsn: string }>(`select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')`, [slot])).rows[0]!.lsn;
+    } finally {
+      clearTimeout(timer);
+    }
+  } finally {
+    creator.release();
+  }
+  await pool.query(`insert into pgrekey.slot_event (slot_name, event, lsn, reason) values ($1, $2, $3, $4)`, [slot, event, lsn, reason]);
   return lsn;
+}
+
+/** The sessions whose transactions the backend `pid` waits for. */
+export async function slotBlockers(db: pg.Pool | pg.ClientBase, pid: number): Promise<SlotBlocker[]> {
+  const r = await db.query<SlotBlocker>(
+    `select a.pid, a.datname as database, a.application_name as application, a.state,
+            extract(epoch from now() - a.xact_start)::int as "xactSeconds"
+       from pg_stat_activity a
+      where a.pid = any(pg_blocking_pids($1))
+      order by a.xact_start`,
+    [pid],
+  );
+  return r.rows;
+}
+
+/** "pid 123 in database app (application psql, idle in transaction for 4m10s)" */
+export function describeBlocker(b: SlotBlocker): string {
+  const secs = b.xactSeconds ?? 0;
+  const age = secs >= 60 ? `${Math.floor(secs / 60)}m${secs % 60}s` : `${secs}s`;
+  return `pid ${b.pid} in database ${b.database ?? '?'} (application ${b.application || '?'}, ${b.state ?? 'state unknown'} for ${age})`;
+}
+
+/** The log line while a slot waits: who, and what the operator can do. */
+export function logSlotWait(log: { warn: (o: object, msg: string) => void }, slot: string): CreateSlotOptions['onWait'] {
+  return (blockers, waitedMs) =>
+    log.warn(
+      { slot, waitedSeconds: Math.round(waitedMs / 1000), blockers: blockers.map(describeBlocker) },
+      `creating the replication slot waits for ${blockers.length} open transaction(s) to end (PostgreSQL needs a consistent snapshot across all databases); ` +
+        'let them finish, or end them with pg_terminate_backend(pid)',
+    );
 }
 
 /** Drops a slot, first ending the walsender that holds it (if any). */

@@ -132,6 +132,37 @@ describe('pg-rekey CLI against PostgreSQL', () => {
     expect(s.sweep).toEqual([expect.objectContaining({ relation: 'public.incidents', state: 'done', percent: 100, rowsRewritten: filled.counts.title.v1 + filled.counts.raw_xml.v1 })]);
   });
 
+  it('setup waits for an open transaction before creating the slot, names it in a warning, and completes once it ends', async () => {
+    const db = await database('cli_slotwait');
+    await createIncidentsTable(db.pool, 'incidents');
+    const f = files(db, ['incidents']);
+    // A transaction with an xid, left open: PostgreSQL cannot create a logical slot until it ends.
+    const blocker = await db.pool.connect();
+    let released = false;
+    try {
+      await blocker.query(`set application_name = 'forgotten-psql'`);
+      await blocker.query('begin');
+      await blocker.query(`select txid_current()`);
+      const blockerPid = (await blocker.query<{ pid: number }>(`select pg_backend_pid() as pid`)).rows[0]!.pid;
+      const setup = spawnCli(['-c', f.configPath, '--env-file', f.envPath, 'setup']);
+      const warning = (await setup.waitForLine(/creating the replication slot waits for/, { timeoutMs: 30_000 })).text;
+      expect(warning).toContain(`pid ${blockerPid} in database ${db.name} (application forgotten-psql, idle in transaction for`);
+      expect(warning).toContain('pg_terminate_backend');
+      expect(setup.child.exitCode).toBeNull();
+      await blocker.query('rollback');
+      blocker.release();
+      released = true;
+      const r = await setup.exited;
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/created replication slot/);
+    } finally {
+      if (!released) {
+        await blocker.query('rollback').catch(() => undefined);
+        blocker.release();
+      }
+    }
+  });
+
   it('a backfill killed with SIGKILL resumes from its checkpoint', async () => {
     const db = await database('cli_kill');
     await createIncidentsTable(db.pool, 'big');

@@ -256,14 +256,18 @@ describe('statement_timeout and lock_timeout on sweep chunks', () => {
     expect(bf.child.exitCode).toBeNull();
     // The slow writes stop; a row of the same chunk is locked instead: the chunk now waits out lock_timeout.
     const locker = await db.pool.connect();
-    await locker.query('begin');
-    await locker.query(`select 1 from incidents where id = 1 for update`);
-    await db.pool.query(`delete from slow_switch`);
-    await bf.waitForLine((t) => /chunk failed with a retryable error/.test(t) && /"code":"55P03"/.test(t), { timeoutMs: 20_000 });
-    expect(bf.child.exitCode).toBeNull();
-    const heldMs = Date.now() - t0;
-    await locker.query('commit');
-    locker.release();
+    let heldMs: number;
+    try {
+      await locker.query('begin');
+      await locker.query(`select 1 from incidents where id = 1 for update`);
+      await db.pool.query(`delete from slow_switch`);
+      await bf.waitForLine((t) => /chunk failed with a retryable error/.test(t) && /"code":"55P03"/.test(t), { timeoutMs: 20_000 });
+      expect(bf.child.exitCode).toBeNull();
+      heldMs = Date.now() - t0;
+    } finally {
+      await locker.query('commit').catch(() => undefined);
+      locker.release();
+    }
 
     const res = await bf.exited;
     expect(res.code, res.stderr.slice(-3000)).toBe(0);

@@ -284,40 +284,43 @@ describe('run survives failures', () => {
     const gapUpdated = Array.from({ length: 200 }, (_, i) => 1000 + i); // already swept to v2
     const c = new pg.Client({ connectionString: db.url });
     await c.connect();
-    await c.query('begin');
-    const rand = rng(SEED + 2);
     const inserted: PendingWrite[] = [];
-    for (const id of gapIds) {
-      const pt = Buffer.from(`written while the slot was gone ${id}`);
-      const xml = id % 5 === 0 ? xmlPlaintext(id, rand) : null;
-      await c.query(`insert into ${TABLE} (id, title, raw_xml, title_seq, xml_seq) values ($1, $2, $3, 1, $4)`, [id, encryptValue(pt, 1, ring), xml && encryptValue(xml, 1, ring), xml ? 1 : 0]);
-      inserted.push({ id, column: 'title', seq: 1, plaintext: pt });
-      if (xml) inserted.push({ id, column: 'raw_xml', seq: 1, plaintext: xml });
-    }
     const updated: PendingWrite[] = [];
-    for (const id of gapUpdated) {
-      const pt = Buffer.from(`old app update while the slot was gone ${id}`);
-      const r = await c.query(`update ${TABLE} set title = $2, title_seq = title_seq + 1 where id = $1 returning title_seq`, [id, encryptValue(pt, 1, ring)]);
-      updated.push({ id, column: 'title', seq: r.rows[0].title_seq, plaintext: pt });
-    }
     let attempts = 0;
-    for (;;) {
-      attempts++;
-      await c.query('savepoint drop_slot');
-      try {
-        const pid = (await c.query(`select active_pid from pg_replication_slots where slot_name = $1`, [slot])).rows[0]?.active_pid;
-        if (pid) await c.query(`select pg_terminate_backend($1)`, [pid]);
-        for (let i = 0; i < 200 && (await c.query(`select active from pg_replication_slots where slot_name = $1`, [slot])).rows[0]?.active; i++) await sleep(10);
-        await c.query(`select pg_drop_replication_slot($1)`, [slot]);
-        break;
-      } catch (e) {
-        await c.query('rollback to savepoint drop_slot');
-        // 55006: the daemon took the slot again before the drop; try again.
-        if ((e as { code?: string }).code !== '55006' || attempts >= 10) throw e;
+    try {
+      await c.query('begin');
+      const rand = rng(SEED + 2);
+      for (const id of gapIds) {
+        const pt = Buffer.from(`written while the slot was gone ${id}`);
+        const xml = id % 5 === 0 ? xmlPlaintext(id, rand) : null;
+        await c.query(`insert into ${TABLE} (id, title, raw_xml, title_seq, xml_seq) values ($1, $2, $3, 1, $4)`, [id, encryptValue(pt, 1, ring), xml && encryptValue(xml, 1, ring), xml ? 1 : 0]);
+        inserted.push({ id, column: 'title', seq: 1, plaintext: pt });
+        if (xml) inserted.push({ id, column: 'raw_xml', seq: 1, plaintext: xml });
       }
+      for (const id of gapUpdated) {
+        const pt = Buffer.from(`old app update while the slot was gone ${id}`);
+        const r = await c.query(`update ${TABLE} set title = $2, title_seq = title_seq + 1 where id = $1 returning title_seq`, [id, encryptValue(pt, 1, ring)]);
+        updated.push({ id, column: 'title', seq: r.rows[0].title_seq, plaintext: pt });
+      }
+      for (;;) {
+        attempts++;
+        await c.query('savepoint drop_slot');
+        try {
+          const pid = (await c.query(`select active_pid from pg_replication_slots where slot_name = $1`, [slot])).rows[0]?.active_pid;
+          if (pid) await c.query(`select pg_terminate_backend($1)`, [pid]);
+          for (let i = 0; i < 200 && (await c.query(`select active from pg_replication_slots where slot_name = $1`, [slot])).rows[0]?.active; i++) await sleep(10);
+          await c.query(`select pg_drop_replication_slot($1)`, [slot]);
+          break;
+        } catch (e) {
+          await c.query('rollback to savepoint drop_slot');
+          // 55006: the daemon took the slot again before the drop; try again.
+          if ((e as { code?: string }).code !== '55006' || attempts >= 10) throw e;
+        }
+      }
+      await c.query('commit');
+    } finally {
+      await c.end().catch(() => undefined);
     }
-    await c.query('commit');
-    await c.end();
     for (const id of gapIds) s.ledger.commit(inserted.filter((x) => x.id === id), id);
     s.ledger.commit(updated);
     const droppedAt = Date.now();

@@ -71,13 +71,17 @@ describe('throttle signals hold a running sweep back and release it', () => {
   it('lock waits: a chunk that hits lock_timeout is retried later and counted', async () => {
     const f = writeDaemonFiles(db.url, [{ name: 'calls', columns: ['title'] }], { sweep: { ...SWEEP, lock_timeout: '100ms' }, throttle: THROTTLE });
     const locker = await db.pool.connect();
-    await locker.query('begin');
-    await locker.query(`select 1 from calls where id = 600 for update`); // a row a few blocks in
-    const p = spawnCli(['backfill', ...f.args]);
-    await p.waitForLine(/lock_timeout/, { timeoutMs: 20_000 });
-    await locker.query('commit');
-    locker.release();
-    await p.stop('SIGTERM');
+    let p: ReturnType<typeof spawnCli> | undefined;
+    try {
+      await locker.query('begin');
+      await locker.query(`select 1 from calls where id = 600 for update`); // a row a few blocks in
+      p = spawnCli(['backfill', ...f.args]);
+      await p.waitForLine(/lock_timeout/, { timeoutMs: 20_000 });
+    } finally {
+      await locker.query('commit').catch(() => undefined);
+      locker.release();
+    }
+    await p!.stop('SIGTERM');
     const seg = (await db.pool.query(`select lock_timeouts::int as n from pgrekey.sweep_segment`)).rows[0];
     expect(seg.n).toBeGreaterThan(0);
   });

@@ -33,7 +33,13 @@ async function withAdmin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
 export async function createTestDatabase(prefix: string): Promise<TestDatabase> {
   const clean = prefix.toLowerCase().replace(/[^a-z0-9_]/g, '_').slice(0, 40);
   const name = `${clean}_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`;
-  await withAdmin((c) => c.query(`CREATE DATABASE ${c.escapeIdentifier(name)}`));
+  await withAdmin(async (c) => {
+    await c.query(`CREATE DATABASE ${c.escapeIdentifier(name)}`);
+    // Backstop: a test that fails while holding a transaction open (a row locker, a writer) must not
+    // keep an xid alive for long, because creating a logical slot waits for every xid in the cluster:
+    // every other test file's `setup` would hang behind it.
+    await c.query(`ALTER DATABASE ${c.escapeIdentifier(name)} SET idle_in_transaction_session_timeout = '60s'`);
+  });
   const pool = new pg.Pool({ connectionString: databaseUrl(name), max: 5 });
   // Idle clients are terminated when a test restarts or drops things; without a listener that kills the worker.
   pool.on('error', () => undefined);
@@ -42,8 +48,9 @@ export async function createTestDatabase(prefix: string): Promise<TestDatabase> 
     url: databaseUrl(name),
     pool,
     async drop() {
-      await pool.end();
+      // Sessions first: pool.end() waits for clients a failed test never released (and their open transactions).
       await dropDatabase(name);
+      await Promise.race([pool.end(), new Promise((r) => setTimeout(r, 5_000).unref())]);
     },
   };
 }
