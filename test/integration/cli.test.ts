@@ -1,7 +1,9 @@
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startCluster, type PgMajor } from '../support/cluster.js';
 import type { KeyRing } from '../../src/crypto/key-ring.js';
 import { runCli, spawnCli, type CliResult } from '../support/cli.js';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
@@ -133,33 +135,42 @@ describe('pg-rekey CLI against PostgreSQL', () => {
   });
 
   it('setup waits for an open transaction before creating the slot, names it in a warning, and completes once it ends', async () => {
-    const db = await database('cli_slotwait');
-    await createIncidentsTable(db.pool, 'incidents');
-    const f = files(db, ['incidents']);
-    // A transaction with an xid, left open: PostgreSQL cannot create a logical slot until it ends.
-    const blocker = await db.pool.connect();
-    let released = false;
+    // A cluster of its own: the open transaction below would hold up every other test file's setup
+    // (slot creation waits for xids in all databases), and theirs would show up in this warning.
+    const cluster = await startCluster(inject('pgMajor') as PgMajor);
+    const pool = new pg.Pool({ connectionString: cluster.url, max: 3 });
+    pool.on('error', () => undefined);
     try {
-      await blocker.query(`set application_name = 'forgotten-psql'`);
-      await blocker.query('begin');
-      await blocker.query(`select txid_current()`);
-      const blockerPid = (await blocker.query<{ pid: number }>(`select pg_backend_pid() as pid`)).rows[0]!.pid;
-      const setup = spawnCli(['-c', f.configPath, '--env-file', f.envPath, 'setup']);
-      const warning = (await setup.waitForLine(/creating the replication slot waits for/, { timeoutMs: 30_000 })).text;
-      expect(warning).toContain(`pid ${blockerPid} in database ${db.name} (application forgotten-psql, idle in transaction for`);
-      expect(warning).toContain('pg_terminate_backend');
-      expect(setup.child.exitCode).toBeNull();
-      await blocker.query('rollback');
-      blocker.release();
-      released = true;
-      const r = await setup.exited;
-      expect(r.code, r.stdout + r.stderr).toBe(0);
-      expect(r.stdout).toMatch(/created replication slot/);
-    } finally {
-      if (!released) {
-        await blocker.query('rollback').catch(() => undefined);
+      await createIncidentsTable(pool, 'incidents');
+      const f = writeCliFiles({ databaseUrl: cluster.url, tables: [{ name: 'incidents', columns: ['title', 'raw_xml'] }], replication: { slot: 'slotwait', publication: 'rekey_pub' } });
+      // A transaction with an xid, left open: PostgreSQL cannot create a logical slot until it ends.
+      const blocker = await pool.connect();
+      let released = false;
+      try {
+        await blocker.query(`set application_name = 'forgotten-psql'`);
+        await blocker.query('begin');
+        await blocker.query(`select txid_current()`);
+        const blockerPid = (await blocker.query<{ pid: number }>(`select pg_backend_pid() as pid`)).rows[0]!.pid;
+        const setup = spawnCli(['-c', f.configPath, '--env-file', f.envPath, 'setup']);
+        const warning = (await setup.waitForLine(/creating the replication slot waits for/, { timeoutMs: 30_000 })).text;
+        expect(warning).toContain(`"blockers":["pid ${blockerPid} in database postgres (application forgotten-psql, idle in transaction for`);
+        expect(warning).toContain('pg_terminate_backend');
+        expect(setup.child.exitCode).toBeNull();
+        await blocker.query('rollback');
         blocker.release();
+        released = true;
+        const r = await setup.exited;
+        expect(r.code, r.stdout + r.stderr).toBe(0);
+        expect(r.stdout).toMatch(/created replication slot slotwait/);
+      } finally {
+        if (!released) {
+          await blocker.query('rollback').catch(() => undefined);
+          blocker.release();
+        }
       }
+    } finally {
+      await pool.end().catch(() => undefined);
+      await cluster.stop();
     }
   });
 

@@ -254,12 +254,13 @@ describe('statement_timeout and lock_timeout on sweep chunks', () => {
     procs.push(bf);
     await bf.waitForLine((t) => /chunk failed with a retryable error/.test(t) && /"attempt":3,/.test(t), { timeoutMs: 20_000 });
     expect(bf.child.exitCode).toBeNull();
-    // The slow writes stop; a row of the same chunk is locked instead: the chunk now waits out lock_timeout.
+    // The slow writes stop; the table is locked against writes instead (any row of the chunk, whatever
+    // its value, and however late this runs against the retry): the chunk now waits out lock_timeout.
     const locker = await db.pool.connect();
     let heldMs: number;
     try {
       await locker.query('begin');
-      await locker.query(`select 1 from incidents where id = 1 for update`);
+      await locker.query(`lock table incidents in share mode`);
       await db.pool.query(`delete from slow_switch`);
       await bf.waitForLine((t) => /chunk failed with a retryable error/.test(t) && /"code":"55P03"/.test(t), { timeoutMs: 20_000 });
       expect(bf.child.exitCode).toBeNull();
