@@ -2,16 +2,20 @@ import { createHash } from 'node:crypto';
 import type { KeyRing } from '../crypto/key-ring.js';
 import { rewriteValue, type FailureReason, type RewriteOptions } from '../crypto/rewrite.js';
 
-/** One row as read by the sweep: its ctid, key (for quarantine) and the configured columns. */
+export type RowKey = Record<string, string | null>;
+
+/** One row as read by the sweep: its ctid, key (for quarantine; when it was read) and the configured columns. */
 export interface ScannedRow {
   ctid: string;
-  rowKey: Record<string, string | null>;
+  rowKey?: RowKey;
   values: (string | null)[];
 }
 
 export interface Failure {
+  ctid: string;
   column: string;
-  rowKey: Record<string, string | null>;
+  /** Absent when the chunk was read without keys: looked up by ctid before it is recorded. */
+  rowKey?: RowKey;
   version: number;
   reason: FailureReason;
   sha256: Buffer;
@@ -24,7 +28,7 @@ export interface ChunkPlan {
   olds: (string | null)[][];
   news: (string | null)[][];
   /** One entry per rewritten value: counts, and clears stale quarantine entries. */
-  rewrittenKeys: { ctid: string; column: string; rowKey: Record<string, string | null> }[];
+  rewrittenKeys: { ctid: string; column: string; rowKey?: RowKey }[];
   failures: Failure[];
   /** Per version: values that decrypted / failed with a MAC error in this chunk. */
   opened: Map<number, number>;
@@ -67,6 +71,7 @@ export function evaluateRows(rows: ScannedRow[], columns: readonly string[], rin
       if (out?.kind === 'failed') {
         if (out.reason === 'mac-failure') bump(plan.macFailures, out.version);
         plan.failures.push({
+          ctid: row.ctid,
           column,
           rowKey: row.rowKey,
           version: out.version,

@@ -10,9 +10,9 @@ import { RuntimeFailure } from '../errors.js';
 import { backoffMs, sleep } from '../timing.js';
 import { ensureSegment, advanceSegment, restartSegments, rewindSegment, type ChunkCounts } from '../state/segments.js';
 import { clearQuarantine, countQuarantine, recordQuarantine } from '../state/quarantine.js';
-import { planChunk } from './chunk-plan.js';
-import { evaluateRows, mergeCounts, suspectWrongKey, type ScannedRow } from './evaluate-rows.js';
-import { casUpdateSql, RELATION_BLOCKS_SQL, selectChunkSql } from './sweep-sql.js';
+import { planChunk, type ChunkRange } from './chunk-plan.js';
+import { evaluateRows, mergeCounts, suspectWrongKey, type ChunkPlan, type Failure, type RowKey, type ScannedRow } from './evaluate-rows.js';
+import { casUpdateSql, RELATION_BLOCKS_SQL, rowKeysByCtidSql, selectChunkSql } from './sweep-sql.js';
 import type { ProgressSink } from './progress.js';
 import { ChunkController } from '../throttle/chunk-controller.js';
 import type { LiveSettings } from '../throttle/live-settings.js';
@@ -46,6 +46,18 @@ export interface RelationResult extends ChunkCounts {
 }
 
 const MAX_CHUNK_RETRIES = 10;
+/** A chunk read ahead is dropped when the throttle held the sweep longer than this before its turn. */
+const STALE_PREFETCH_MS = 250;
+
+/** One chunk as read and evaluated, before its write. */
+interface ChunkRead {
+  total: number;
+  range: ChunkRange;
+  /** The chunk size it was planned with. */
+  blocks: number;
+  scanned: number;
+  plan: ChunkPlan;
+}
 
 /**
  * One full sweep of every configured table (each leaf partition in turn).
@@ -125,26 +137,92 @@ async function sweepRelation(
     if (next > 0) log.info({ resumeAt: next }, 'resuming sweep');
   }
   const hadQuarantine = !dry && (await countQuarantine(pool, table.display)) > 0;
+  // Row keys are read with every row only while the table has quarantine entries to clear.
+  const withKeys = hadQuarantine;
   const selectArgs = (start: number, end: number | null) => [
     start,
     ...(end === null ? [] : [end]),
     opts.ring.target,
-    table.keyColumns,
     opts.onlyVersions ? [...opts.onlyVersions] : null,
+    ...(withKeys ? [table.keyColumns] : []),
   ];
   const started = Date.now();
   const controllerSettings = (s: SweepSettings) => ({ targetMs: s.chunkTimeMs, initialBlocks: s.chunkBlocks, minBlocks: s.minChunkBlocks, maxBlocks: s.maxChunkBlocks });
   let settings = opts.live ? (await opts.live.refresh()).sweep : opts.settings;
   const controller = new ChunkController(controllerSettings(settings));
+
+  /** Reads a chunk and decides every value's fate (in its own read-only transaction: the CAS makes a stale read harmless). */
+  const readChunk = (start: number, blocks: number, s: SweepSettings): Promise<ChunkRead> =>
+    inTransaction(pool, true, s, async (client) => {
+      const total = Number((await client.query<{ blocks: string }>(RELATION_BLOCKS_SQL, [quoteQualified(leaf)])).rows[0]!.blocks);
+      const range = planChunk(start, total, blocks);
+      const rows = await client.query({ text: selectChunkSql(leaf, columns, withKeys ? table.keyColumns : null, range), values: selectArgs(range.start, range.end), rowMode: 'array' });
+      const scanned: ScannedRow[] = withKeys
+        ? rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, rowKey: r[1] as RowKey, values: r.slice(2) as (string | null)[] }))
+        : rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, values: r.slice(1) as (string | null)[] }));
+      return { total, range, blocks, scanned: scanned.length, plan: evaluateRows(scanned, columns, opts.ring, { onlyVersions: opts.onlyVersions }) };
+    });
+
+  /**
+   * Failures read without their row's key get it by ctid. A ctid that is gone was updated
+   * since the read: its new version is the stream's (and the next sweep's) to judge.
+   */
+  const withRowKeys = async (client: pg.ClientBase, failures: Failure[]): Promise<(Failure & { rowKey: RowKey })[]> => {
+    const missing = [...new Set(failures.filter((f) => !f.rowKey).map((f) => f.ctid))];
+    const keys = new Map<string, RowKey>();
+    if (missing.length) {
+      const r = await client.query<{ ctid: string; row_key: RowKey }>(rowKeysByCtidSql(leaf, table.keyColumns), [missing, table.keyColumns]);
+      for (const row of r.rows) keys.set(row.ctid, row.row_key);
+    }
+    return failures.flatMap((f) => {
+      const rowKey = f.rowKey ?? keys.get(f.ctid);
+      return rowKey ? [{ ...f, rowKey }] : [];
+    });
+  };
+
+  /** The batched CAS, the quarantine and the checkpoint of one chunk, committed together. */
+  const writeChunk = (r: ChunkRead, s: SweepSettings, chunkStarted: number): Promise<ChunkCounts> =>
+    inTransaction(pool, false, s, async (client) => {
+      const { plan, range, total } = r;
+      // Before the CAS: a row it rewrites (another column of it) moves to a new ctid.
+      const failures = await withRowKeys(client, plan.failures);
+      let written = plan.rewrittenKeys;
+      if (plan.ctids.length > 0) {
+        const params: unknown[] = [plan.ctids];
+        columns.forEach((_, i) => params.push(plan.olds[i], plan.news[i]));
+        params.push(range.start, ...(range.end === null ? [] : [range.end]));
+        const upd = await client.query<{ tid: string }>(casUpdateSql(leaf, columns, range), params);
+        const matched = new Set(upd.rows.map((row) => row.tid));
+        written = plan.rewrittenKeys.filter((k) => matched.has(k.ctid));
+      }
+      const conflicts = new Set(plan.rewrittenKeys.map((k) => k.ctid)).size - new Set(written.map((k) => k.ctid)).size;
+      const counts: ChunkCounts = { scanned: r.scanned, rewritten: written.length, conflicts, quarantined: plan.failures.length };
+      await recordQuarantine(client, failures.map((f) => ({ ...f, table: table.display })), 'sweep');
+      if (hadQuarantine) await clearQuarantine(client, table.display, written.map((k) => ({ column: k.column, rowKey: k.rowKey! })));
+      const took = Date.now() - chunkStarted;
+      await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts, {
+        chunkBlocks: r.blocks,
+        rowsPerSec: controller.rate === null ? (counts.rewritten * 1000) / Math.max(took, 1) : controller.rate,
+      });
+      return counts;
+    });
+
+  // With nice_ratio 0 the next chunk is read and evaluated (on a second connection) while the
+  // current one is written: PostgreSQL writes while Node decrypts. Throttled sweeps stay serial, so
+  // the sweep never keeps two backends busy at once when it is asked to be gentle.
+  let prefetched: { start: number; read: Promise<ChunkRead> } | null = null;
   opts.progress.start(relation, next);
   for (;;) {
     // The throttle may wait a long time: a stop requested meanwhile must not start another chunk.
+    const gateStarted = Date.now();
     if (!opts.signal?.aborted) await opts.beforeChunk?.();
     if (!opts.signal?.aborted) await opts.throttle?.gate(opts.signal);
     if (opts.live) {
       settings = (await opts.live.refresh()).sweep;
       controller.retune(controllerSettings(settings));
     }
+    // A read older than a throttle wait is stale (more CAS conflicts): read again.
+    if (Date.now() - gateStarted > STALE_PREFETCH_MS) prefetched = null;
     if (opts.signal?.aborted) {
       log.info({ nextBlock: next }, dry ? 'interrupted (dry run: nothing kept)' : 'interrupted; the next run resumes here');
       break;
@@ -164,42 +242,31 @@ async function sweepRelation(
       },
       signal: opts.signal,
     };
-    const { total, range, counts, plan } = await withRetries(log, retry, () =>
-      inTransaction(pool, dry, settings, async (client) => {
-        const total = Number((await client.query<{ blocks: string }>(RELATION_BLOCKS_SQL, [quoteQualified(leaf)])).rows[0]!.blocks);
-        const range = planChunk(next, total, chunkBlocks);
-        const rows = await client.query({ text: selectChunkSql(leaf, columns, table.keyColumns, range), values: selectArgs(range.start, range.end), rowMode: 'array' });
-        const scanned: ScannedRow[] = rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, rowKey: r[1] as Record<string, string | null>, values: r.slice(2) as (string | null)[] }));
-        const plan = evaluateRows(scanned, columns, opts.ring, { onlyVersions: opts.onlyVersions });
-        const okSoFar = new Map(guard.opened);
-        const badSoFar = new Map(guard.macFailures);
-        mergeCounts(okSoFar, plan.opened);
-        mergeCounts(badSoFar, plan.macFailures);
-        const suspect = suspectWrongKey(okSoFar, badSoFar, settings.wrongKeyThreshold);
-        if (suspect !== null) throw new WrongKeyError(suspect, badSoFar.get(suspect)!, relation);
-        let written = plan.rewrittenKeys;
-        if (!dry && plan.ctids.length > 0) {
-          const params: unknown[] = [plan.ctids];
-          columns.forEach((_, i) => params.push(plan.olds[i], plan.news[i]));
-          params.push(range.start, ...(range.end === null ? [] : [range.end]));
-          const upd = await client.query<{ tid: string }>(casUpdateSql(leaf, columns, range), params);
-          const matched = new Set(upd.rows.map((r) => r.tid));
-          written = plan.rewrittenKeys.filter((k) => matched.has(k.ctid));
-        }
-        const conflicts = new Set(plan.rewrittenKeys.map((k) => k.ctid)).size - new Set(written.map((k) => k.ctid)).size;
-        const counts: ChunkCounts = { scanned: scanned.length, rewritten: written.length, conflicts, quarantined: plan.failures.length };
-        if (!dry) {
-          await recordQuarantine(client, plan.failures.map((f) => ({ ...f, table: table.display })), 'sweep');
-          if (hadQuarantine) await clearQuarantine(client, table.display, written);
-          const took = Date.now() - chunkStarted;
-          await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts, {
-            chunkBlocks,
-            rowsPerSec: controller.rate === null ? (counts.rewritten * 1000) / Math.max(took, 1) : controller.rate,
-          });
-        }
-        return { total, range, counts, plan };
-      }),
-    );
+    const s = settings;
+    const pipeline = !dry && s.niceRatio === 0;
+    const { read, counts } = await withRetries(log, retry, async (attempt) => {
+      // Only a first attempt may use the read made during the previous chunk's write.
+      const ahead = attempt === 1 && prefetched?.start === next ? prefetched.read : null;
+      prefetched = null;
+      const r = await (ahead ?? readChunk(next, chunkBlocks, s));
+      const okSoFar = new Map(guard.opened);
+      const badSoFar = new Map(guard.macFailures);
+      mergeCounts(okSoFar, r.plan.opened);
+      mergeCounts(badSoFar, r.plan.macFailures);
+      const suspect = suspectWrongKey(okSoFar, badSoFar, s.wrongKeyThreshold);
+      if (suspect !== null) throw new WrongKeyError(suspect, badSoFar.get(suspect)!, relation);
+      if (pipeline && r.range.end !== null) {
+        const read = readChunk(r.range.end, controller.next(), s);
+        read.catch(() => undefined); // a read never used is dropped; a used one is awaited above
+        prefetched = { start: r.range.end, read };
+      }
+      const c: ChunkCounts = dry
+        ? { scanned: r.scanned, rewritten: r.plan.rewrittenKeys.length, conflicts: 0, quarantined: r.plan.failures.length }
+        : await writeChunk(r, s, chunkStarted);
+      return { read: r, counts: c };
+    });
+    const { total, range, plan } = read;
+    chunkBlocks = read.blocks;
     // Only after the commit: a retried chunk must not count twice.
     mergeCounts(guard.opened, plan.opened);
     mergeCounts(guard.macFailures, plan.macFailures);
@@ -257,10 +324,10 @@ interface RetryHooks {
   signal?: AbortSignal;
 }
 
-async function withRetries<T>(log: Logger, hooks: RetryHooks, fn: () => Promise<T>): Promise<T> {
+async function withRetries<T>(log: Logger, hooks: RetryHooks, fn: (attempt: number) => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await fn();
+      return await fn(attempt);
     } catch (e) {
       if (!isRetryable(e) || attempt >= MAX_CHUNK_RETRIES || hooks.signal?.aborted) throw e;
       const code = (e as { code?: string }).code;

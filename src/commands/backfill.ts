@@ -42,7 +42,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
   const onlyVersions = parseFrom(opts.from, ring);
   await initSodium();
   // Waits up to 2 minutes for an unreachable database (about what a chunk's retries ride out), then exits 3.
-  const ctx = await openContext(flags, { poolSize: 2, defaultLogLevel: 'info', waitForDatabaseMs: BACKFILL_CONNECT_WAIT_MS });
+  const ctx = await openContext(flags, { poolSize: 3, defaultLogLevel: 'info', waitForDatabaseMs: BACKFILL_CONNECT_WAIT_MS });
   const abort = new AbortController();
   const stopSignals = onShutdownSignals(ctx.log, () => abort.abort());
   let runId: number | null = null;

@@ -93,10 +93,11 @@ describe('sweep', () => {
     const cols = table!.config.columns;
     const blocks = Number((await db.pool.query(`select pg_relation_size('incidents') / 8192 as b`)).rows[0].b);
     expect(blocks).toBeGreaterThan(2000);
-    const closed = await explain(selectChunkSql(leaf, cols, ['id'], { start: 10, end: 20 }), [10, 20, 2, ['id'], null]);
+    const closed = await explain(selectChunkSql(leaf, cols, ['id'], { start: 10, end: 20 }), [10, 20, 2, null, ['id']]);
+    const keyless = await explain(selectChunkSql(leaf, cols, null, { start: 10, end: 20 }), [10, 20, 2, null]);
     // The last, open-ended chunk starts near the end (the planner prices ctid bounds against the relation's size).
-    const open = await explain(selectChunkSql(leaf, cols, ['id'], { start: blocks - 5, end: null }), [blocks - 5, 2, ['id'], [1]]);
-    for (const plan of [closed, open]) {
+    const open = await explain(selectChunkSql(leaf, cols, ['id'], { start: blocks - 5, end: null }), [blocks - 5, 2, [1], ['id']]);
+    for (const plan of [closed, keyless, open]) {
       expect(plan).toContain('Tid Range Scan on incidents');
       expect(plan).not.toContain('Seq Scan');
     }

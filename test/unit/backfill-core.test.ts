@@ -88,7 +88,7 @@ describe('evaluateRows', () => {
     ];
     const rows = cases.map(([value], i) => row(`(1,${i + 1})`, 10 + i, value, good));
     const plan = evaluateRows(rows, ['title', 'other'], ring);
-    expect(plan.failures.map((f) => [f.column, f.rowKey.id, f.version, f.reason])).toEqual(
+    expect(plan.failures.map((f) => [f.column, f.rowKey?.id, f.version, f.reason])).toEqual(
       cases.map(([, reason], i) => ['title', String(10 + i), reason === 'unknown-version' ? 7 : 1, reason]),
     );
     for (const [i, f] of plan.failures.entries()) {
@@ -162,7 +162,13 @@ describe('sweep SQL', () => {
     }
     expect(closed).toMatch(/t\.ctid < format\('\(%s,0\)', \$2::bigint\)::tid/);
     expect(open).not.toContain('$5');
-    expect(closed).toContain('$5::int[]');
+    expect(closed).toContain('$4::int[]');
+    expect(closed).toContain('jsonb_object($5::text[]');
+    // Without key columns: no key, and no parameter for their names.
+    const keyless = selectChunkSql(leaf, cols, null, { start: 0, end: 10 });
+    expect(keyless).not.toContain('jsonb_object');
+    expect(keyless).not.toContain('$5');
+    expect(keyless).toContain('$4::int[]');
   });
 
   it('CAS update: quotes identifiers, bounds the chunk and guards every rewritten column', () => {

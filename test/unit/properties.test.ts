@@ -279,7 +279,7 @@ describe('evaluateRows (sweep): stored values -> compare-and-swap arrays', () =>
         const expectFailures = grid.flatMap((cells, r) =>
           cells.flatMap((c, i) => (c.kind === 'failed' ? [[columns[i], String(r), c.version, c.reason, sha256(c.value).toString('hex')]] : [])),
         );
-        expect(plan.failures.map((f) => [f.column, f.rowKey.id, f.version, f.reason, f.sha256.toString('hex')])).toEqual(expectFailures);
+        expect(plan.failures.map((f) => [f.column, f.rowKey?.id, f.version, f.reason, f.sha256.toString('hex')])).toEqual(expectFailures);
         const olds = grid.flatMap((cells, r) => cells.flatMap((c, i) => (c.kind === 'old' ? [[`(${r},1)`, columns[i]]] : [])));
         expect(plan.rewrittenKeys.map((k) => [k.ctid, k.column])).toEqual(olds);
         const count = (pred: (c: Tagged) => boolean) => grid.flat().filter(pred).length;
@@ -299,7 +299,7 @@ describe('evaluateRows (sweep): stored values -> compare-and-swap arrays', () =>
         const plan = evaluateRows(rows, ['c'], ring, { onlyVersions: new Set([3]) });
         const expected = cells.flatMap((c, r) => (c.kind === 'old' && c.version === 3 ? [`(0,${r + 1})`] : []));
         expect(plan.ctids).toEqual(expected);
-        expect(plan.failures.map((f) => f.rowKey.id)).toEqual(cells.flatMap((c, r) => (c.kind === 'failed' && c.version === 3 ? [String(r)] : [])));
+        expect(plan.failures.map((f) => f.rowKey?.id)).toEqual(cells.flatMap((c, r) => (c.kind === 'failed' && c.version === 3 ? [String(r)] : [])));
       }),
       { numRuns: 60 },
     );
