@@ -1,6 +1,6 @@
 import type { KeyRing } from './key-ring.js';
 import { decodeBase64Strict, formatVersioned, parseVersioned } from './envelope.js';
-import { MAC_BYTES, NONCE_BYTES, open, seal } from './secretbox.js';
+import { MAC_BYTES, NONCE_BYTES, open, reseal, seal } from './secretbox.js';
 
 /**
  * Why a value could not be rewritten. Recorded in the quarantine; the value
@@ -41,16 +41,9 @@ export function rewriteValue(value: string, ring: KeyRing, opts: RewriteOptions 
   const sealed = decodeBase64Strict(body);
   if (!sealed) return { kind: 'failed', version, reason: 'bad-base64' };
   if (sealed.length < NONCE_BYTES + MAC_BYTES) return { kind: 'failed', version, reason: 'too-short' };
-  const plaintext = open(sealed, oldKey);
-  if (!plaintext) return { kind: 'failed', version, reason: 'mac-failure' };
-  const targetKey = ring.key(ring.target)!;
-  const resealed = seal(plaintext, targetKey);
-  const check = open(resealed, targetKey);
-  const same = check !== null && Buffer.compare(check, plaintext) === 0;
-  plaintext.fill(0);
-  check?.fill(0);
-  if (!same) return { kind: 'failed', version, reason: 'roundtrip-failed' };
-  return { kind: 'rewritten', version, value: formatVersioned(ring.target, resealed.toString('base64')) };
+  const out = reseal(sealed, oldKey, ring.key(ring.target)!);
+  if (!out.ok) return { kind: 'failed', version, reason: out.reason };
+  return { kind: 'rewritten', version, value: formatVersioned(ring.target, out.sealed.toString('base64')) };
 }
 
 /** Decrypts a stored value to bytes (tests, verify sampling); null if it cannot. */

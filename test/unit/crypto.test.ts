@@ -5,7 +5,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { decodeBase64Strict, parseVersioned } from '../../src/crypto/envelope.js';
 import { KeyRing } from '../../src/crypto/key-ring.js';
 import { decryptValue, encryptValue, rewriteValue } from '../../src/crypto/rewrite.js';
-import { freshNonce, initSodium, open, seal } from '../../src/crypto/secretbox.js';
+import { freshNonce, initSodium, open, reseal, seal } from '../../src/crypto/secretbox.js';
 
 interface Vector { version: number; plaintext_hex: string; nonce_hex: string; stored: string }
 const fixture = JSON.parse(readFileSync(new URL('../fixtures/secretbox-vectors.json', import.meta.url), 'utf8')) as {
@@ -55,6 +55,43 @@ describe('secretbox compatibility with libsodium outside libsodium-wrappers', ()
     const nonce = nacl.randomBytes(24);
     const theirs = Buffer.concat([nonce, nacl.secretbox(msg, nonce, keyBytes(1))]);
     expect(Buffer.from(open(theirs, keyBytes(1))!).equals(msg)).toBe(true);
+  });
+
+  it.each(fixture.vectors)('reseal opens the system libsodium output for v$version and seals it exactly as libsodium would', (vec) => {
+    if (vec.version === 2) return; // the target: nothing to reseal
+    const sealed = Buffer.from(parseVersioned(vec.stored)!.body, 'base64');
+    const nonce = Buffer.alloc(24, 7);
+    const out = reseal(sealed, keyBytes(vec.version), keyBytes(2), nonce);
+    expect(out.ok).toBe(true);
+    const expected = nacl.secretbox(Buffer.from(vec.plaintext_hex, 'hex'), nonce, keyBytes(2));
+    expect(out.ok && out.sealed.equals(Buffer.concat([nonce, expected]))).toBe(true);
+  });
+
+  it('reseal: sizes around its reused buffer (64 kB) and far beyond, in any order, each checked by tweetnacl', () => {
+    const sizes = [0, 1, 100, 65_536 - 40, 65_536 - 39, 65_536, 200_000, 3, 2_000_000, 50];
+    for (const size of sizes) {
+      const msg = Buffer.alloc(size);
+      for (let i = 0; i < size; i++) msg[i] = (i * 31 + size) & 0xff;
+      const n1 = nacl.randomBytes(24);
+      const sealed = Buffer.concat([n1, nacl.secretbox(msg, n1, keyBytes(1))]);
+      const out = reseal(sealed, keyBytes(1), keyBytes(2));
+      expect(out.ok, `size ${size}`).toBe(true);
+      if (!out.ok) continue;
+      const opened = nacl.secretbox.open(out.sealed.subarray(24), out.sealed.subarray(0, 24), keyBytes(2));
+      expect(opened && Buffer.from(opened).equals(msg), `size ${size}`).toBe(true);
+    }
+  });
+
+  it('reseal: the wrong key or a flipped byte is a MAC failure, and the next value still reseals', () => {
+    const msg = Buffer.from('call notes');
+    const n1 = nacl.randomBytes(24);
+    const sealed = Buffer.concat([n1, nacl.secretbox(msg, n1, keyBytes(1))]);
+    expect(reseal(sealed, keyBytes(2), keyBytes(2))).toEqual({ ok: false, reason: 'mac-failure' });
+    const flipped = Buffer.from(sealed);
+    flipped[30]! ^= 1;
+    expect(reseal(flipped, keyBytes(1), keyBytes(2))).toEqual({ ok: false, reason: 'mac-failure' });
+    expect(reseal(sealed.subarray(0, 39), keyBytes(1), keyBytes(2))).toEqual({ ok: false, reason: 'mac-failure' });
+    expect(reseal(sealed, keyBytes(1), keyBytes(2)).ok).toBe(true);
   });
 
   it('hands out distinct nonces across pool refills', () => {
