@@ -48,6 +48,8 @@ export interface RelationResult extends ChunkCounts {
 const MAX_CHUNK_RETRIES = 10;
 /** A chunk read ahead is dropped when the throttle held the sweep longer than this before its turn. */
 const STALE_PREFETCH_MS = 250;
+/** The cached relation size is read again at least this often (progress, ETA). */
+const SIZE_REFRESH_MS = 5_000;
 
 /** One chunk as read and evaluated, before its write. */
 interface ChunkRead {
@@ -151,10 +153,21 @@ async function sweepRelation(
   let settings = opts.live ? (await opts.live.refresh()).sweep : opts.settings;
   const controller = new ChunkController(controllerSettings(settings));
 
+  // The relation's size, read again only when a chunk may reach its end (the last chunk is
+  // open-ended, so growth is never missed) or for progress every few seconds: one round trip
+  // less per chunk. A table that shrank meanwhile (vacuum truncation) just yields empty chunks.
+  let size: { blocks: number; at: number } | null = null;
+  const relationBlocks = async (client: pg.ClientBase, start: number, blocks: number): Promise<number> => {
+    if (size && start + blocks < size.blocks && Date.now() - size.at < SIZE_REFRESH_MS) return size.blocks;
+    const b = Number((await client.query<{ blocks: string }>(RELATION_BLOCKS_SQL, [quoteQualified(leaf)])).rows[0]!.blocks);
+    size = { blocks: b, at: Date.now() };
+    return b;
+  };
+
   /** Reads a chunk and decides every value's fate (in its own read-only transaction: the CAS makes a stale read harmless). */
   const readChunk = (start: number, blocks: number, s: SweepSettings): Promise<ChunkRead> =>
     inTransaction(pool, true, s, async (client) => {
-      const total = Number((await client.query<{ blocks: string }>(RELATION_BLOCKS_SQL, [quoteQualified(leaf)])).rows[0]!.blocks);
+      const total = await relationBlocks(client, start, blocks);
       const range = planChunk(start, total, blocks);
       const rows = await client.query({ text: selectChunkSql(leaf, columns, withKeys ? table.keyColumns : null, range), values: selectArgs(range.start, range.end), rowMode: 'array' });
       const scanned: ScannedRow[] = withKeys
