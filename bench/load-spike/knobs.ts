@@ -27,10 +27,10 @@ export type Knobs = Record<keyof typeof KNOB_DEFAULTS, number>;
 /**
  * Extra pg-rekey scenarios: default settings except the given `sweep:` fields. BENCH_SWEEP_VARIANTS lists
  * them separated by `;`, fields as `name=value` separated by `,`: `nice_ratio=1;chunk_time=25ms,nice_ratio=1`.
- * Default: `nice_ratio=0`. Empty: none.
+ * Default: `nice_ratio=0;chunk_time=25ms,nice_ratio=2` (the defaults before 2026-11-28). Empty: none.
  */
 export function sweepVariants(env: NodeJS.ProcessEnv = process.env): Record<string, string | number>[] {
-  const raw = env.BENCH_SWEEP_VARIANTS ?? 'nice_ratio=0';
+  const raw = env.BENCH_SWEEP_VARIANTS ?? 'nice_ratio=0;chunk_time=25ms,nice_ratio=2';
   return raw
     .split(';')
     .filter((v) => v.trim() !== '')

@@ -42,7 +42,7 @@ const SWEEPS: { key: string; title: string; sweep: Record<string, unknown> }[] =
       .join(', ')}`,
     sweep,
   })),
-  // chunk_time 250ms: 10x the default. Much larger chunks were slower (2s: ~75k rows/s against ~95k, 2026-11-28):
+  // chunk_time 250ms. Much larger chunks were slower (2s: ~75k rows/s against ~95k, 2026-11-28):
   // a few huge CAS statements, longer row locks, and less overlap of reading with writing.
   { key: 'unthrottled', title: 'pg-rekey backfill, unthrottled', sweep: { nice_ratio: 0, chunk_time: '250ms' } },
 ];

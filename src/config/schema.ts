@@ -17,14 +17,14 @@ export const tableSchema = z.strictObject({
 
 export const sweepSchema = z.strictObject({
   /** Target duration of one chunk (one short transaction); chunks are sized to it. 0 = fixed chunks of chunk_blocks. */
-  chunk_time: duration.default('25ms'),
+  chunk_time: duration.default('5ms'),
   /** Heap blocks (8 kB pages) of the first chunk of each relation (the fixed size when chunk_time is 0). */
   chunk_blocks: z.number().int().min(1).max(131072).default(8),
   /** Bounds of the chunk size in blocks. */
   min_chunk_blocks: z.number().int().min(1).max(131072).default(1),
   max_chunk_blocks: z.number().int().min(1).max(131072).default(8192),
   /** Sleep this many ms per ms of chunk work (gh-ost's nice-ratio); 0 = no pause. */
-  nice_ratio: z.number().min(0).max(100).default(2),
+  nice_ratio: z.number().min(0).max(100).default(3),
   /** statement_timeout for each chunk's statements. */
   statement_timeout: duration.default('30s'),
   /**

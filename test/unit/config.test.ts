@@ -34,7 +34,7 @@ describe('loadConfig', () => {
     const c = loadConfig({ config: file(MINIMAL) }, {});
     expect(c.tables).toEqual([{ schema: 'public', name: 'incidents', columns: ['title'] }]);
     expect(c.sweep).toEqual({
-      chunkTimeMs: 25, chunkBlocks: 8, minChunkBlocks: 1, maxChunkBlocks: 8192, niceRatio: 2,
+      chunkTimeMs: 5, chunkBlocks: 8, minChunkBlocks: 1, maxChunkBlocks: 8192, niceRatio: 3,
       statementTimeoutMs: 30_000, lockTimeoutMs: 500, wrongKeyThreshold: 8, progressIntervalMs: 5_000,
     });
     expect(c.throttle).toEqual({
