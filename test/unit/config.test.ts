@@ -142,7 +142,7 @@ describe('loadConfig', () => {
     const fileWins = loadConfig({ config: withFile }, {});
     expect([fileWins.connectionString, fileWins.connectionSource, fileWins.sweep.chunkBlocks, fileWins.logLevel]).toEqual(['postgres://file/db', 'file', 100, 'warn']);
     const defaults = loadConfig({ config: file(MINIMAL) }, { PG_REKEY_SWEEP_NICE_RATIO: '' });
-    expect([defaults.connectionSource, defaults.sweep.chunkBlocks, defaults.sweep.niceRatio]).toEqual(['PG* variables', 8, 2]);
+    expect([defaults.connectionSource, defaults.sweep.chunkBlocks, defaults.sweep.niceRatio]).toEqual(['PG* variables', 8, 3]);
   });
 
   it('validates environment overrides like file values', () => {
