@@ -35,7 +35,7 @@ interface WriterStats {
  * the sweep is on, in transactions that hold the row lock for a few ms, like an application that
  * does other work before COMMIT. Records a plaintext in the ledger only after COMMIT succeeded.
  */
-async function writer(pool: pg.Pool, n: number, ledger: Ledger, until: number): Promise<WriterStats> {
+async function writer(pool: pg.Pool, n: number, ledger: Ledger, until: number, table: string): Promise<WriterStats> {
   const rand = rng(1000 + n);
   const stats: WriterStats = { commits: 0, hot: 0, titleWrites: { v1: 0, v2: 0 }, errors: [] };
   let seq = 0;
@@ -43,10 +43,10 @@ async function writer(pool: pg.Pool, n: number, ledger: Ledger, until: number): 
     let id: number | undefined;
     if (rand() < 0.8) {
       // The chunk the sweep works on (its checkpoint is the start of the next chunk it reads).
-      const seg = await pool.query<{ b: string }>(`select next_block::text as b from pgrekey.sweep_segment where relation = 'public.hot'`);
+      const seg = await pool.query<{ b: string }>(`select next_block::text as b from pgrekey.sweep_segment where relation = $1`, [`public.${table}`]);
       const b = Number(seg.rows[0]?.b ?? 0);
       const ids = await pool.query<{ id: string }>(
-        `select id::text from hot where ctid >= format('(%s,0)', $1::bigint)::tid and ctid < format('(%s,0)', $2::bigint)::tid and id % $3 = $4`,
+        `select id::text from ${table} where ctid >= format('(%s,0)', $1::bigint)::tid and ctid < format('(%s,0)', $2::bigint)::tid and id % $3 = $4`,
         [b, b + 2 * CHUNK_BLOCKS, WRITERS, n],
       );
       if (ids.rows.length > 0) {
@@ -63,9 +63,9 @@ async function writer(pool: pg.Pool, n: number, ledger: Ledger, until: number): 
     try {
       await client.query('begin');
       if (kind < 0.85) {
-        await client.query(`update hot set title = $1, status = $2, updated_at = now() where id = $3`, [encryptValue(plaintext, version, ring), `w${n}`, id]);
+        await client.query(`update ${table} set title = $1, status = $2, updated_at = now() where id = $3`, [encryptValue(plaintext, version, ring), `w${n}`, id]);
       } else {
-        await client.query(`update hot set status = $1, updated_at = now() where id = $2`, [`w${n}-${seq}`, id]);
+        await client.query(`update ${table} set status = $1, updated_at = now() where id = $2`, [`w${n}-${seq}`, id]);
       }
       await sleep(Math.floor(rand() * 12));
       await client.query('commit');
@@ -85,19 +85,23 @@ async function writer(pool: pg.Pool, n: number, ledger: Ledger, until: number): 
 }
 
 describe('sweep under concurrent application writes', () => {
-  it('never loses an application write and converges once writers stop', async () => {
-    await createIncidentsTable(db.pool, 'hot');
-    const filled = await fillIncidents(db.pool, 'hot', ring, { rows: ROWS, seed: 99, mix: { v1: 0.8, v2: 0.2, null: 0, notOurs: 0 } });
+  // nice_ratio 0 reads each chunk while the previous one is written: the read is older when the CAS runs.
+  it.each([
+    { niceRatio: 1, table: 'hot' },
+    { niceRatio: 0, table: 'hot_pipelined' },
+  ])('never loses an application write and converges once writers stop (nice_ratio $niceRatio)', async ({ niceRatio, table }) => {
+    await createIncidentsTable(db.pool, table);
+    const filled = await fillIncidents(db.pool, table, ring, { rows: ROWS, seed: 99, mix: { v1: 0.8, v2: 0.2, null: 0, notOurs: 0 } });
     const ledger = filled.ledger.title;
-    const tables = await prepareSweep(db.pool, [incidentsConfig('hot', ['title'])]);
+    const tables = await prepareSweep(db.pool, [incidentsConfig(table, ['title'])]);
 
     const appPool = new pg.Pool({ connectionString: db.url, max: WRITERS * 2 });
     appPool.on('error', () => undefined);
     try {
       const until = Date.now() + WRITE_MS;
-      const writers = Array.from({ length: WRITERS }, (_, n) => writer(appPool, n, ledger, until));
+      const writers = Array.from({ length: WRITERS }, (_, n) => writer(appPool, n, ledger, until, table));
       const sweep = sweepTables(db.pool, tables, {
-        settings: sweepSettings({ chunkBlocks: CHUNK_BLOCKS, niceRatio: 1 }),
+        settings: sweepSettings({ chunkBlocks: CHUNK_BLOCKS, niceRatio }),
         ring,
         progress: silentProgress,
         log: silentLog,
@@ -112,13 +116,13 @@ describe('sweep under concurrent application writes', () => {
       expect(v1Writes).toBeGreaterThan(50);
       expect(stats.reduce((n, s) => n + s.hot, 0)).toBeGreaterThan(commits / 2);
       // The sweep was still running when the writers stopped, and lost CAS races to them.
-      const seg = (await db.pool.query(`select rows_conflict::int as c, state from pgrekey.sweep_segment where relation = 'public.hot'`)).rows[0];
+      const seg = (await db.pool.query(`select rows_conflict::int as c, state from pgrekey.sweep_segment where relation = $1`, [`public.${table}`])).rows[0];
       expect(first[0]!.conflicts).toBeGreaterThan(0);
       expect(seg).toEqual({ c: first[0]!.conflicts, state: 'done' });
       expect(first[0]!.rewritten).toBeGreaterThan(filled.counts.title.v1 / 2);
 
       // Whatever the sweep rewrote decrypts to what the application last committed.
-      const mid = await checkLedger(db.pool, 'hot', 'title', ledger, ring);
+      const mid = await checkLedger(db.pool, table, 'title', ledger, ring);
       expect(mid.mismatched).toEqual([]);
       expect(mid.checked).toBe(ROWS);
 
@@ -126,7 +130,7 @@ describe('sweep under concurrent application writes', () => {
       const second = await sweepTables(db.pool, tables, { settings: sweepSettings(), ring, progress: silentProgress, log: silentLog, restart: true });
       expect(second[0]!.conflicts).toBe(0);
       expect(second[0]!.rewritten).toBe(mid.byVersion.v1);
-      const final = await checkLedger(db.pool, 'hot', 'title', ledger, ring);
+      const final = await checkLedger(db.pool, table, 'title', ledger, ring);
       expect(final.mismatched).toEqual([]);
       expect(final.missing).toEqual([]);
       expect(final.byVersion).toEqual({ v2: ROWS });
