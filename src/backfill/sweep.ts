@@ -313,15 +313,10 @@ async function inTransaction<T>(pool: pg.Pool, readOnly: boolean, s: SweepSettin
   const client = await checkout(pool);
   try {
     await client.query(readOnly ? 'begin read only' : 'begin');
-    // set_config(..., true) is SET LOCAL with the value as a parameter. A chunk's commit does not
-    // wait for its WAL flush (synchronous_commit off): a crash can lose the last chunks' rewrites,
-    // but only together with the checkpoint in the same transaction, so they are redone, never
-    // skipped; the fsync stays off the chunk's time. (The stream's commits stay synchronous: it
-    // acknowledges the slot after them.)
-    await client.query(`select set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true), set_config('synchronous_commit', $3, true)`, [
+    // set_config(..., true) is SET LOCAL with the value as a parameter.
+    await client.query(`select set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)`, [
       String(s.statementTimeoutMs),
       String(s.lockTimeoutMs),
-      readOnly ? 'on' : 'off',
     ]);
     const out = await fn(client);
     await client.query(readOnly ? 'rollback' : 'commit');
