@@ -209,7 +209,8 @@ async function sweepRelation(
         written = plan.rewrittenKeys.filter((k) => matched.has(k.ctid));
       }
       const conflicts = new Set(plan.rewrittenKeys.map((k) => k.ctid)).size - new Set(written.map((k) => k.ctid)).size;
-      const counts: ChunkCounts = { scanned: r.scanned, rewritten: written.length, conflicts, quarantined: plan.failures.length };
+      // A failure whose row moved since the read is not recorded (nor counted): its new version is judged anew.
+      const counts: ChunkCounts = { scanned: r.scanned, rewritten: written.length, conflicts, quarantined: failures.length };
       await recordQuarantine(client, failures.map((f) => ({ ...f, table: table.display })), 'sweep');
       if (hadQuarantine) await clearQuarantine(client, table.display, written.map((k) => ({ column: k.column, rowKey: k.rowKey! })));
       const took = Date.now() - chunkStarted;
@@ -269,9 +270,9 @@ async function sweepRelation(
       const suspect = suspectWrongKey(okSoFar, badSoFar, s.wrongKeyThreshold);
       if (suspect !== null) throw new WrongKeyError(suspect, badSoFar.get(suspect)!, relation);
       if (pipeline && r.range.end !== null) {
-        const read = readChunk(r.range.end, controller.next(), s);
-        read.catch(() => undefined); // a read never used is dropped; a used one is awaited above
-        prefetched = { start: r.range.end, read };
+        const nextRead = readChunk(r.range.end, controller.next(), s);
+        nextRead.catch(() => undefined); // a read never used is dropped; a used one is awaited above
+        prefetched = { start: r.range.end, read: nextRead };
       }
       const c: ChunkCounts = dry
         ? { scanned: r.scanned, rewritten: r.plan.rewrittenKeys.length, conflicts: 0, quarantined: r.plan.failures.length }

@@ -102,6 +102,9 @@ describe('sweep under concurrent application writes', () => {
       const writers = Array.from({ length: WRITERS }, (_, n) => writer(appPool, n, ledger, until, table));
       const sweep = sweepTables(db.pool, tables, {
         settings: sweepSettings({ chunkBlocks: CHUNK_BLOCKS, niceRatio }),
+        // Pipelined, the sweep would finish long before the writers: a short pause before each chunk
+        // (shorter than what makes a read-ahead stale) keeps it running while they write.
+        beforeChunk: niceRatio === 0 ? () => sleep(15) : undefined,
         ring,
         progress: silentProgress,
         log: silentLog,
