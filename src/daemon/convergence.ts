@@ -2,7 +2,7 @@ import type pg from 'pg';
 import type { TableInfo } from '../db/catalog.js';
 import { displayName } from '../db/ident.js';
 import { countVersions } from '../verify/count-versions.js';
-import { countQuarantine } from '../state/quarantine.js';
+import { countQuarantine, pruneQuarantine } from '../state/quarantine.js';
 import { parseLsn, type Lsn } from '../replication/lsn.js';
 
 export interface ConvergenceCheck {
@@ -10,6 +10,8 @@ export interface ConvergenceCheck {
   streamCaughtUp: boolean;
   remaining: number | null;
   quarantined: number;
+  /** Stale quarantine entries dropped by this check (values since overwritten or deleted). */
+  pruned: number;
   converged: boolean;
   /** Sweep done and stream caught up, but every remaining value is quarantined. */
   stuckOnQuarantine: boolean;
@@ -36,8 +38,10 @@ export async function checkConvergence(
   waitMs = 10_000,
 ): Promise<ConvergenceCheck> {
   const sweepDone = await sweepComplete(db, tables);
+  let pruned = 0;
+  if ((await countQuarantine(db)) > 0) for (const t of tables) pruned += await pruneQuarantine(db, t);
   const quarantined = await countQuarantine(db);
-  if (!sweepDone) return { sweepDone, streamCaughtUp: false, remaining: null, quarantined, converged: false, stuckOnQuarantine: false };
+  if (!sweepDone) return { sweepDone, streamCaughtUp: false, remaining: null, quarantined, pruned, converged: false, stuckOnQuarantine: false };
   const current = parseLsn((await db.query<{ lsn: string }>(`select pg_current_wal_flush_lsn()::text as lsn`)).rows[0]!.lsn);
   const deadline = Date.now() + waitMs;
   while (stream.appliedLsn < current && Date.now() < deadline) {
@@ -52,6 +56,7 @@ export async function checkConvergence(
     streamCaughtUp,
     remaining,
     quarantined,
+    pruned,
     converged: streamCaughtUp && remaining === 0,
     stuckOnQuarantine: streamCaughtUp && remaining > 0 && quarantined >= remaining,
   };

@@ -361,6 +361,7 @@ export class Daemon {
     if (this.stopping || this.sweepStale) return;
     this.lastCheck = c;
     this.lastCheckAt = new Date();
+    if (c.pruned > 0) this.log.info({ pruned: c.pruned, quarantined: c.quarantined }, 'dropped quarantine entries whose values the application has since overwritten or deleted');
     if (c.remaining !== null) this.metrics.remaining.set(c.remaining);
     this.metrics.converged.set(c.converged ? 1 : 0);
     const wasConverged = this.convergedAt !== null;

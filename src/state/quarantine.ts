@@ -1,5 +1,7 @@
 import type pg from 'pg';
 import type { FailureReason } from '../crypto/rewrite.js';
+import type { TableInfo } from '../db/catalog.js';
+import { quoteIdent } from '../db/ident.js';
 
 export interface QuarantineEntry {
   table: string;
@@ -68,4 +70,57 @@ export async function summarizeQuarantine(db: pg.ClientBase | pg.Pool): Promise<
          from pgrekey.quarantine group by 1, 2, 3, 4 order by 1, 2, 3, 4`,
     )
   ).rows;
+}
+
+/**
+ * The condition, on an entry `q` of `table`, that it still describes a stored value: the row
+ * its key names exists and the column holds a value with the recorded sha256. An entry that
+ * fails it is stale: the application has since overwritten the value (with a good one, a
+ * target-version one, plaintext, NULL) or deleted the row, which the stream does not see as
+ * a rewrite. Parameters: $1 table name (display), then $2.. the key columns' names, then one
+ * per configured column. Key values are cast back to the key's type, so the primary key (or
+ * replica identity) index finds the row.
+ */
+function liveEntrySql(table: TableInfo, keyTypes: readonly string[]): string {
+  const keys = table.keyColumns.map((k, i) => `t.${quoteIdent(k)} = (q.row_key ->> $${2 + i}::text)::${keyTypes[i]}`);
+  const first = 2 + table.keyColumns.length;
+  const value = `case q.column_name ${table.config.columns.map((c, i) => `when $${first + i}::text then t.${quoteIdent(c)}::text`).join(' ')} end`;
+  return `exists (select 1 from ${table.quoted} t where ${keys.join(' and ')} and sha256(convert_to(${value}, 'UTF8')) = q.value_sha256)`;
+}
+
+/** The key columns' types as SQL (format_type output, quoted by PostgreSQL where needed). */
+async function keyColumnTypes(db: pg.ClientBase | pg.Pool, table: TableInfo): Promise<string[]> {
+  const r = await db.query<{ attname: string; type: string }>(
+    `select a.attname, format_type(a.atttypid, a.atttypmod) as type from pg_attribute a where a.attrelid = $1 and a.attname = any($2::text[])`,
+    [table.oid, table.keyColumns],
+  );
+  return table.keyColumns.map((k) => {
+    const t = r.rows.find((row) => row.attname === k);
+    if (!t) throw new Error(`key column ${k} of ${table.display} not found`);
+    return t.type;
+  });
+}
+
+const liveParams = (table: TableInfo) => [table.display, ...table.keyColumns, ...table.config.columns];
+
+/** Live entries of `table` per configured column (stale ones are not counted). */
+export async function countLiveQuarantine(db: pg.ClientBase | pg.Pool, table: TableInfo): Promise<Map<string, number>> {
+  const types = await keyColumnTypes(db, table);
+  const r = await db.query<{ column_name: string; n: number }>(
+    `select q.column_name, count(*)::float8 as n from pgrekey.quarantine q where q.table_name = $1 and ${liveEntrySql(table, types)} group by 1`,
+    liveParams(table),
+  );
+  return new Map(r.rows.map((row) => [row.column_name, row.n]));
+}
+
+/** Deletes the stale entries of `table` (of its configured columns); returns how many. */
+export async function pruneQuarantine(db: pg.ClientBase | pg.Pool, table: TableInfo): Promise<number> {
+  const types = await keyColumnTypes(db, table);
+  const params = liveParams(table);
+  const r = await db.query(
+    `delete from pgrekey.quarantine q
+      where q.table_name = $1 and q.column_name = any($${params.length + 1}::text[]) and not ${liveEntrySql(table, types)}`,
+    [...params, table.config.columns],
+  );
+  return r.rowCount ?? 0;
 }

@@ -3,6 +3,7 @@ import { versionLabel } from '../crypto/envelope.js';
 import type { TableInfo } from '../db/catalog.js';
 import { quoteIdent, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { RELATION_BLOCKS_SQL, versionExpr } from '../backfill/sweep-sql.js';
+import { countLiveQuarantine } from '../state/quarantine.js';
 
 export interface ColumnCounts {
   table: string;
@@ -44,11 +45,9 @@ export async function countVersions(db: pg.Pool, tables: TableInfo[], target: nu
       }
     }
     if (withQuarantine) {
-      const q = await db.query<{ column_name: string; n: number }>(
-        `select column_name, count(*)::float8 as n from pgrekey.quarantine where table_name = $1 group by 1`,
-        [table.display],
-      );
-      for (const a of acc) a.quarantined = q.rows.find((r) => r.column_name === a.column)?.n ?? 0;
+      // Only entries that still describe a stored value: not the ones the application has overwritten or deleted since.
+      const live = await countLiveQuarantine(db, table);
+      for (const a of acc) a.quarantined = live.get(a.column) ?? 0;
     }
     out.push(...acc);
   }

@@ -346,6 +346,21 @@ describe('hostile values: the stream (pg-rekey run)', () => {
     expectQuarantine(await readQuarantine(db.pool), final, 'stream');
     expectVerify(await verifyJson(files), final);
 
+    // The application overwrites a corrupt value with one already at the target, and deletes another row
+    // with a corrupt value: the stream has nothing to rewrite, yet their entries no longer describe a
+    // stored value. verify stops counting them at once; run drops them at its next convergence check.
+    const overwritten = final.find((r) => r.title.expect.kind === 'quarantine' && r.raw_xml.expect.kind !== 'quarantine')!;
+    const deleted = final.find((r) => r !== overwritten && r.raw_xml.expect.kind === 'quarantine')!;
+    expect([overwritten, deleted].every(Boolean)).toBe(true);
+    const v2Value = encryptValue(Buffer.from('replaced by the application'), 2, ring);
+    await db.pool.query('update hostile set title = $1 where id = $2', [v2Value, overwritten.id]);
+    await db.pool.query('delete from hostile where id = $1', [deleted.id]);
+    const after = final.filter((r) => r !== deleted).map((r) => (r === overwritten ? { ...r, title: keep('target value written by the application', v2Value) } : r));
+    expectVerify(await verifyJson(files), after);
+    await daemon.proc.waitForLine(/dropped quarantine entries whose values the application has since overwritten or deleted/, { timeoutMs: 10_000 });
+    expectQuarantine(await readQuarantine(db.pool), after, 'stream');
+    await checkCells(db.pool, after);
+
     // The stream never broke or reconnected, and nothing it logged holds a value.
     const lines = daemon.proc.lines.map((l) => l.text);
     expect(lines.some((l) => /values could not be rewritten; recorded in pgrekey.quarantine/.test(l))).toBe(true);
