@@ -8,11 +8,11 @@ import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js'
 import { checkout, isRetryable } from '../db/connect.js';
 import { RuntimeFailure } from '../errors.js';
 import { backoffMs, sleep } from '../timing.js';
-import { ensureSegment, advanceSegment, restartSegments, rewindSegment, type ChunkCounts } from '../state/segments.js';
+import { ensureSegment, advanceSegment, recordFilenode, restartSegments, rewindSegment, type ChunkCounts } from '../state/segments.js';
 import { clearQuarantine, countQuarantine, recordQuarantine } from '../state/quarantine.js';
 import { planChunk, type ChunkRange } from './chunk-plan.js';
 import { evaluateRows, mergeCounts, suspectWrongKey, type ChunkPlan, type Failure, type RowKey, type ScannedRow } from './evaluate-rows.js';
-import { casUpdateSql, RELATION_BLOCKS_SQL, rowKeysByCtidSql, selectChunkSql } from './sweep-sql.js';
+import { casUpdateSql, RELATION_SIZE_AND_NODE_SQL, rowKeysByCtidSql, selectChunkSql } from './sweep-sql.js';
 import type { ProgressSink } from './progress.js';
 import { ChunkController } from '../throttle/chunk-controller.js';
 import type { LiveSettings } from '../throttle/live-settings.js';
@@ -50,6 +50,8 @@ const MAX_CHUNK_RETRIES = 10;
 const STALE_PREFETCH_MS = 250;
 /** The cached relation size is read again at least this often (progress, ETA). */
 const SIZE_REFRESH_MS = 5_000;
+const REWRITTEN_MSG =
+  'the table was rewritten since the sweep passed its checkpoint (VACUUM FULL, CLUSTER, ALTER TABLE ... TYPE): its rows have moved; sweeping it again from block 0';
 
 /** One chunk as read and evaluated, before its write. */
 interface ChunkRead {
@@ -129,6 +131,8 @@ async function sweepRelation(
   const result: RelationResult = { table: table.display, relation, blocks: 0, chunks: 0, scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0, alreadyDone: false };
   const dry = opts.dryRun === true;
   let next = 0;
+  // A table rewrite (VACUUM FULL, CLUSTER, ALTER TABLE ... TYPE) gives the relation a new file node.
+  let knownNode = (await pool.query<{ node: string | null }>(`select pg_relation_filenode($1::regclass)::text as node`, [quoteQualified(leaf)])).rows[0]!.node;
   if (!dry) {
     const seg = await ensureSegment(pool, table.display, relation);
     if (seg.state === 'done') {
@@ -136,6 +140,12 @@ async function sweepRelation(
       return { ...result, alreadyDone: true, blocks: seg.totalBlocks ?? 0 };
     }
     next = seg.nextBlock;
+    if (next > 0 && seg.relfilenode !== null && seg.relfilenode !== knownNode) {
+      log.warn({ checkpoint: next }, REWRITTEN_MSG);
+      await rewindSegment(pool, relation, 0);
+      next = 0;
+    }
+    await recordFilenode(pool, relation, knownNode);
     if (next > 0) log.info({ resumeAt: next }, 'resuming sweep');
   }
   const hadQuarantine = !dry && (await countQuarantine(pool, table.display)) > 0;
@@ -156,12 +166,16 @@ async function sweepRelation(
   // The relation's size, read again only when a chunk may reach its end (the last chunk is
   // open-ended, so growth is never missed) or for progress every few seconds: one round trip
   // less per chunk. A table that shrank meanwhile (vacuum truncation) just yields empty chunks.
+  // The same query also notices a table rewrite while the sweep runs (a new file node).
   let size: { blocks: number; at: number } | null = null;
+  let rewrittenMidway = false;
   const relationBlocks = async (client: pg.ClientBase, start: number, blocks: number): Promise<number> => {
     if (size && start + blocks < size.blocks && Date.now() - size.at < SIZE_REFRESH_MS) return size.blocks;
-    const b = Number((await client.query<{ blocks: string }>(RELATION_BLOCKS_SQL, [quoteQualified(leaf)])).rows[0]!.blocks);
-    size = { blocks: b, at: Date.now() };
-    return b;
+    const row = (await client.query<{ blocks: string; node: string | null }>(RELATION_SIZE_AND_NODE_SQL, [quoteQualified(leaf)])).rows[0]!;
+    if (row.node !== knownNode) rewrittenMidway = true;
+    knownNode = row.node;
+    size = { blocks: Number(row.blocks), at: Date.now() };
+    return size.blocks;
   };
 
   /** Reads a chunk and decides every value's fate (in its own read-only transaction: the CAS makes a stale read harmless). */
@@ -301,6 +315,16 @@ async function sweepRelation(
     const chunkMs = Date.now() - chunkStarted;
     controller.observe((range.end ?? total) - range.start, counts.rewritten, chunkMs);
     next = range.end ?? total;
+    if (rewrittenMidway && !dry) {
+      // Rows moved under the sweep: what it passed says nothing any more. Again from block 0.
+      rewrittenMidway = false;
+      prefetched = null;
+      log.warn({ checkpoint: next }, REWRITTEN_MSG);
+      await rewindSegment(pool, relation, 0);
+      await recordFilenode(pool, relation, knownNode);
+      next = 0;
+      continue;
+    }
     opts.progress.chunk(relation, { nextBlock: next, totalBlocks: total, ...result, elapsedMs: Date.now() - started, chunkBlocks, rowsPerSec: controller.rate ?? 0 });
     if (range.end === null) break;
     if (settings.niceRatio > 0) await sleep(settings.niceRatio * chunkMs, opts.signal);

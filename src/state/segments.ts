@@ -22,13 +22,15 @@ export interface Segment {
   chunkBlocks: number | null;
   rowsPerSec: number | null;
   lockTimeouts: number;
+  /** pg_relation_filenode when the checkpoint was last written (null before). */
+  relfilenode: string | null;
 }
 
 const COLUMNS = `table_name as "tableName", relation, segment_start::float8 as "segmentStart", segment_end::float8 as "segmentEnd",
   next_block::float8 as "nextBlock", total_blocks::float8 as "totalBlocks", state, generation, chunks::float8 as chunks,
   rows_scanned::float8 as "rowsScanned", rows_rewritten::float8 as "rowsRewritten", rows_conflict::float8 as "rowsConflict",
   rows_quarantined::float8 as "rowsQuarantined", started_at as "startedAt", updated_at as "updatedAt", finished_at as "finishedAt",
-  chunk_blocks as "chunkBlocks", rows_per_sec as "rowsPerSec", lock_timeouts::float8 as "lockTimeouts"`;
+  chunk_blocks as "chunkBlocks", rows_per_sec as "rowsPerSec", lock_timeouts::float8 as "lockTimeouts", relfilenode::text as relfilenode`;
 
 export async function listSegments(db: pg.Pool | pg.ClientBase): Promise<Segment[]> {
   return (await db.query<Segment>(`select ${COLUMNS} from pgrekey.sweep_segment order by table_name, relation, segment_start`)).rows;
@@ -53,6 +55,11 @@ export async function restartSegments(db: pg.Pool | pg.ClientBase, relations?: s
       where $1::text[] is null or relation = any($1::text[])`,
     [relations ?? null],
   );
+}
+
+/** Records the relation's current file node with its checkpoint. */
+export async function recordFilenode(db: pg.Pool | pg.ClientBase, relation: string, filenode: string | null): Promise<void> {
+  await db.query(`update pgrekey.sweep_segment set relfilenode = $2::oid where relation = $1 and segment_start = 0`, [relation, filenode]);
 }
 
 /** Moves a relation's checkpoint back to `block` (if it is past it), to be swept again from there. */

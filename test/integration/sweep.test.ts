@@ -1,3 +1,4 @@
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentProgress, type ProgressSink } from '../../src/backfill/progress.js';
 import { casUpdateSql, selectChunkSql } from '../../src/backfill/sweep-sql.js';
@@ -238,6 +239,62 @@ describe('sweep', () => {
     const grown = Number((await db.pool.query(`select pg_relation_size('resume') / 8192 as b`)).rows[0].b);
     expect(restarted[0]!.chunks).toBe(Math.ceil(grown / 64));
     expect(await segment('public.resume')).toMatchObject({ state: 'done', generation: 2, rows_rewritten: '0', next_block: String(grown) });
+  });
+
+  it('a table rewritten (VACUUM FULL) between an interrupted sweep and its resumption is swept again from block 0', async () => {
+    const { filled, tables } = await newTable('moved', 20_000, { rows: 20_000, seed: 4 });
+    const abort = new AbortController();
+    let calls = 0;
+    const first = await sweep(tables, { chunkBlocks: 16 }, {
+      signal: abort.signal,
+      beforeChunk: async () => {
+        if (++calls === 11) abort.abort();
+      },
+    });
+    expect(first[0]?.chunks).toBe(10);
+    const checkpoint = Number((await segment('public.moved'))!.next_block);
+    expect(checkpoint).toBe(160);
+    // Rows the sweep has not reached (v1 still) are compacted down, behind its checkpoint.
+    await db.pool.query(`delete from moved where ctid < format('(%s,0)', $1::bigint)::tid`, [checkpoint]);
+    await db.pool.query('vacuum full moved');
+    const v1Behind = Number(
+      (await db.pool.query(`select count(*) from moved where ctid < format('(%s,0)', $1::bigint)::tid and title like 'v1:%'`, [checkpoint])).rows[0].count,
+    );
+    expect(v1Behind).toBeGreaterThan(1000);
+
+    const starts: number[] = [];
+    const lines: string[] = [];
+    const log = pino({ level: 'warn' }, { write: (line: string) => void lines.push(line) });
+    const recorder: ProgressSink = { ...silentProgress, start: (_rel, block) => void starts.push(block) };
+    await sweep(tables, { chunkBlocks: 16 }, { progress: recorder, log });
+    expect(starts).toEqual([0]);
+    expect(lines.filter((l) => /rewritten since the sweep passed its checkpoint/.test(l)).length).toBe(1);
+    const ids = new Set((await db.pool.query<{ id: string }>('select id::text from moved')).rows.map((r) => Number(r.id)));
+    const check = await checkLedger(db.pool, 'moved', 'title', new Map([...filled.ledger.title].filter(([id]) => ids.has(id))), ring);
+    expect({ mismatched: check.mismatched, missing: check.missing }).toEqual({ mismatched: [], missing: [] });
+    expect(Object.keys(check.byVersion)).toEqual(['v2']);
+    expect(await segment('public.moved')).toMatchObject({ state: 'done' });
+  });
+
+  it('a table rewritten (VACUUM FULL) while the sweep runs is swept again from block 0', async () => {
+    const { filled, tables } = await newTable('moving', 20_000, { rows: 20_000, seed: 5 });
+    let calls = 0;
+    const lines: string[] = [];
+    const log = pino({ level: 'warn' }, { write: (line: string) => void lines.push(line) });
+    await sweep(tables, { chunkBlocks: 16 }, {
+      log,
+      beforeChunk: async () => {
+        if (++calls !== 6) return;
+        // Five chunks done: delete the rows behind the sweep and compact the table, moving not-yet-swept v1 rows behind it.
+        await db.pool.query(`delete from moving where ctid < '(80,0)'::tid`);
+        await db.pool.query('vacuum full moving');
+      },
+    });
+    expect(lines.filter((l) => /rewritten since the sweep passed its checkpoint/.test(l)).length).toBe(1);
+    const ids = new Set((await db.pool.query<{ id: string }>('select id::text from moving')).rows.map((r) => Number(r.id)));
+    const check = await checkLedger(db.pool, 'moving', 'title', new Map([...filled.ledger.title].filter(([id]) => ids.has(id))), ring);
+    expect({ mismatched: check.mismatched, missing: check.missing }).toEqual({ mismatched: [], missing: [] });
+    expect(Object.keys(check.byVersion)).toEqual(['v2']);
   });
 
   it('sweeps every leaf partition of a partitioned table', async () => {
