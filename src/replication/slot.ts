@@ -105,15 +105,22 @@ export async function createSlot(pool: pg.Pool, slot: string, event: 'created' |
     const pid = (await creator.query<{ pid: number }>(`select pg_backend_pid() as pid`)).rows[0]!.pid;
     const started = Date.now();
     let timer: NodeJS.Timeout | undefined;
+    let done = false;
+    const arm = (ms: number) => {
+      timer = setTimeout(() => void report(), ms);
+      timer.unref();
+    };
     const report = async (): Promise<void> => {
       const blockers = await slotBlockers(pool, pid).catch(() => null);
+      if (done) return; // created meanwhile: no late warning, no new timer
       if (blockers?.length) opts.onWait?.(blockers, Date.now() - started);
-      timer = setTimeout(() => void report(), opts.reportEveryMs ?? 10_000);
+      arm(opts.reportEveryMs ?? 10_000);
     };
-    if (opts.onWait) timer = setTimeout(() => void report(), opts.firstReportMs ?? 3_000);
+    if (opts.onWait) arm(opts.firstReportMs ?? 3_000);
     try {
       lsn = (await creator.query<{ lsn: string }>(`select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')`, [slot])).rows[0]!.lsn;
     } finally {
+      done = true;
       clearTimeout(timer);
     }
   } finally {

@@ -353,8 +353,8 @@ describe('hostile values: the stream (pg-rekey run)', () => {
     const deleted = final.find((r) => r !== overwritten && r.raw_xml.expect.kind === 'quarantine')!;
     expect([overwritten, deleted].every(Boolean)).toBe(true);
     const v2Value = encryptValue(Buffer.from('replaced by the application'), 2, ring);
-    await db.pool.query('update hostile set title = $1 where id = $2', [v2Value, overwritten.id]);
-    await db.pool.query('delete from hostile where id = $1', [deleted.id]);
+    // One statement, so no convergence check can fall between the two changes.
+    await db.pool.query('with u as (update hostile set title = $1 where id = $2) delete from hostile where id = $3', [v2Value, overwritten.id, deleted.id]);
     const after = final.filter((r) => r !== deleted).map((r) => (r === overwritten ? { ...r, title: keep('target value written by the application', v2Value) } : r));
     expectVerify(await verifyJson(files), after);
     await daemon.proc.waitForLine(/dropped quarantine entries whose values the application has since overwritten or deleted/, { timeoutMs: 10_000 });
