@@ -83,9 +83,12 @@ Typical rotation:
     .option('--json', 'print the summary as JSON on stdout')
     .addHelpText(
       'after',
-      '\nEach chunk is one short transaction: read rows with non-target values, rewrite them with a\n' +
-        'compare-and-swap (ctid and old value must still match), record undecryptable values in\n' +
-        'pgrekey.quarantine (untouched), checkpoint. Kill it at any time; the next run resumes.\n' +
+      '\nEach chunk reads the rows with non-target values of a block range (a short read-only\n' +
+        'transaction), then in one short transaction rewrites them with a compare-and-swap (ctid and\n' +
+        'old value must still match), records undecryptable values in pgrekey.quarantine (untouched)\n' +
+        'and moves the checkpoint. Kill it at any time; the next run resumes (from block 0 if the\n' +
+        'table was rewritten meanwhile, e.g. by VACUUM FULL). With sweep.nice_ratio 0 the next chunk\n' +
+        'is read while the current one is written.\n' +
         'If the first values of a version all fail to decrypt it stops: wrong key for that version?\n' +
         'Progress: a bar on a terminal, JSON log lines on stderr otherwise. Ctrl-C finishes the chunk\n' +
         'in flight and exits 3; a second Ctrl-C exits at once.',

@@ -131,21 +131,22 @@ async function sweepRelation(
   const result: RelationResult = { table: table.display, relation, blocks: 0, chunks: 0, scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0, alreadyDone: false };
   const dry = opts.dryRun === true;
   let next = 0;
+  const seg = dry ? null : await ensureSegment(pool, table.display, relation);
+  if (seg?.state === 'done') {
+    log.info({ generation: seg.generation, finishedAt: seg.finishedAt }, 'already swept in this generation; use --restart to sweep again');
+    return { ...result, alreadyDone: true, blocks: seg.totalBlocks ?? 0 };
+  }
   // A table rewrite (VACUUM FULL, CLUSTER, ALTER TABLE ... TYPE) gives the relation a new file node.
-  let knownNode = (await pool.query<{ node: string | null }>(`select pg_relation_filenode($1::regclass)::text as node`, [quoteQualified(leaf)])).rows[0]!.node;
-  if (!dry) {
-    const seg = await ensureSegment(pool, table.display, relation);
-    if (seg.state === 'done') {
-      log.info({ generation: seg.generation, finishedAt: seg.finishedAt }, 'already swept in this generation; use --restart to sweep again');
-      return { ...result, alreadyDone: true, blocks: seg.totalBlocks ?? 0 };
-    }
+  // (to_regclass: a table dropped meanwhile fails at its first chunk, as before, not here.)
+  let knownNode = (await pool.query<{ node: string | null }>(`select pg_relation_filenode(to_regclass($1))::text as node`, [quoteQualified(leaf)])).rows[0]!.node;
+  if (seg) {
     next = seg.nextBlock;
-    if (next > 0 && seg.relfilenode !== null && seg.relfilenode !== knownNode) {
+    if (next > 0 && knownNode !== null && seg.relfilenode !== null && seg.relfilenode !== knownNode) {
       log.warn({ checkpoint: next }, REWRITTEN_MSG);
       await rewindSegment(pool, relation, 0);
       next = 0;
     }
-    await recordFilenode(pool, relation, knownNode);
+    if (knownNode !== null) await recordFilenode(pool, relation, knownNode);
     if (next > 0) log.info({ resumeAt: next }, 'resuming sweep');
   }
   const hadQuarantine = !dry && (await countQuarantine(pool, table.display)) > 0;
