@@ -54,11 +54,13 @@ function rowKeySql(keyColumns: readonly string[], namesParam: string): string {
 }
 
 /**
- * The keys of rows still at these ctids (TID Scan): $1 tid[], $2 key column names.
- * A ctid that is gone means the row was updated since it was read.
+ * The keys of rows still at these ctids (TID Scan): $1 tid[], $2 key column names; with
+ * the sha256 of each configured column's value, so that a ctid now holding another row
+ * (its line pointer reused after the row was updated and pruned) is not taken for it.
  */
-export function rowKeysByCtidSql(leaf: QualifiedName, keyColumns: readonly string[]): string {
-  return `select t.ctid::text as ctid, ${rowKeySql(keyColumns, '$2')} as row_key
+export function rowKeysByCtidSql(leaf: QualifiedName, keyColumns: readonly string[], columns: readonly string[]): string {
+  const shas = columns.map((c, i) => `sha256(convert_to(t.${quoteIdent(c)}::text, 'UTF8')) as s${i}`).join(', ');
+  return `select t.ctid::text as ctid, ${rowKeySql(keyColumns, '$2')} as row_key, ${shas}
   from only ${quoteQualified(leaf)} t
  where t.ctid = any($1::tid[])`;
 }

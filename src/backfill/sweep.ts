@@ -61,7 +61,12 @@ interface ChunkRead {
   blocks: number;
   scanned: number;
   plan: ChunkPlan;
+  /** The relation's file node as last seen when this chunk was read. */
+  node: string | null;
 }
+
+/** The last chunk found the relation rewritten between its read and its write: nothing was written. */
+class RelationRewritten extends Error {}
 
 /**
  * One full sweep of every configured table (each leaf partition in turn).
@@ -188,23 +193,26 @@ async function sweepRelation(
       const scanned: ScannedRow[] = withKeys
         ? rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, rowKey: r[1] as RowKey, values: r.slice(2) as (string | null)[] }))
         : rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, values: r.slice(1) as (string | null)[] }));
-      return { total, range, blocks, scanned: scanned.length, plan: evaluateRows(scanned, columns, opts.ring, { onlyVersions: opts.onlyVersions }) };
+      return { total, range, blocks, scanned: scanned.length, node: knownNode, plan: evaluateRows(scanned, columns, opts.ring, { onlyVersions: opts.onlyVersions }) };
     });
 
   /**
-   * Failures read without their row's key get it by ctid. A ctid that is gone was updated
-   * since the read: its new version is the stream's (and the next sweep's) to judge.
+   * Failures read without their row's key get it by ctid, if the ctid still holds the value
+   * that failed. Otherwise the row was updated since the read: its new version is the
+   * stream's (and the next sweep's) to judge.
    */
   const withRowKeys = async (client: pg.ClientBase, failures: Failure[]): Promise<(Failure & { rowKey: RowKey })[]> => {
     const missing = [...new Set(failures.filter((f) => !f.rowKey).map((f) => f.ctid))];
-    const keys = new Map<string, RowKey>();
+    const found = new Map<string, { rowKey: RowKey; shas: (Buffer | null)[] }>();
     if (missing.length) {
-      const r = await client.query<{ ctid: string; row_key: RowKey }>(rowKeysByCtidSql(leaf, table.keyColumns), [missing, table.keyColumns]);
-      for (const row of r.rows) keys.set(row.ctid, row.row_key);
+      const r = await client.query({ text: rowKeysByCtidSql(leaf, table.keyColumns, columns), values: [missing, table.keyColumns], rowMode: 'array' });
+      for (const row of r.rows as unknown[][]) found.set(row[0] as string, { rowKey: row[1] as RowKey, shas: row.slice(2) as (Buffer | null)[] });
     }
     return failures.flatMap((f) => {
-      const rowKey = f.rowKey ?? keys.get(f.ctid);
-      return rowKey ? [{ ...f, rowKey }] : [];
+      if (f.rowKey) return [{ ...f, rowKey: f.rowKey }];
+      const now = found.get(f.ctid);
+      const sha = now?.shas[columns.indexOf(f.column)];
+      return now && sha && sha.equals(f.sha256) ? [{ ...f, rowKey: now.rowKey }] : [];
     });
   };
 
@@ -212,6 +220,16 @@ async function sweepRelation(
   const writeChunk = (r: ChunkRead, s: SweepSettings, chunkStarted: number): Promise<ChunkCounts> =>
     inTransaction(pool, false, s, async (client) => {
       const { plan, range, total } = r;
+      if (range.end === null) {
+        // The last chunk marks the relation done: make sure no rewrite (VACUUM FULL, CLUSTER, ...) moved its
+        // rows since the read. The lock holds any rewrite off until this commits.
+        await client.query(`lock table only ${quoteQualified(leaf)} in access share mode`);
+        const now = (await client.query<{ node: string | null }>(`select pg_relation_filenode($1::regclass)::text as node`, [quoteQualified(leaf)])).rows[0]!.node;
+        if (now !== r.node) {
+          knownNode = now;
+          throw new RelationRewritten();
+        }
+      }
       // Before the CAS: a row it rewrites (another column of it) moves to a new ctid.
       const failures = await withRowKeys(client, plan.failures);
       let written = plan.rewrittenKeys;
@@ -240,6 +258,15 @@ async function sweepRelation(
   // current one is written: PostgreSQL writes while Node decrypts. Throttled sweeps stay serial, so
   // the sweep never keeps two backends busy at once when it is asked to be gentle.
   let prefetched: { start: number; read: Promise<ChunkRead> } | null = null;
+  /** Rows moved under the sweep (a table rewrite): what it passed says nothing any more. Again from block 0. */
+  const restartRelation = async (): Promise<void> => {
+    rewrittenMidway = false;
+    prefetched = null;
+    log.warn({ checkpoint: next }, REWRITTEN_MSG);
+    await rewindSegment(pool, relation, 0);
+    if (knownNode !== null) await recordFilenode(pool, relation, knownNode);
+    next = 0;
+  };
   opts.progress.start(relation, next);
   for (;;) {
     // The throttle may wait a long time: a stop requested meanwhile must not start another chunk.
@@ -273,27 +300,37 @@ async function sweepRelation(
     };
     const s = settings;
     const pipeline = !dry && s.niceRatio === 0;
-    const { read, counts } = await withRetries(log, retry, async (attempt) => {
-      // Only a first attempt may use the read made during the previous chunk's write.
-      const ahead = attempt === 1 && prefetched?.start === next ? prefetched.read : null;
-      prefetched = null;
-      const r = await (ahead ?? readChunk(next, chunkBlocks, s));
-      const okSoFar = new Map(guard.opened);
-      const badSoFar = new Map(guard.macFailures);
-      mergeCounts(okSoFar, r.plan.opened);
-      mergeCounts(badSoFar, r.plan.macFailures);
-      const suspect = suspectWrongKey(okSoFar, badSoFar, s.wrongKeyThreshold);
-      if (suspect !== null) throw new WrongKeyError(suspect, badSoFar.get(suspect)!, relation);
-      if (pipeline && r.range.end !== null) {
-        const nextRead = readChunk(r.range.end, controller.next(), s);
-        nextRead.catch(() => undefined); // a read never used is dropped; a used one is awaited above
-        prefetched = { start: r.range.end, read: nextRead };
-      }
-      const c: ChunkCounts = dry
-        ? { scanned: r.scanned, rewritten: r.plan.rewrittenKeys.length, conflicts: 0, quarantined: r.plan.failures.length }
-        : await writeChunk(r, s, chunkStarted);
-      return { read: r, counts: c };
-    });
+    let outcome: { read: ChunkRead; counts: ChunkCounts } | null = null;
+    try {
+      outcome = await withRetries(log, retry, async (attempt) => {
+        // Only a first attempt may use the read made during the previous chunk's write.
+        const ahead = attempt === 1 && prefetched?.start === next ? prefetched.read : null;
+        prefetched = null;
+        const r = await (ahead ?? readChunk(next, chunkBlocks, s));
+        const okSoFar = new Map(guard.opened);
+        const badSoFar = new Map(guard.macFailures);
+        mergeCounts(okSoFar, r.plan.opened);
+        mergeCounts(badSoFar, r.plan.macFailures);
+        const suspect = suspectWrongKey(okSoFar, badSoFar, s.wrongKeyThreshold);
+        if (suspect !== null) throw new WrongKeyError(suspect, badSoFar.get(suspect)!, relation);
+        if (pipeline && r.range.end !== null) {
+          const nextRead = readChunk(r.range.end, controller.next(), s);
+          nextRead.catch(() => undefined); // a read never used is dropped; a used one is awaited above
+          prefetched = { start: r.range.end, read: nextRead };
+        }
+        const c: ChunkCounts = dry
+          ? { scanned: r.scanned, rewritten: r.plan.rewrittenKeys.length, conflicts: 0, quarantined: r.plan.failures.length }
+          : await writeChunk(r, s, chunkStarted);
+        return { read: r, counts: c };
+      });
+    } catch (e) {
+      if (!(e instanceof RelationRewritten)) throw e;
+    }
+    if (!outcome) {
+      await restartRelation();
+      continue;
+    }
+    const { read, counts } = outcome;
     const { total, range, plan } = read;
     chunkBlocks = read.blocks;
     // Only after the commit: a retried chunk must not count twice.
@@ -317,13 +354,7 @@ async function sweepRelation(
     controller.observe((range.end ?? total) - range.start, counts.rewritten, chunkMs);
     next = range.end ?? total;
     if (rewrittenMidway && !dry) {
-      // Rows moved under the sweep: what it passed says nothing any more. Again from block 0.
-      rewrittenMidway = false;
-      prefetched = null;
-      log.warn({ checkpoint: next }, REWRITTEN_MSG);
-      await rewindSegment(pool, relation, 0);
-      await recordFilenode(pool, relation, knownNode);
-      next = 0;
+      await restartRelation();
       continue;
     }
     opts.progress.chunk(relation, { nextBlock: next, totalBlocks: total, ...result, elapsedMs: Date.now() - started, chunkBlocks, rowsPerSec: controller.rate ?? 0 });

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { TableInfo } from '../db/catalog.js';
+import { checkout } from '../db/connect.js';
 import { quoteIdent } from '../db/ident.js';
 
 export interface SlotInfo {
@@ -99,7 +100,7 @@ export interface CreateSlotOptions {
  * setup up indefinitely. While it waits, `onWait` is told who blocks it.
  */
 export async function createSlot(pool: pg.Pool, slot: string, event: 'created' | 'recreated', reason: string | null, opts: CreateSlotOptions = {}): Promise<string> {
-  const creator = await pool.connect();
+  const creator = await checkout(pool);
   let lsn: string;
   try {
     const pid = (await creator.query<{ pid: number }>(`select pg_backend_pid() as pid`)).rows[0]!.pid;
@@ -113,7 +114,11 @@ export async function createSlot(pool: pg.Pool, slot: string, event: 'created' |
     const report = async (): Promise<void> => {
       const blockers = await slotBlockers(pool, pid).catch(() => null);
       if (done) return; // created meanwhile: no late warning, no new timer
-      if (blockers?.length) opts.onWait?.(blockers, Date.now() - started);
+      try {
+        if (blockers?.length) opts.onWait?.(blockers, Date.now() - started);
+      } catch {
+        // a failing report must not end the process; the slot creation goes on
+      }
       arm(opts.reportEveryMs ?? 10_000);
     };
     if (opts.onWait) arm(opts.firstReportMs ?? 3_000);

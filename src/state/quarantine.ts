@@ -106,9 +106,12 @@ const liveParams = (table: TableInfo) => [table.display, ...table.keyColumns, ..
 /** Live entries of `table` per configured column (stale ones are not counted). */
 export async function countLiveQuarantine(db: pg.ClientBase | pg.Pool, table: TableInfo): Promise<Map<string, number>> {
   const types = await keyColumnTypes(db, table);
+  const params = liveParams(table);
+  // An entry keyed by other columns than the table's current key cannot be checked: it counts.
   const r = await db.query<{ column_name: string; n: number }>(
-    `select q.column_name, count(*)::float8 as n from pgrekey.quarantine q where q.table_name = $1 and ${liveEntrySql(table, types)} group by 1`,
-    liveParams(table),
+    `select q.column_name, count(*)::float8 as n from pgrekey.quarantine q
+      where q.table_name = $1 and (not q.row_key ?& $${params.length + 1}::text[] or ${liveEntrySql(table, types)}) group by 1`,
+    [...params, table.keyColumns],
   );
   return new Map(r.rows.map((row) => [row.column_name, row.n]));
 }
@@ -118,9 +121,12 @@ export async function pruneQuarantine(db: pg.ClientBase | pg.Pool, table: TableI
   const types = await keyColumnTypes(db, table);
   const params = liveParams(table);
   const r = await db.query(
+    // Only entries keyed by the table's current key columns: after a key change, `row_key ->> name`
+    // would be NULL for every entry and all of them would look stale.
     `delete from pgrekey.quarantine q
-      where q.table_name = $1 and q.column_name = any($${params.length + 1}::text[]) and not ${liveEntrySql(table, types)}`,
-    [...params, table.config.columns],
+      where q.table_name = $1 and q.column_name = any($${params.length + 1}::text[]) and q.row_key ?& $${params.length + 2}::text[]
+        and not ${liveEntrySql(table, types)}`,
+    [...params, table.config.columns, table.keyColumns],
   );
   return r.rowCount ?? 0;
 }

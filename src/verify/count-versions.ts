@@ -46,7 +46,11 @@ export async function countVersions(db: pg.Pool, tables: TableInfo[], target: nu
     }
     if (withQuarantine) {
       // Only entries that still describe a stored value: not the ones the application has overwritten or deleted since.
-      const live = await countLiveQuarantine(db, table);
+      // (If that cannot be told, e.g. an entry's key no longer casts to the key's type: every entry of the table.)
+      const live = await countLiveQuarantine(db, table).catch(async () => {
+        const r = await db.query<{ column_name: string; n: number }>(`select column_name, count(*)::float8 as n from pgrekey.quarantine where table_name = $1 group by 1`, [table.display]);
+        return new Map(r.rows.map((row) => [row.column_name, row.n]));
+      });
       for (const a of acc) a.quarantined = live.get(a.column) ?? 0;
     }
     out.push(...acc);
