@@ -24,7 +24,7 @@ export const sweepSchema = z.strictObject({
   min_chunk_blocks: z.number().int().min(1).max(131072).default(1),
   max_chunk_blocks: z.number().int().min(1).max(131072).default(8192),
   /** Sleep this many ms per ms of chunk work (gh-ost's nice-ratio); 0 = no pause. */
-  nice_ratio: z.number().min(0).max(100).default(3),
+  nice_ratio: z.number().min(0).max(100).default(4),
   /** statement_timeout for each chunk's statements. */
   statement_timeout: duration.default('30s'),
   /**

@@ -34,7 +34,7 @@ describe('loadConfig', () => {
     const c = loadConfig({ config: file(MINIMAL) }, {});
     expect(c.tables).toEqual([{ schema: 'public', name: 'incidents', columns: ['title'] }]);
     expect(c.sweep).toEqual({
-      chunkTimeMs: 5, chunkBlocks: 8, minChunkBlocks: 1, maxChunkBlocks: 8192, niceRatio: 3,
+      chunkTimeMs: 5, chunkBlocks: 8, minChunkBlocks: 1, maxChunkBlocks: 8192, niceRatio: 4,
       statementTimeoutMs: 30_000, lockTimeoutMs: 500, wrongKeyThreshold: 8, progressIntervalMs: 5_000,
     });
     expect(c.throttle).toEqual({
@@ -142,7 +142,7 @@ describe('loadConfig', () => {
     const fileWins = loadConfig({ config: withFile }, {});
     expect([fileWins.connectionString, fileWins.connectionSource, fileWins.sweep.chunkBlocks, fileWins.logLevel]).toEqual(['postgres://file/db', 'file', 100, 'warn']);
     const defaults = loadConfig({ config: file(MINIMAL) }, { PG_REKEY_SWEEP_NICE_RATIO: '' });
-    expect([defaults.connectionSource, defaults.sweep.chunkBlocks, defaults.sweep.niceRatio]).toEqual(['PG* variables', 8, 3]);
+    expect([defaults.connectionSource, defaults.sweep.chunkBlocks, defaults.sweep.niceRatio]).toEqual(['PG* variables', 8, 4]);
   });
 
   it('validates environment overrides like file values', () => {
