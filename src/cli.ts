@@ -155,7 +155,7 @@ Typical rotation:
       `\nSettings: ${SETTING_NAMES.join(', ')}.\n` +
         'Stored in pgrekey.setting; they win over flags, environment and the config file until reset.\n' +
         'Running sweeps pick them up within throttle.check_interval. Without arguments: show what is in effect.\n' +
-        'Examples:\n  pg-rekey set chunk-time=50ms nice-ratio=1     # gentler during business hours\n  pg-rekey set --reset                          # back to the config file',
+        'Examples:\n  pg-rekey set nice-ratio=8                     # gentler during business hours\n  pg-rekey set chunk-time=25ms nice-ratio=2     # faster at night\n  pg-rekey set --reset                          # back to the config file',
     )
     .action(run((cmd) => setCommand(globals(cmd), cmd.args, cmd.opts())));
 
