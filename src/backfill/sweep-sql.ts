@@ -110,8 +110,5 @@ export function casColumnsSql(columns: readonly string[]): { sets: string; guard
   };
 }
 
-/** Relation size in blocks, fresh (relpages is a stale estimate). */
-export const RELATION_BLOCKS_SQL = `select (pg_relation_size($1::regclass) / current_setting('block_size')::bigint)::bigint as blocks`;
-
-/** The relation's size in blocks and its file node (a table rewrite changes it). */
+/** The relation's size in blocks, fresh (relpages is a stale estimate), and its file node (a table rewrite changes it). */
 export const RELATION_SIZE_AND_NODE_SQL = `select (pg_relation_size($1::regclass) / current_setting('block_size')::bigint)::bigint as blocks, pg_relation_filenode($1::regclass)::text as node`;

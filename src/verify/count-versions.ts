@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { versionLabel } from '../crypto/envelope.js';
 import type { TableInfo } from '../db/catalog.js';
 import { quoteIdent, quoteQualified, type QualifiedName } from '../db/ident.js';
-import { RELATION_BLOCKS_SQL, versionExpr } from '../backfill/sweep-sql.js';
+import { versionExpr } from '../backfill/sweep-sql.js';
 import { countLiveQuarantine } from '../state/quarantine.js';
 
 export interface ColumnCounts {
@@ -17,6 +17,9 @@ export interface ColumnCounts {
   /** Entries in pgrekey.quarantine for this column (null when setup has not run). */
   quarantined: number | null;
 }
+
+/** Relation size in blocks, or NULL when the relation no longer exists. */
+const RELATION_BLOCKS_IF_EXISTS_SQL = `select (pg_relation_size(to_regclass($1)) / current_setting('block_size')::bigint)::bigint as blocks`;
 
 /** Blocks per counting query: short statements, no long-lived snapshot. */
 const VERIFY_CHUNK_BLOCKS = 16_384;
@@ -68,7 +71,10 @@ async function countRelation(db: pg.Pool, leaf: QualifiedName, cols: readonly st
      group by 1, 2`;
   const rows: { col: number; code: number; n: number }[] = [];
   for (let start = 0; ; start += VERIFY_CHUNK_BLOCKS) {
-    const total = Number((await db.query<{ blocks: string }>(RELATION_BLOCKS_SQL, [rel])).rows[0]!.blocks);
+    // A table dropped meanwhile (run learns of it from its catalog watch a moment later) has nothing left to count.
+    const size = (await db.query<{ blocks: string | null }>(RELATION_BLOCKS_IF_EXISTS_SQL, [rel])).rows[0]!;
+    if (size.blocks === null) return rows;
+    const total = Number(size.blocks);
     const end = start + VERIFY_CHUNK_BLOCKS;
     const last = end >= total;
     const r = await db.query<{ col: number; code: number; n: number }>(sql(last), last ? [start] : [start, end]);
