@@ -109,6 +109,3 @@ export function casColumnsSql(columns: readonly string[]): { sets: string; guard
     guards: columns.map((c, i) => `(v.n${i} is null or t.${quoteIdent(c)} = v.o${i})`).join(' and '),
   };
 }
-
-/** The relation's size in blocks, fresh (relpages is a stale estimate), and its file node (a table rewrite changes it). */
-export const RELATION_SIZE_AND_NODE_SQL = `select (pg_relation_size($1::regclass) / current_setting('block_size')::bigint)::bigint as blocks, pg_relation_filenode($1::regclass)::text as node`;

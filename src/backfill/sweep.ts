@@ -3,7 +3,7 @@ import type { Logger } from '../logger.js';
 import type { KeyRing } from '../crypto/key-ring.js';
 import { versionLabel } from '../crypto/envelope.js';
 import type { SweepSettings } from '../config/load-config.js';
-import type { TableInfo } from '../db/catalog.js';
+import { relationSize, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { checkout, isRetryable } from '../db/connect.js';
 import { RuntimeFailure } from '../errors.js';
@@ -12,7 +12,7 @@ import { ensureSegment, advanceSegment, recordFilenode, restartSegments, rewindS
 import { clearQuarantine, countQuarantine, recordQuarantine } from '../state/quarantine.js';
 import { planChunk, type ChunkRange } from './chunk-plan.js';
 import { evaluateRows, mergeCounts, suspectWrongKey, type ChunkPlan, type Failure, type RowKey, type ScannedRow } from './evaluate-rows.js';
-import { casUpdateSql, RELATION_SIZE_AND_NODE_SQL, rowKeysByCtidSql, selectChunkSql } from './sweep-sql.js';
+import { casUpdateSql, rowKeysByCtidSql, selectChunkSql } from './sweep-sql.js';
 import type { ProgressSink } from './progress.js';
 import { ChunkController } from '../throttle/chunk-controller.js';
 import type { LiveSettings } from '../throttle/live-settings.js';
@@ -142,16 +142,23 @@ async function sweepRelation(
     return { ...result, alreadyDone: true, blocks: seg.totalBlocks ?? 0 };
   }
   // A table rewrite (VACUUM FULL, CLUSTER, ALTER TABLE ... TYPE) gives the relation a new file node.
-  // (to_regclass: a table dropped meanwhile fails at its first chunk, as before, not here.)
-  let knownNode = (await pool.query<{ node: string | null }>(`select pg_relation_filenode(to_regclass($1))::text as node`, [quoteQualified(leaf)])).rows[0]!.node;
+  // (A table dropped meanwhile has none, and fails at its first chunk, as before, not here.)
+  let knownNode = (await relationSize(pool, quoteQualified(leaf))).node;
+  let rewrittenMidway = false;
+  let prefetched: { start: number; read: Promise<ChunkRead> } | null = null;
+  /** Rows moved under the sweep (a table rewrite): what it passed says nothing any more. Again from block 0. */
+  const restartRelation = async (): Promise<void> => {
+    rewrittenMidway = false;
+    prefetched = null;
+    log.warn({ checkpoint: next }, REWRITTEN_MSG);
+    await rewindSegment(pool, relation, 0);
+    if (knownNode !== null) await recordFilenode(pool, relation, knownNode);
+    next = 0;
+  };
   if (seg) {
     next = seg.nextBlock;
-    if (next > 0 && knownNode !== null && seg.relfilenode !== null && seg.relfilenode !== knownNode) {
-      log.warn({ checkpoint: next }, REWRITTEN_MSG);
-      await rewindSegment(pool, relation, 0);
-      next = 0;
-    }
-    if (knownNode !== null) await recordFilenode(pool, relation, knownNode);
+    if (next > 0 && knownNode !== null && seg.relfilenode !== null && seg.relfilenode !== knownNode) await restartRelation();
+    else if (knownNode !== null) await recordFilenode(pool, relation, knownNode);
     if (next > 0) log.info({ resumeAt: next }, 'resuming sweep');
   }
   const hadQuarantine = !dry && (await countQuarantine(pool, table.display)) > 0;
@@ -174,13 +181,13 @@ async function sweepRelation(
   // less per chunk. A table that shrank meanwhile (vacuum truncation) just yields empty chunks.
   // The same query also notices a table rewrite while the sweep runs (a new file node).
   let size: { blocks: number; at: number } | null = null;
-  let rewrittenMidway = false;
   const relationBlocks = async (client: pg.ClientBase, start: number, blocks: number): Promise<number> => {
     if (size && start + blocks < size.blocks && Date.now() - size.at < SIZE_REFRESH_MS) return size.blocks;
-    const row = (await client.query<{ blocks: string; node: string | null }>(RELATION_SIZE_AND_NODE_SQL, [quoteQualified(leaf)])).rows[0]!;
-    if (row.node !== knownNode) rewrittenMidway = true;
-    knownNode = row.node;
-    size = { blocks: Number(row.blocks), at: Date.now() };
+    const now = await relationSize(client, quoteQualified(leaf));
+    if (now.node !== knownNode) rewrittenMidway = true;
+    knownNode = now.node;
+    // A dropped table reads as empty here; its chunk's SELECT then fails as before (42P01).
+    size = { blocks: now.blocks ?? 0, at: Date.now() };
     return size.blocks;
   };
 
@@ -224,7 +231,7 @@ async function sweepRelation(
         // The last chunk marks the relation done: make sure no rewrite (VACUUM FULL, CLUSTER, ...) moved its
         // rows since the read. The lock holds any rewrite off until this commits.
         await client.query(`lock table only ${quoteQualified(leaf)} in access share mode`);
-        const now = (await client.query<{ node: string | null }>(`select pg_relation_filenode($1::regclass)::text as node`, [quoteQualified(leaf)])).rows[0]!.node;
+        const now = (await relationSize(client, quoteQualified(leaf))).node;
         if (now !== r.node) {
           knownNode = now;
           throw new RelationRewritten();
@@ -255,18 +262,8 @@ async function sweepRelation(
     });
 
   // With nice_ratio 0 the next chunk is read and evaluated (on a second connection) while the
-  // current one is written: PostgreSQL writes while Node decrypts. Throttled sweeps stay serial, so
-  // the sweep never keeps two backends busy at once when it is asked to be gentle.
-  let prefetched: { start: number; read: Promise<ChunkRead> } | null = null;
-  /** Rows moved under the sweep (a table rewrite): what it passed says nothing any more. Again from block 0. */
-  const restartRelation = async (): Promise<void> => {
-    rewrittenMidway = false;
-    prefetched = null;
-    log.warn({ checkpoint: next }, REWRITTEN_MSG);
-    await rewindSegment(pool, relation, 0);
-    if (knownNode !== null) await recordFilenode(pool, relation, knownNode);
-    next = 0;
-  };
+  // current one is written (`prefetched`): PostgreSQL writes while Node decrypts. Throttled sweeps
+  // stay serial, so the sweep never keeps two backends busy at once when it is asked to be gentle.
   opts.progress.start(relation, next);
   for (;;) {
     // The throttle may wait a long time: a stop requested meanwhile must not start another chunk.

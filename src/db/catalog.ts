@@ -153,3 +153,20 @@ async function findKey(
   );
   return null;
 }
+
+export interface RelationSize {
+  /** Size in blocks, fresh (relpages is a stale estimate); null when the relation no longer exists. */
+  blocks: number | null;
+  /** pg_relation_filenode: a table rewrite (VACUUM FULL, CLUSTER, ALTER TABLE ... TYPE) changes it. */
+  node: string | null;
+}
+
+/** The size and file node of a relation given as quoted SQL text (e.g. `"public"."incidents"`). */
+export async function relationSize(db: pg.Pool | pg.ClientBase, quoted: string): Promise<RelationSize> {
+  const r = await db.query<{ blocks: string | null; node: string | null }>(
+    `select (pg_relation_size(to_regclass($1)) / current_setting('block_size')::bigint)::bigint as blocks, pg_relation_filenode(to_regclass($1))::text as node`,
+    [quoted],
+  );
+  const row = r.rows[0]!;
+  return { blocks: row.blocks === null ? null : Number(row.blocks), node: row.node };
+}

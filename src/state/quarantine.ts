@@ -103,17 +103,25 @@ async function keyColumnTypes(db: pg.ClientBase | pg.Pool, table: TableInfo): Pr
 
 const liveParams = (table: TableInfo) => [table.display, ...table.keyColumns, ...table.config.columns];
 
-/** Live entries of `table` per configured column (stale ones are not counted). */
+/**
+ * Live entries of `table` per column (stale ones are not counted). If that cannot be told
+ * (e.g. an entry's key no longer casts to the key's type): every entry of the table.
+ */
 export async function countLiveQuarantine(db: pg.ClientBase | pg.Pool, table: TableInfo): Promise<Map<string, number>> {
-  const types = await keyColumnTypes(db, table);
-  const params = liveParams(table);
-  // An entry keyed by other columns than the table's current key cannot be checked: it counts.
-  const r = await db.query<{ column_name: string; n: number }>(
-    `select q.column_name, count(*)::float8 as n from pgrekey.quarantine q
-      where q.table_name = $1 and (not q.row_key ?& $${params.length + 1}::text[] or ${liveEntrySql(table, types)}) group by 1`,
-    [...params, table.keyColumns],
-  );
-  return new Map(r.rows.map((row) => [row.column_name, row.n]));
+  const byColumn = async (sql: string, params: unknown[]) =>
+    new Map((await db.query<{ column_name: string; n: number }>(sql, params)).rows.map((row) => [row.column_name, row.n]));
+  try {
+    const types = await keyColumnTypes(db, table);
+    const params = liveParams(table);
+    // An entry keyed by other columns than the table's current key cannot be checked: it counts.
+    return await byColumn(
+      `select q.column_name, count(*)::float8 as n from pgrekey.quarantine q
+        where q.table_name = $1 and (not q.row_key ?& $${params.length + 1}::text[] or ${liveEntrySql(table, types)}) group by 1`,
+      [...params, table.keyColumns],
+    );
+  } catch {
+    return byColumn(`select column_name, count(*)::float8 as n from pgrekey.quarantine where table_name = $1 group by 1`, [table.display]);
+  }
 }
 
 /** Deletes the stale entries of `table` (of its configured columns); returns how many. */

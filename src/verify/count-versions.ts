@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { versionLabel } from '../crypto/envelope.js';
-import type { TableInfo } from '../db/catalog.js';
+import { relationSize, type TableInfo } from '../db/catalog.js';
 import { quoteIdent, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { versionExpr } from '../backfill/sweep-sql.js';
 import { countLiveQuarantine } from '../state/quarantine.js';
@@ -17,9 +17,6 @@ export interface ColumnCounts {
   /** Entries in pgrekey.quarantine for this column (null when setup has not run). */
   quarantined: number | null;
 }
-
-/** Relation size in blocks, or NULL when the relation no longer exists. */
-const RELATION_BLOCKS_IF_EXISTS_SQL = `select (pg_relation_size(to_regclass($1)) / current_setting('block_size')::bigint)::bigint as blocks`;
 
 /** Blocks per counting query: short statements, no long-lived snapshot. */
 const VERIFY_CHUNK_BLOCKS = 16_384;
@@ -49,11 +46,7 @@ export async function countVersions(db: pg.Pool, tables: TableInfo[], target: nu
     }
     if (withQuarantine) {
       // Only entries that still describe a stored value: not the ones the application has overwritten or deleted since.
-      // (If that cannot be told, e.g. an entry's key no longer casts to the key's type: every entry of the table.)
-      const live = await countLiveQuarantine(db, table).catch(async () => {
-        const r = await db.query<{ column_name: string; n: number }>(`select column_name, count(*)::float8 as n from pgrekey.quarantine where table_name = $1 group by 1`, [table.display]);
-        return new Map(r.rows.map((row) => [row.column_name, row.n]));
-      });
+      const live = await countLiveQuarantine(db, table);
       for (const a of acc) a.quarantined = live.get(a.column) ?? 0;
     }
     out.push(...acc);
@@ -72,9 +65,8 @@ async function countRelation(db: pg.Pool, leaf: QualifiedName, cols: readonly st
   const rows: { col: number; code: number; n: number }[] = [];
   for (let start = 0; ; start += VERIFY_CHUNK_BLOCKS) {
     // A table dropped meanwhile (run learns of it from its catalog watch a moment later) has nothing left to count.
-    const size = (await db.query<{ blocks: string | null }>(RELATION_BLOCKS_IF_EXISTS_SQL, [rel])).rows[0]!;
-    if (size.blocks === null) return rows;
-    const total = Number(size.blocks);
+    const total = (await relationSize(db, rel)).blocks;
+    if (total === null) return rows;
     const end = start + VERIFY_CHUNK_BLOCKS;
     const last = end >= total;
     const r = await db.query<{ col: number; code: number; n: number }>(sql(last), last ? [start] : [start, end]);
