@@ -24,6 +24,10 @@ export class Metrics {
   readonly slotRetainedWalMaxBytes = new Gauge({ name: 'pg_rekey_slot_retained_wal_max_bytes', help: 'replication.max_retained_wal: the warning threshold for retained WAL (0 = off)', registers: [this.registry] });
   readonly slotRetainedWalExceeded = new Gauge({ name: 'pg_rekey_slot_retained_wal_exceeded', help: '1 while the slot retains more WAL than replication.max_retained_wal', registers: [this.registry] });
   readonly slotRecreations = new Counter({ name: 'pg_rekey_slot_recreations_total', help: 'Times the replication slot was found lost or missing and recreated (the sweep restarts)', registers: [this.registry] });
+  readonly streamRows = new Counter({ name: 'pg_rekey_stream_rows_total', help: 'Stream rewrites that did not simply apply, by outcome: superseded (a newer write or a delete came first), retried, given_up (quarantined with a reason)', labelNames: ['outcome'] as const, registers: [this.registry] });
+  readonly streamVisibilityWait = new Counter({ name: 'pg_rekey_stream_visibility_wait_seconds_total', help: 'Time the stream waited for decoded transactions to become visible before rewriting (synchronous replication makes it grow)', registers: [this.registry] });
+  readonly resweeps = new Counter({ name: 'pg_rekey_resweeps_total', help: 'Relations swept again because a convergence check found old-version values after a complete sweep, by reason', labelNames: ['reason'] as const, registers: [this.registry] });
+  readonly openTransactions = new Gauge({ name: 'pg_rekey_convergence_open_transactions', help: 'Transactions open at the last convergence check that hold it back (they may commit old-version writes)', registers: [this.registry] });
   readonly remaining = new Gauge({ name: 'pg_rekey_remaining_values', help: 'Values of a non-target version when last counted', registers: [this.registry] });
   readonly converged = new Gauge({ name: 'pg_rekey_converged', help: '1 when the last convergence check passed', registers: [this.registry] });
 

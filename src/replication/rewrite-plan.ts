@@ -20,6 +20,8 @@ export interface RowWork {
   rewrite: Map<string, string>;
   /** Columns sent as unchanged TOAST: read back by key, rewrite if needed. */
   readBack: string[];
+  /** The 32-bit xid of the transaction the message came from (BEGIN): its rows are rewritten only once it is visible. */
+  xid?: number;
 }
 
 export type Decision = { kind: 'none' } | { kind: 'no-key'; missing: string[] } | ({ kind: 'work' } & RowWork);

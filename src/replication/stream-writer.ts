@@ -6,6 +6,10 @@ import { parseVersioned } from '../crypto/envelope.js';
 import { quoteIdent } from '../db/ident.js';
 import { casColumnsSql, versionExpr } from '../backfill/sweep-sql.js';
 import { checkout } from '../db/connect.js';
+import type { Logger } from '../logger.js';
+import { backoffMs, sleep } from '../timing.js';
+import { classifyMiss, isRowError, rowErrorReason, StickTracker } from './cas-outcome.js';
+import { StopWhileWaiting, waitUntilVisible } from './visibility.js';
 import { clearQuarantine, recordQuarantine, type QuarantineEntry } from '../state/quarantine.js';
 import { keyMatchSql, type StreamRelation } from './relation-map.js';
 import type { RowWork } from './rewrite-plan.js';
@@ -36,7 +40,32 @@ interface Pending {
 export interface FlushResult {
   rewritten: Map<string, number>; // by table
   quarantined: Map<string, number>;
-  conflicts: number;
+  /** CAS misses explained by a newer committed write or a delete of the row (a later message carries it). */
+  superseded: number;
+  /** CAS misses with the row still holding the old value: tried again. */
+  retried: number;
+  /** Rows given up on (raised, did not stick, never applied): quarantined with the reason. */
+  givenUp: number;
+  /** Time spent waiting for the batch's transactions to become visible. */
+  visibilityWaitMs: number;
+}
+
+export interface WriterHooks {
+  log?: Logger;
+  /** Aborted when the stream stops: a visibility wait or retry pause ends, the batch replays. */
+  signal?: AbortSignal;
+}
+
+/** Attempts of a row whose CAS matched nothing although it still holds the old value. */
+const MAX_ATTEMPTS = 4;
+
+/** One row of a batched CAS. */
+interface CasRow {
+  work: RowWork;
+  olds: (string | null)[];
+  news: (string | null)[];
+  /** StickTracker ids per column (null where the column is not rewritten). */
+  ids: (string | null)[];
 }
 
 /**
@@ -44,14 +73,20 @@ export interface FlushResult {
  * key (the latest message for a row wins), and writes them in one
  * transaction per flush with a compare-and-swap by key:
  *   UPDATE t SET c = new WHERE <key> = k AND c = old
- * A row changed again since the message no longer matches and is left to
- * the later message that carried its new value.
+ * First it waits until the transactions the rows came from are visible
+ * (visibility.ts): before that a miss means "not yet", not "changed". A miss
+ * afterwards is re-read: superseded by a newer write (left to the later
+ * message), or unexplained (retried, then quarantined). A row whose UPDATE
+ * raises (trigger, CHECK, domain) or whose rewrite does not stick is
+ * quarantined with its reason; the rest of the batch goes on.
  */
 export class StreamWriter {
   private pending = new Map<string, Pending>();
   private rows = 0;
   private bytes = 0;
   private oldest = 0;
+  private hooks: WriterHooks = {};
+  private readonly sticks = new StickTracker();
 
   constructor(
     private readonly pool: pg.Pool,
@@ -61,6 +96,11 @@ export class StreamWriter {
 
   get size(): number {
     return this.rows;
+  }
+
+  /** Logger and stop signal (the stream sets them). */
+  attach(hooks: WriterHooks): void {
+    this.hooks = hooks;
   }
 
   add(rel: StreamRelation, work: RowWork): void {
@@ -74,7 +114,7 @@ export class StreamWriter {
     // target; the whole-row compare-and-swap then failed on that stale column and the other
     // column was never rewritten (no later message would come for it).
     if (!p.rows.has(k)) this.rows++;
-    p.rows.set(k, { key: work.key, rewrite: new Map(work.rewrite), readBack: [...work.readBack] });
+    p.rows.set(k, { key: work.key, rewrite: new Map(work.rewrite), readBack: [...work.readBack], xid: work.xid });
     for (const v of work.rewrite.values()) this.bytes += v.length;
     if (this.oldest === 0) this.oldest = Date.now();
   }
@@ -90,14 +130,38 @@ export class StreamWriter {
   }
 
   async flush(): Promise<FlushResult> {
-    const result: FlushResult = { rewritten: new Map(), quarantined: new Map(), conflicts: 0 };
+    const result: FlushResult = { rewritten: new Map(), quarantined: new Map(), superseded: 0, retried: 0, givenUp: 0, visibilityWaitMs: 0 };
     if (this.rows === 0) return result;
-    const batches = [...this.pending.values()];
+    let work = [...this.pending.values()];
+    const xids = work.flatMap((b) => [...b.rows.values()].flatMap((r) => (r.xid === undefined ? [] : [r.xid])));
+    result.visibilityWaitMs = await waitUntilVisible(this.pool, xids, this.hooks);
+    for (let attempt = 1; work.length > 0; attempt++) {
+      const last = attempt >= MAX_ATTEMPTS;
+      const left: Pending[] = [];
+      await this.inTransaction(async (client) => {
+        for (const b of work) {
+          const rows = await this.flushRelation(client, b, result, last);
+          if (rows.length) left.push({ rel: b.rel, rows: new Map(rows.map((r) => [JSON.stringify(r.key), r])) });
+        }
+      });
+      work = left;
+      if (work.length === 0) break;
+      const n = work.reduce((s, b) => s + b.rows.size, 0);
+      result.retried += n;
+      this.hooks.log?.info({ rows: n, attempt }, 'compare-and-swap matched nothing although the rows still hold their old values; trying again');
+      await sleep(backoffMs(attempt, 50, 1_000), this.hooks.signal);
+      if (this.hooks.signal?.aborted) throw new StopWhileWaiting();
+    }
+    this.discard();
+    return result;
+  }
+
+  private async inTransaction(fn: (c: pg.PoolClient) => Promise<void>): Promise<void> {
     const client = await checkout(this.pool);
     try {
       await client.query('begin');
       if (this.limits.lockTimeoutMs) await client.query(`select set_config('lock_timeout', $1, true)`, [String(this.limits.lockTimeoutMs)]);
-      for (const b of batches) await this.flushRelation(client, b, result);
+      await fn(client);
       await client.query('commit');
       client.release();
     } catch (e) {
@@ -105,70 +169,134 @@ export class StreamWriter {
       client.release(true);
       throw e;
     }
-    this.discard();
-    return result;
   }
 
-  private async flushRelation(client: pg.PoolClient, b: Pending, out: FlushResult): Promise<void> {
+  /** Writes one relation's rows; returns those to try again (a miss that nothing explains yet). */
+  private async flushRelation(client: pg.PoolClient, b: Pending, out: FlushResult, last: boolean): Promise<RowWork[]> {
     const { rel } = b;
     const rows = [...b.rows.values()];
     await this.readBack(client, rel, rows);
     const cols = rel.columns;
-    const keys: string[][] = rel.keyColumns.map(() => []);
-    const olds: (string | null)[][] = cols.map(() => []);
-    const news: (string | null)[][] = cols.map(() => []);
     const failures: QuarantineEntry[] = [];
-    /** Per CAS row (in order): its key and the columns it rewrites, to clear their quarantine entries once written. */
-    const casRows: { rowKey: Record<string, string | null>; columns: string[] }[] = [];
+    const rowKeyOf = (w: RowWork) => Object.fromEntries(rel.keyColumns.map((k, i) => [k, w.key[i] ?? null]));
+    const quarantine = (w: RowWork, column: string, old: string, reason: QuarantineEntry['reason'], version?: number) =>
+      failures.push({ table: rel.table, column, rowKey: rowKeyOf(w), version: version ?? parseVersioned(old)?.version ?? 0, reason, sha256: createHash('sha256').update(old).digest() });
+    const cas: CasRow[] = [];
     for (const row of rows) {
-      const o: (string | null)[] = [];
-      const n: (string | null)[] = [];
-      for (const c of cols) {
-        const old = row.rewrite.get(c);
-        const r = old === undefined ? null : rewriteValue(old, this.ring);
-        if (r?.kind === 'rewritten') {
-          o.push(old!);
-          n.push(r.value);
-          continue;
-        }
-        o.push(null);
-        n.push(null);
-        if (r?.kind === 'failed') {
-          failures.push({
-            table: rel.table,
-            column: c,
-            rowKey: Object.fromEntries(rel.keyColumns.map((k, i) => [k, row.key[i] ?? null])),
-            version: r.version,
-            reason: r.reason,
-            sha256: createHash('sha256').update(old!).digest(),
-          });
-        }
+      const c: CasRow = { work: row, olds: [], news: [], ids: [] };
+      for (const col of cols) {
+        const old = row.rewrite.get(col);
+        const id = old === undefined ? null : StickTracker.id(rel.table, row.key, col, old);
+        const r = old === undefined || this.sticks.givenUp(id!) ? null : rewriteValue(old, this.ring);
+        const ok = r?.kind === 'rewritten';
+        c.olds.push(ok ? old! : null);
+        c.news.push(ok ? r.value : null);
+        c.ids.push(ok ? id : null);
+        if (r?.kind === 'failed') quarantine(row, col, old!, r.reason, r.version);
       }
-      if (n.every((x) => x === null)) continue;
-      casRows.push({ rowKey: Object.fromEntries(rel.keyColumns.map((k, i) => [k, row.key[i] ?? null])), columns: cols.filter((_, i) => n[i] !== null) });
-      row.key.forEach((k, i) => keys[i]!.push(k));
-      o.forEach((x, i) => olds[i]!.push(x));
-      n.forEach((x, i) => news[i]!.push(x));
+      if (c.news.some((x) => x !== null)) cas.push(c);
     }
-    if (keys[0]!.length > 0) {
-      const params: unknown[] = [...keys];
-      cols.forEach((_, i) => params.push(olds[i], news[i]));
-      const upd = await client.query<{ ord: number; n: number }>(casByKeySql(rel), params);
-      const written = upd.rows.reduce((s, r) => s + r.n, 0);
-      out.conflicts += keys[0]!.length - upd.rowCount!;
-      out.rewritten.set(rel.table, (out.rewritten.get(rel.table) ?? 0) + written);
-      // A value quarantined earlier and since fixed by the application was just rewritten: its entry
-      // no longer describes a stored value (the sweep clears such entries too).
-      const cleared = upd.rows.flatMap((r) => {
-        const w = casRows[r.ord - 1]!;
-        return w.columns.map((column) => ({ column, rowKey: w.rowKey }));
+    const retry: RowWork[] = [];
+    const written: { column: string; rowKey: Record<string, string | null> }[] = [];
+    const outcome = cas.length ? await this.compareAndSwap(client, rel, cas) : { applied: new Map<number, boolean>(), raised: new Map<number, unknown>() };
+    const misses: number[] = [];
+    cas.forEach((c, i) => {
+      const rewrittenCols = cols.filter((_, j) => c.news[j] !== null);
+      const raised = outcome.raised.get(i);
+      const sticks = outcome.applied.get(i);
+      if (raised !== undefined) {
+        out.givenUp++;
+        rewrittenCols.forEach((col) => quarantine(c.work, col, c.olds[cols.indexOf(col)]!, rowErrorReason(raised)));
+      } else if (sticks === false) {
+        // A BEFORE UPDATE trigger (or a rule) kept another value than the one written.
+        out.givenUp++;
+        c.ids.forEach((id) => id && this.sticks.giveUp(id));
+        rewrittenCols.forEach((col) => quarantine(c.work, col, c.olds[cols.indexOf(col)]!, 'did-not-stick'));
+      } else if (sticks === true) {
+        out.rewritten.set(rel.table, (out.rewritten.get(rel.table) ?? 0) + rewrittenCols.length);
+        rewrittenCols.forEach((column) => written.push({ column, rowKey: rowKeyOf(c.work) }));
+        // The same old value back again and again: something writes it back after each rewrite.
+        c.ids.forEach((id, j) => {
+          if (id && this.sticks.rewritten(id)) {
+            this.sticks.giveUp(id);
+            quarantine(c.work, cols[j]!, c.olds[j]!, 'did-not-stick');
+          }
+        });
+      } else misses.push(i);
+    });
+    if (misses.length) {
+      const now = await this.reread(client, rel, misses.map((i) => cas[i]!));
+      misses.forEach((i, n) => {
+        const c = cas[i]!;
+        if (classifyMiss(now.get(n)) === 'superseded') out.superseded++;
+        else if (!last) retry.push(c.work);
+        else {
+          out.givenUp++;
+          cols.forEach((col, j) => c.olds[j] !== null && quarantine(c.work, col, c.olds[j]!, 'not-applied'));
+        }
       });
-      await clearQuarantine(client, rel.table, cleared);
     }
+    // A value quarantined earlier and since fixed by the application was just rewritten: its entry
+    // no longer describes a stored value (the sweep clears such entries too).
+    await clearQuarantine(client, rel.table, written);
     if (failures.length) {
       await recordQuarantine(client, failures, 'stream');
       out.quarantined.set(rel.table, (out.quarantined.get(rel.table) ?? 0) + failures.length);
     }
+    return retry;
+  }
+
+  /**
+   * The batched CAS. A row error (class 22, 23, P0: a raising trigger, a CHECK or domain
+   * constraint) rolls the batch back to a savepoint and redoes it row by row, each in its own
+   * savepoint, so that one bad row is quarantined and the others are written.
+   * Returns, by position in `cas`: written (true: the stored values are the new ones; false: a
+   * trigger kept another value) or raised; a position in neither matched nothing.
+   */
+  private async compareAndSwap(client: pg.PoolClient, rel: StreamRelation, cas: CasRow[]): Promise<{ applied: Map<number, boolean>; raised: Map<number, unknown> }> {
+    const applied = new Map<number, boolean>();
+    const raised = new Map<number, unknown>();
+    const run = async (rows: CasRow[], offset: number) => {
+      const params: unknown[] = rel.keyColumns.map((_, k) => rows.map((r) => r.work.key[k]!));
+      rel.columns.forEach((_, j) => params.push(rows.map((r) => r.olds[j]), rows.map((r) => r.news[j])));
+      const upd = await client.query<{ ord: number; sticks: boolean }>(casByKeySql(rel), params);
+      for (const r of upd.rows) applied.set(offset + r.ord - 1, r.sticks);
+    };
+    await client.query('savepoint pgrekey_cas');
+    try {
+      await run(cas, 0);
+      return { applied, raised };
+    } catch (e) {
+      if (!isRowError(e)) throw e;
+      await client.query('rollback to savepoint pgrekey_cas');
+    }
+    applied.clear();
+    for (let i = 0; i < cas.length; i++) {
+      await client.query('savepoint pgrekey_cas_row');
+      try {
+        await run([cas[i]!], i);
+      } catch (e) {
+        if (!isRowError(e)) throw e;
+        await client.query('rollback to savepoint pgrekey_cas_row');
+        raised.set(i, e);
+      }
+    }
+    return { applied, raised };
+  }
+
+  /** Re-reads missed rows by key: found or not, and whether every rewritten column still holds the old value. Indexed by position in `rows`. */
+  private async reread(client: pg.PoolClient, rel: StreamRelation, rows: CasRow[]): Promise<Map<number, { stillOld: boolean }>> {
+    const k = rel.keyColumns.length;
+    const params: unknown[] = rel.keyColumns.map((_, i) => rows.map((r) => r.work.key[i]!));
+    rel.columns.forEach((_, j) => params.push(rows.map((r) => r.olds[j])));
+    const arrays = [...rel.keyColumns.map((_, i) => `$${i + 1}::text[]`), ...rel.columns.map((_, j) => `$${k + 1 + j}::text[]`)];
+    const names = [...rel.keyColumns.map((_, i) => `k${i}`), ...rel.columns.map((_, j) => `o${j}`)];
+    const same = rel.columns.map((c, j) => `(v.o${j} is null or t.${quoteIdent(c)} is not distinct from v.o${j})`).join(' and ');
+    const r = await client.query<{ ord: number; still_old: boolean }>(
+      `select v.ord::int as ord, ${same} as still_old from unnest(${arrays.join(', ')}) with ordinality as v(${names.join(', ')}, ord) join only ${rel.quoted} t on ${keyMatchSql(rel)}`,
+      params,
+    );
+    return new Map(r.rows.map((x) => [x.ord - 1, { stillOld: x.still_old }]));
   }
 
   /** Columns sent as unchanged TOAST: fetch their current value by key. */
@@ -197,7 +325,7 @@ export class StreamWriter {
 /**
  * Batched compare-and-swap by key. $1..$k key values as text (cast back to
  * the key types), then per configured column ($old, $new); a null new value
- * leaves that column alone. Returns, per row written, its position in the arrays (from 1) and how many values changed.
+ * leaves that column alone. Returns, per row written, its position in the arrays (from 1) and whether the stored values are the new ones.
  */
 export function casByKeySql(rel: StreamRelation): string {
   const k = rel.keyColumns.length;
@@ -205,9 +333,10 @@ export function casByKeySql(rel: StreamRelation): string {
   const arrays = [...rel.keyColumns.map((_, i) => `$${i + 1}::text[]`), ...cols.flatMap((_, i) => [`$${k + 1 + 2 * i}::text[]`, `$${k + 2 + 2 * i}::text[]`])];
   const names = [...rel.keyColumns.map((_, i) => `k${i}`), ...cols.flatMap((_, i) => [`o${i}`, `n${i}`])];
   const { sets, guards } = casColumnsSql(cols);
-  const count = cols.map((_, i) => `(v.n${i} is not null)::int`).join(' + ');
+  // In RETURNING, t is the row as stored (after BEFORE triggers): did the new values stick?
+  const sticks = cols.map((c, i) => `(v.n${i} is null or t.${quoteIdent(c)} is not distinct from v.n${i})`).join(' and ');
   return `update only ${rel.quoted} as t set ${sets}
   from unnest(${arrays.join(', ')}) with ordinality as v(${names.join(', ')}, ord)
  where ${keyMatchSql(rel)} and ${guards}
-returning v.ord::int as ord, ${count} as n`;
+returning v.ord::int as ord, ${sticks} as sticks`;
 }

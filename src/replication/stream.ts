@@ -61,6 +61,8 @@ export class ReplicationStream {
   private applied: Lsn = 0n;
   private lastCommitEnd: Lsn = 0n;
   private inTxn = false;
+  /** xid of the transaction being decoded (from its BEGIN). */
+  private xid: number | undefined;
   private chain: Promise<unknown> = Promise.resolve();
   private service: LogicalReplicationService | null = null;
   private stopping = false;
@@ -76,6 +78,7 @@ export class ReplicationStream {
 
   constructor(private readonly o: StreamOptions) {
     this.log = o.log.child({ component: 'stream', slot: o.slot });
+    o.writer.attach({ log: this.log, signal: this.stopped.signal });
   }
 
   get appliedLsn(): Lsn {
@@ -201,6 +204,7 @@ export class ReplicationStream {
     switch (msg.tag) {
       case 'begin':
         this.inTxn = true;
+        this.xid = msg.xid;
         return;
       case 'insert':
       case 'update': {
@@ -213,7 +217,7 @@ export class ReplicationStream {
         if (d.kind === 'no-key') {
           this.log.warn({ relation: `${msg.relation.schema}.${msg.relation.name}`, missing: d.missing }, 'change without its key columns; the sweep will cover this row');
         } else if (d.kind === 'work') {
-          this.o.writer.add(rel, d);
+          this.o.writer.add(rel, { ...d, xid: this.xid });
           if (this.o.writer.due()) await this.flush();
         }
         return;
@@ -239,7 +243,17 @@ export class ReplicationStream {
         this.o.metrics.quarantined.inc({ source: 'stream', table }, n);
         this.log.warn({ table, quarantined: n }, 'values could not be rewritten; recorded in pgrekey.quarantine and left untouched');
       }
-      if (r.conflicts) this.o.metrics.casConflicts.inc({ source: 'stream' }, r.conflicts);
+      // A miss is counted by what explains it; none is ever dropped unexplained.
+      if (r.superseded) {
+        this.o.metrics.casConflicts.inc({ source: 'stream' }, r.superseded);
+        this.o.metrics.streamRows.inc({ outcome: 'superseded' }, r.superseded);
+      }
+      if (r.retried) this.o.metrics.streamRows.inc({ outcome: 'retried' }, r.retried);
+      if (r.givenUp) {
+        this.o.metrics.streamRows.inc({ outcome: 'given_up' }, r.givenUp);
+        this.log.warn({ rows: r.givenUp }, 'rows whose rewrite raised, did not stick or never applied: recorded in pgrekey.quarantine with the reason and left as they are');
+      }
+      if (r.visibilityWaitMs) this.o.metrics.streamVisibilityWait.inc(r.visibilityWaitMs / 1000);
     }
     // Everything handled before this point is now committed.
     this.advance(this.lastCommitEnd);

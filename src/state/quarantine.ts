@@ -8,7 +8,8 @@ export interface QuarantineEntry {
   column: string;
   rowKey: Record<string, string | null>;
   version: number;
-  reason: FailureReason;
+  /** A decryption failure (FailureReason) or a write that failed: 'update-raised:<SQLSTATE>[:constraint]', 'did-not-stick', 'not-applied'. */
+  reason: FailureReason | `update-raised:${string}` | 'did-not-stick' | 'not-applied';
   sha256: Buffer;
 }
 

@@ -1,0 +1,66 @@
+import { describe, expect, it } from 'vitest';
+import { fullXid, hasEnded, parseSnapshot, stillInProgress, xid32 } from '../../src/db/snapshot.js';
+import { classifyMiss, isRowError, rowErrorReason, StickTracker } from '../../src/replication/cas-outcome.js';
+
+const E = 1n << 32n;
+
+describe('snapshots', () => {
+  it('parses pg_current_snapshot text', () => {
+    const s = parseSnapshot('100:105:100,102');
+    expect(s.xmin).toBe(100n);
+    expect(s.xmax).toBe(105n);
+    expect([...s.xip]).toEqual([100n, 102n]);
+    expect(parseSnapshot('7:7:').xip.size).toBe(0);
+    expect(() => parseSnapshot('nonsense')).toThrow(/not a pg_snapshot/);
+  });
+
+  it('a running xid above xmax is in progress, though not listed in xip', () => {
+    // latestCompletedXid = 104, xid 106 running (assigned after it): xmax 105, xip empty.
+    const s = parseSnapshot('105:105:');
+    expect(hasEnded(106n, s)).toBe(false);
+    expect(hasEnded(104n, s)).toBe(true);
+    expect(stillInProgress([106, 104], s)).toEqual([106]);
+  });
+
+  it('xids listed in xip are in progress; others below xmax have ended', () => {
+    const s = parseSnapshot('100:110:100,103');
+    expect(stillInProgress([100, 101, 103, 109, 110], s)).toEqual([100, 103, 110]);
+  });
+
+  it('maps 32-bit xids to the nearest 64-bit xid of the reference epoch, across wraparound', () => {
+    expect(fullXid(5, 3n * E + 10n)).toBe(3n * E + 5n);
+    // An xid just below the epoch boundary while the reference is just past it: previous epoch.
+    expect(fullXid(0xfffffff0, 3n * E + 10n)).toBe(2n * E + 0xfffffff0n);
+    // An in-progress xid above xmax just past the boundary, reference just before it: next epoch.
+    expect(fullXid(3, 3n * E - 2n)).toBe(3n * E + 3n);
+    expect(xid32(3n * E + 77n)).toBe(77);
+    const s = parseSnapshot(`${3n * E - 2n}:${3n * E - 2n}:`);
+    expect(stillInProgress([3], s)).toEqual([3]);
+  });
+});
+
+describe('CAS outcomes', () => {
+  it('a miss is superseded when the row is gone or changed, unexplained when it still holds the old value', () => {
+    expect(classifyMiss(undefined)).toBe('superseded');
+    expect(classifyMiss({ stillOld: false })).toBe('superseded');
+    expect(classifyMiss({ stillOld: true })).toBe('still-old');
+  });
+
+  it('row errors are data/constraint/trigger classes, never session ones', () => {
+    for (const code of ['23514', '23505', '22001', 'P0001', '44000']) expect(isRowError({ code })).toBe(true);
+    for (const code of ['55P03', '57014', '40P01', '08006', '42501', undefined]) expect(isRowError({ code })).toBe(false);
+    expect(rowErrorReason({ code: '23514', constraint: 'title_len', message: 'new row ... Failing row contains (v1:secret)' })).toBe('update-raised:23514:title_len');
+    expect(rowErrorReason({ code: 'P0001', message: 'v1:abc' })).toBe('update-raised:P0001');
+  });
+
+  it('notices a value that comes back after each rewrite', () => {
+    const t = new StickTracker(2);
+    const id = StickTracker.id('public.t', ['1'], 'c', 'v1:AAAA');
+    expect(t.rewritten(id)).toBe(false);
+    expect(t.rewritten(id)).toBe(false);
+    expect(t.rewritten(id)).toBe(true);
+    t.giveUp(id);
+    expect(t.givenUp(id)).toBe(true);
+    expect(t.givenUp(StickTracker.id('public.t', ['1'], 'c', 'v1:AAAB'))).toBe(false);
+  });
+});
