@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { versionLabel } from '../crypto/envelope.js';
 import { relationSize, type TableInfo } from '../db/catalog.js';
-import { quoteIdent, quoteQualified, type QualifiedName } from '../db/ident.js';
+import { displayName, quoteIdent, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { versionExpr } from '../backfill/sweep-sql.js';
 import { countLiveQuarantine } from '../state/quarantine.js';
 
@@ -16,6 +16,8 @@ export interface ColumnCounts {
   nonTarget: number;
   /** Entries in pgrekey.quarantine for this column (null when setup has not run). */
   quarantined: number | null;
+  /** Non-target values per leaf relation ("schema.name"), where there are any. */
+  nonTargetByLeaf: Record<string, number>;
 }
 
 /** Blocks per counting query: short statements, no long-lived snapshot. */
@@ -31,7 +33,7 @@ export async function countVersions(db: pg.Pool, tables: TableInfo[], target: nu
   const out: ColumnCounts[] = [];
   for (const table of tables) {
     const cols = table.config.columns;
-    const acc = cols.map((column) => ({ table: table.display, column, byVersion: {} as Record<string, number>, notOurs: 0, nulls: 0, nonTarget: 0, quarantined: null as number | null }));
+    const acc = cols.map((column) => ({ table: table.display, column, byVersion: {} as Record<string, number>, notOurs: 0, nulls: 0, nonTarget: 0, quarantined: null as number | null, nonTargetByLeaf: {} as Record<string, number> }));
     for (const leaf of table.leaves) {
       for (const row of await countRelation(db, leaf, cols)) {
         const a = acc[row.col]!;
@@ -40,7 +42,11 @@ export async function countVersions(db: pg.Pool, tables: TableInfo[], target: nu
         else {
           const label = versionLabel(row.code);
           a.byVersion[label] = (a.byVersion[label] ?? 0) + row.n;
-          if (row.code !== target) a.nonTarget += row.n;
+          if (row.code !== target) {
+            a.nonTarget += row.n;
+            const name = displayName(leaf);
+            a.nonTargetByLeaf[name] = (a.nonTargetByLeaf[name] ?? 0) + row.n;
+          }
         }
       }
     }
