@@ -355,25 +355,49 @@ export class Daemon {
     }
   }
 
+  /** A check is running: a timer tick meanwhile does not start a second one. */
+  private checking = false;
+  /** Leaves that held old-version values at the last check with the sweep done and the stream caught up. */
+  private suspects = new Map<string, number>();
+
   private async checkNow(): Promise<void> {
-    if (this.stopping || !this.sweepDone || this.sweepStale) return;
-    const c = await checkConvergence(this.ctx.pool, this.tables, this.ring.target, this.stream);
+    if (this.stopping || !this.sweepDone || this.sweepStale || this.checking) return;
+    this.checking = true;
+    try {
+      await this.check();
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  private async check(): Promise<void> {
+    const waitMs = Math.max(1_000, Math.min(20_000, this.ctx.config.daemon.checkIntervalMs));
+    const c = await checkConvergence(this.ctx.pool, this.tables, this.ring.target, this.stream, { transactionsMs: waitMs, streamMs: 10_000, signal: this.sweepAbort.signal });
     if (this.stopping || this.sweepStale) return;
     this.lastCheck = c;
     this.lastCheckAt = new Date();
     if (c.pruned > 0) this.log.info({ pruned: c.pruned, quarantined: c.quarantined }, 'dropped quarantine entries whose values the application has since overwritten or deleted');
     if (c.remaining !== null) this.metrics.remaining.set(c.remaining);
     this.metrics.converged.set(c.converged ? 1 : 0);
+    this.metrics.openTransactions.set(c.openTransactions.length);
     const wasConverged = this.convergedAt !== null;
     if (c.converged && !wasConverged) {
       this.convergedAt = new Date();
-      this.log.info({ remaining: 0, quarantined: c.quarantined }, 'CONVERGED: every table swept since the slot was created, the stream is caught up, no value of an old version remains');
+      this.log.info({ remaining: 0, quarantined: c.quarantined }, 'CONVERGED: every table swept since the slot was created, no value of an old version remains, no transaction open at the count is left, the stream is caught up past them');
     } else if (!c.converged && wasConverged) {
       this.convergedAt = null;
-      this.log.warn({ remaining: c.remaining }, 'no longer converged: old-version values appeared (a stale writer?); the stream is rewriting them');
+      this.log.warn({ remaining: c.remaining, openTransactions: c.openTransactions.length }, 'no longer converged: old-version values appeared (a stale writer?) or transactions are open that may commit some; the stream is rewriting them');
     } else if (!c.converged) {
-      this.log.info({ sweepDone: c.sweepDone, streamCaughtUp: c.streamCaughtUp, remaining: c.remaining, quarantined: c.quarantined }, 'not converged yet');
+      this.log.info({ sweepDone: c.sweepDone, streamCaughtUp: c.streamCaughtUp, remaining: c.remaining, quarantined: c.quarantined, openTransactions: c.openTransactions.length }, 'not converged yet');
     }
+    if (c.openTransactions.length) {
+      this.log.warn(
+        { openTransactions: c.openTransactions.slice(0, 20) },
+        `not converged while ${c.openTransactions.length} transaction(s) that were open at the count are still open (prepared ones included): ` +
+          'their writes are invisible to the count and not yet streamed; waiting for them to commit or roll back (COMMIT PREPARED / ROLLBACK PREPARED for a prepared one)',
+      );
+    }
+    this.resweepStuck(c);
     await this.writeState();
     if (!this.opts.exitWhenConverged) return;
     if (c.converged) return this.stop(EXIT_OK);
@@ -382,6 +406,36 @@ export class Daemon {
       this.log.error({ remaining: c.remaining, quarantine: q }, 'sweep complete but quarantined values remain; they need an operator (see pgrekey.quarantine)');
       this.stop(EXIT_NOT_CONVERGED);
     }
+  }
+
+  /**
+   * The sweep is complete and the stream caught up, yet old-version values remain that are not
+   * quarantined: something placed them where neither saw them (a row moved behind the sweep's
+   * checkpoint by an UPDATE of another column, a change the stream was not decoding for that
+   * relation). A leaf that holds such values at two checks in a row is swept again from block 0
+   * (at one check they may still be a stale writer's, which the stream rewrites meanwhile).
+   */
+  private resweepStuck(c: ConvergenceCheck): void {
+    if (!c.streamCaughtUp || c.remaining === null || c.remaining <= c.quarantined) {
+      this.suspects.clear();
+      return;
+    }
+    const again = Object.entries(c.remainingByLeaf).filter(([leaf]) => this.suspects.has(leaf));
+    this.suspects = new Map(Object.entries(c.remainingByLeaf));
+    if (again.length === 0) return;
+    for (const [leaf, n] of again) {
+      this.log.warn(
+        { relation: leaf, remaining: n, quarantined: c.quarantined },
+        `RE-SWEEP: ${leaf} still holds ${n} old-version value(s) with the sweep complete and the stream caught up, at two checks in a row; sweeping it again from block 0`,
+      );
+      this.metrics.resweeps.inc({ reason: 'old values after complete sweep' });
+      this.resweep.add(leaf);
+      this.suspects.delete(leaf);
+    }
+    this.sweepDone = false;
+    this.sweepAgain = true;
+    this.convergedAt = null;
+    this.sweepWake?.();
   }
 
   private async writeState(stopped = false): Promise<void> {
