@@ -4,7 +4,8 @@ import { loadTargetVersion } from '../crypto/key-ring.js';
 import { versionLabel } from '../crypto/envelope.js';
 import { resolveTables } from '../db/catalog.js';
 import { stateIsCurrent } from '../db/migrate.js';
-import { EXIT_NOT_CONVERGED, EXIT_OK } from '../errors.js';
+import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK } from '../errors.js';
+import { rowSecurityProblems } from '../db/row-security.js';
 import { formatDuration, renderTable } from '../format.js';
 import { openWriters, type OpenTransaction } from '../db/open-transactions.js';
 import { countVersions, type ColumnCounts } from '../verify/count-versions.js';
@@ -31,6 +32,15 @@ export async function verifyCommand(flags: GlobalFlags, opts: { json?: boolean }
   const ctx = await openContext(flags);
   try {
     const tables = await resolveTables(ctx.pool, ctx.config.tables);
+    // A count of part of a table is worse than none: refuse rather than print it.
+    const hidden = await rowSecurityProblems(ctx.pool, tables);
+    if (hidden.length) {
+      throw new ConfigError(
+        'cannot count every row: row level security would hide rows of configured tables from this role',
+        'grant what each line says (or run verify as a role that sees every row); no count is printed for a table that could not be read whole',
+        hidden.map((h) => h.problem),
+      );
+    }
     const withState = await stateIsCurrent(ctx.pool);
     const columns = await countVersions(ctx.pool, tables, target, withState);
     const remaining = columns.reduce((n, c) => n + c.nonTarget, 0);

@@ -26,6 +26,13 @@ export function createPool(opts: ConnectOptions): pg.Pool {
   });
   // An idle client that loses its connection emits here; without a listener the process dies.
   pool.on('error', () => undefined);
+  // Row security silently filters what a role sees: a count of 0 and an UPDATE of 0 rows that
+  // mean nothing. With row_security off, a query that a policy would filter raises an error
+  // instead (42501), so pg-rekey never works on, or counts, part of a table. Queued before any
+  // query of the client's first user (a SET, so connection-string `options` are left alone).
+  pool.on('connect', (client) => {
+    client.query('set row_security = off').catch(() => undefined);
+  });
   return pool;
 }
 

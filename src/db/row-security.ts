@@ -1,0 +1,47 @@
+import type pg from 'pg';
+import type { TableInfo } from './catalog.js';
+import { displayName, quoteIdent, quoteQualified } from './ident.js';
+
+/**
+ * Row security decides what a role sees: with a policy the role does not
+ * match, a count finds 0 and an UPDATE matches nothing, silently. pg-rekey
+ * sessions set row_security = off (db/connect.ts), which turns such a query
+ * into an error; this check finds those relations before anything runs, and
+ * says what to grant. A role sees every row when it is a superuser, has
+ * BYPASSRLS, or owns the table (membership counts) and the table does not
+ * FORCE ROW LEVEL SECURITY.
+ */
+export interface RowSecurityProblem {
+  table: string;
+  relation: string;
+  forced: boolean;
+  problem: string;
+}
+
+export async function rowSecurityProblems(db: pg.Pool | pg.ClientBase, tables: readonly TableInfo[]): Promise<RowSecurityProblem[]> {
+  const leaves = tables.flatMap((t) => t.leaves.map((l) => ({ table: t.display, relation: displayName(l), quoted: quoteQualified(l) })));
+  if (leaves.length === 0) return [];
+  const r = await db.query<{ rel: string; enabled: boolean; forced: boolean; owner: boolean; owner_name: string; bypass: boolean }>(
+    `select x.rel, c.relrowsecurity as enabled, c.relforcerowsecurity as forced,
+            pg_has_role(c.relowner, 'USAGE') as owner, pg_get_userbyid(c.relowner) as owner_name,
+            (select rolsuper or rolbypassrls from pg_roles where rolname = current_user) as bypass
+       from unnest($1::text[]) as x(rel) join pg_class c on c.oid = to_regclass(x.rel)`,
+    [leaves.map((l) => l.quoted)],
+  );
+  const role = (await db.query<{ u: string }>(`select current_user as u`)).rows[0]!.u;
+  const out: RowSecurityProblem[] = [];
+  for (const row of r.rows) {
+    if (!row.enabled || row.bypass || (row.owner && !row.forced)) continue;
+    const leaf = leaves.find((l) => l.quoted === row.rel)!;
+    const fix = row.forced
+      ? `ALTER ROLE ${quoteIdent(role)} BYPASSRLS (the table FORCEs row level security, so even its owner is filtered)`
+      : `ALTER ROLE ${quoteIdent(role)} BYPASSRLS, or run pg-rekey as the table's owner (${row.owner_name})`;
+    out.push({
+      table: leaf.table,
+      relation: leaf.relation,
+      forced: row.forced,
+      problem: `${leaf.relation} has row level security${row.forced ? ' (FORCE)' : ''} enabled and role ${role} would not see every row: run as a superuser, or ${fix}`,
+    });
+  }
+  return out;
+}
