@@ -1,0 +1,75 @@
+// Row security must never make pg-rekey see fewer rows than exist (issue 9, item 1): as a role that a
+// policy filters, verify refuses to print a count instead of counting only what the policy shows.
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from '../support/db.js';
+import { testRing } from '../support/fixtures.js';
+import { cli, writeDaemonFiles, type DaemonFiles } from '../support/daemon.js';
+import { encryptValue } from '../../src/crypto/rewrite.js';
+
+let db: TestDatabase;
+let files: DaemonFiles;
+const ROLE = `rls_worker_${process.pid}`;
+
+beforeAll(async () => {
+  db = await createTestDatabase('rowsec');
+  const ring = await testRing();
+  await db.pool.query(`create table calls (id bigint primary key, owner_id int not null, title text)`);
+  for (let id = 1; id <= 30; id++) await db.pool.query(`insert into calls values ($1, $2, $3)`, [id, id <= 10 ? 1 : 2, encryptValue(Buffer.from(`call ${id}`), 1, ring)]);
+  await db.pool.query(`drop role if exists ${ROLE}`);
+  await db.pool.query(`create role ${ROLE} login password 'pw'`);
+  await db.pool.query(`grant select, update (title) on calls to ${ROLE}`);
+  await db.pool.query(`alter table calls enable row level security`);
+  await db.pool.query(`create policy only_one on calls using (owner_id = 1)`);
+  const url = new URL(db.url);
+  url.username = ROLE;
+  url.password = 'pw';
+  files = writeDaemonFiles(url.toString(), [{ name: 'calls', columns: ['title'] }]);
+});
+
+afterAll(async () => {
+  await db.drop();
+  const admin = new pg.Client({ connectionString: db.url.replace(/\/[^/]+$/, '/postgres') });
+  await admin.connect();
+  await admin.query(`drop role if exists ${ROLE}`).catch(() => undefined);
+  await admin.end();
+});
+
+describe('row level security', () => {
+  it('a policy the role does not match: verify prints no count, names the table and the grant, exits non-zero', async () => {
+    const r = await cli(files, 'verify');
+    expect(r.code, r.stdout).toBe(2);
+    expect(r.stderr).toMatch(/public\.calls has row level security enabled/);
+    expect(r.stderr).toMatch(/BYPASSRLS/);
+    expect(r.stdout).not.toMatch(/converged/);
+    expect(r.stdout).not.toMatch(/remaining/);
+  });
+
+  it('with BYPASSRLS the whole table is counted', async () => {
+    await db.pool.query(`alter role ${ROLE} bypassrls`);
+    try {
+      const r = await cli(files, 'verify', '--json');
+      expect(r.code, r.stderr).toBe(1);
+      expect(JSON.parse(r.stdout).remaining).toBe(30);
+    } finally {
+      await db.pool.query(`alter role ${ROLE} nobypassrls`);
+    }
+  });
+
+  it('the owner of a table that FORCEs row security is refused too', async () => {
+    await db.pool.query(`alter table calls owner to ${ROLE}`);
+    await db.pool.query(`alter table calls force row level security`);
+    try {
+      const r = await cli(files, 'verify');
+      expect(r.code, r.stdout).toBe(2);
+      expect(r.stderr).toMatch(/\(FORCE\)/);
+      // The owner without FORCE sees every row.
+      await db.pool.query(`alter table calls no force row level security`);
+      const ok = await cli(files, 'verify', '--json');
+      expect(ok.code, ok.stderr).toBe(1);
+      expect(JSON.parse(ok.stdout).remaining).toBe(30);
+    } finally {
+      await db.pool.query(`alter table calls owner to postgres`);
+    }
+  });
+});
