@@ -56,7 +56,7 @@ async function dockerBackend(major: PgMajor): Promise<Backend> {
   const container = await new PostgreSqlContainer(`postgres:${major}-alpine`)
     .withUsername('postgres')
     .withDatabase('postgres')
-    .withCommand(['postgres', '-c', 'wal_level=logical', '-c', 'max_replication_slots=32', '-c', 'max_wal_senders=32'])
+    .withCommand(['postgres', '-c', 'wal_level=logical', '-c', 'max_replication_slots=32', '-c', 'max_wal_senders=32', '-c', 'max_prepared_transactions=20'])
     .start();
   return {
     name: `testcontainers postgres:${major}-alpine`,
