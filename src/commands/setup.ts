@@ -2,61 +2,57 @@ import type pg from 'pg';
 import type { GlobalFlags } from '../config/load-config.js';
 import { openContext } from '../context.js';
 import { resolveTables, type TableInfo } from '../db/catalog.js';
-import { displayName } from '../db/ident.js';
-import { migrate } from '../db/migrate.js';
+import { displayName, quoteQualified } from '../db/ident.js';
+import { migrate, lockMigrations, pendingMigrations } from '../db/migrate.js';
 import { checkout } from '../db/connect.js';
-import { readServerFacts, replicationProblems, serverProblems } from '../db/server-checks.js';
+import { readServerFacts, replicationProblems, serverProblems, stateProblems, type ServerFacts } from '../db/server-checks.js';
 import { ConfigError, EXIT_OK } from '../errors.js';
+import type { Logger } from '../logger.js';
 import { ensureSegment, restartSegments } from '../state/segments.js';
-import { createSlot, dropSlot, ensurePublication, logSlotWait, readSlot, slotUnusable } from '../replication/slot.js';
+import { createSlot, dropSlot, logSlotCreationWait, logSlotWait, readSlot, slotBeingCreated, slotUnusable, waitForSlotCreation, type SlotInfo } from '../replication/slot.js';
 
 /**
- * Checks the server, the role and every configured table, reporting all
- * problems at once; then applies the state migrations, creates the
- * publication and the replication slot. Idempotent. The slot is created
- * before any sweep can start; whenever a slot is (re)created the sweep
- * starts over from block 0 (rule 6 in design.md).
+ * All or nothing, in three steps:
+ * 1. checks, every one before any change, reporting all problems at once
+ *    (server, role, state schema, every configured table, the publication
+ *    as it is or as it would be created, the slot name); a problem changes
+ *    nothing and exits 2, each problem with the statement that fixes it;
+ * 2. in one transaction: the state migrations, the publication, the sweep
+ *    segments (a failure rolls all of it back);
+ * 3. last, the replication slot (it cannot be created in a transaction that
+ *    wrote anything, and it waits for every transaction in the cluster).
+ * Idempotent. Whenever a slot is (re)created the sweep starts over from
+ * block 0 (rule 6 in design.md).
  */
 export async function setupCommand(flags: GlobalFlags): Promise<number> {
   const ctx = await openContext(flags);
   try {
     const log = ctx.log.child({ component: 'setup' });
     const { slot, publication } = ctx.config.replication;
-    const facts = await readServerFacts(ctx.pool);
-    const slotInfo = await readSlot(ctx.pool, slot);
-    const problems = [...serverProblems(facts), ...replicationProblems(facts, slotInfo.exists)];
-    if (slotInfo.exists && (slotInfo.plugin !== 'pgoutput' || slotInfo.database !== facts.database)) {
-      problems.push(`a slot named ${slot} already exists for ${slotInfo.plugin} in database ${slotInfo.database}: choose another replication.slot in the config`);
-    }
-    let tables: TableInfo[] = [];
-    try {
-      tables = await resolveTables(ctx.pool, ctx.config.tables);
-    } catch (e) {
-      if (!(e instanceof ConfigError)) throw e;
-      problems.push(...e.problems);
-    }
-    problems.push(...(await publicationProblems(ctx.pool, publication, tables)));
-    if (problems.length) {
-      throw new ConfigError(`setup found ${problems.length} problem(s); nothing was changed`, 'fix each problem listed, then run `pg-rekey setup` again', problems);
-    }
     const client = await checkout(ctx.pool);
+    let facts: ServerFacts;
+    let tables: TableInfo[];
     let applied: string[];
+    let pub: PublicationPlan;
     try {
-      applied = await migrate(client);
+      await client.query('begin');
+      try {
+        // Serializes setups (and migrations): a second setup checks what the first one made.
+        await lockMigrations(client);
+        ({ facts, tables, pub } = await check(client, ctx.config.tables, slot, publication));
+        applied = await migrate(client, { inTransaction: true });
+        for (const sql of pub.statements) await client.query(sql);
+        for (const t of tables) for (const leaf of t.leaves) await ensureSegment(client, t.display, displayName(leaf));
+        await client.query('commit');
+      } catch (e) {
+        await client.query('rollback').catch(() => undefined);
+        throw e;
+      }
     } finally {
       client.release();
     }
-    const pub = (await publicationMatches(ctx.pool, publication, tables)) ? 'unchanged' : await ensurePublication(ctx.pool, publication, tables);
-    for (const t of tables) for (const leaf of t.leaves) await ensureSegment(ctx.pool, t.display, displayName(leaf));
-    let slotLine = `replication slot ${slot} exists (confirmed ${slotInfo.confirmedFlushLsn})`;
-    const unusable = slotInfo.exists ? slotUnusable(slotInfo) : null;
-    if (!slotInfo.exists || unusable) {
-      if (unusable) await dropSlot(ctx.pool, slot, unusable);
-      const lsn = await createSlot(ctx.pool, slot, unusable ? 'recreated' : 'created', unusable, { onWait: logSlotWait(log, slot) });
-      await restartSegments(ctx.pool);
-      slotLine = `created replication slot ${slot} at ${lsn}; the sweep starts from block 0`;
-      log.info({ slot, lsn }, 'replication slot created');
-    }
+    if (pub.changes.length) log.info({ publication, changes: pub.changes }, `publication ${publication} ${pub.state}`);
+    const slotLine = await readySlot(ctx.pool, log, slot, facts.database);
     log.info({ applied, tables: tables.map((t) => t.display) }, 'setup complete');
     process.stdout.write(
       [
@@ -67,7 +63,8 @@ export async function setupCommand(flags: GlobalFlags): Promise<number> {
             `table ${t.display}: columns ${t.config.columns.join(', ')}; row key ${t.keyColumns.join(', ')} (${t.keySource})` +
             (t.partitioned ? `; ${t.leaves.length} leaf partition(s)` : ''),
         ),
-        `publication ${publication}: ${pub} (insert, update)`,
+        `publication ${publication}: ${pub.state} (${pub.summary})`,
+        ...pub.changes.map((c) => `  ${c}`),
         slotLine,
         'setup complete; a replication slot retains WAL until `pg-rekey teardown`: keep `pg-rekey run` running',
       ].join('\n') + '\n',
@@ -78,28 +75,288 @@ export async function setupCommand(flags: GlobalFlags): Promise<number> {
   }
 }
 
-async function publicationMatches(db: pg.Pool, name: string, tables: TableInfo[]): Promise<boolean> {
-  const r = await db.query<{ oids: number[]; publish: string }>(
-    `select array(select prrelid::int from pg_publication_rel where prpubid = p.oid order by 1) as oids,
-            concat_ws(',', case when pubinsert then 'i' end, case when pubupdate then 'u' end, case when pubdelete then 'd' end, case when pubtruncate then 't' end) as publish
-       from pg_publication p where pubname = $1 and not puballtables`,
-    [name],
-  );
-  const row = r.rows[0];
-  if (!row) return false;
-  const want = tables.map((t) => t.oid).sort((a, b) => a - b);
-  return row.publish === 'i,u' && JSON.stringify(row.oids) === JSON.stringify(want);
+/** Step 1: every check, read-only; throws one ConfigError listing every problem. */
+async function check(
+  db: pg.ClientBase,
+  configured: Parameters<typeof resolveTables>[1],
+  slot: string,
+  publication: string,
+): Promise<{ facts: ServerFacts; tables: TableInfo[]; pub: PublicationPlan }> {
+  const facts = await readServerFacts(db);
+  const slotInfo = await readSlot(db, slot);
+  const problems = [...serverProblems(facts), ...replicationProblems(facts, slotInfo.exists)];
+  if (slotInfo.exists && (slotInfo.plugin !== 'pgoutput' || slotInfo.database !== facts.database)) {
+    problems.push(`a slot named ${slot} already exists for ${slotInfo.plugin ?? 'physical replication'} in database ${slotInfo.database ?? '-'}: choose another replication.slot in the config`);
+  }
+  problems.push(...stateProblems(facts, (await pendingMigrations(db)).map((m) => m.name)));
+  let tables: TableInfo[] = [];
+  let tablesOk = true;
+  try {
+    tables = await resolveTables(db, configured);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    problems.push(...e.problems);
+    tablesOk = false;
+  }
+  // The publication is judged against the tables as configured: only once they all resolve.
+  const pub = tablesOk && tables.length ? await planPublication(db, publication, tables, facts) : { state: 'unchanged' as const, statements: [], problems: [], changes: [], summary: '' };
+  problems.push(...pub.problems);
+  if (problems.length) {
+    throw new ConfigError(`setup found ${problems.length} problem(s); nothing was changed`, 'fix each problem listed, then run `pg-rekey setup` again', problems);
+  }
+  return { facts, tables, pub };
 }
 
-/** Creating or changing a publication needs ownership of the tables (or superuser). */
-async function publicationProblems(db: pg.Pool, name: string, tables: TableInfo[]): Promise<string[]> {
-  if (tables.length === 0 || (await publicationMatches(db, name, tables))) return [];
-  const r = await db.query<{ relname: string; owner: string }>(
-    `select c.oid::regclass::text as relname, pg_get_userbyid(c.relowner) as owner
-       from pg_class c where c.oid = any($1::oid[]) and not pg_has_role(c.relowner, 'USAGE')`,
-    [tables.map((t) => t.oid)],
-  );
-  return r.rows.map(
-    (x) => `creating publication ${name} needs ownership of ${x.relname} (owned by ${x.owner}): run setup once as the owner or a superuser, or create it yourself: CREATE PUBLICATION ${name} FOR TABLE ... WITH (publish = 'insert, update') (see sql/roles.sql)`,
-  );
+export interface PublicationPlan {
+  state: 'created' | 'updated' | 'unchanged';
+  /** SQL to run in setup's transaction. */
+  statements: string[];
+  /** Why setup cannot go on, each with the statements that fix it and who may run them. */
+  problems: string[];
+  /** What the statements change in an existing publication, for the operator. */
+  changes: string[];
+  /** What the publication publishes afterwards, for setup's output. */
+  summary: string;
+}
+
+interface TableRow {
+  oid: number;
+  sql: string;
+  owner: string;
+  ownerSql: string;
+  mine: boolean;
+}
+
+interface PublicationRow {
+  oid: number;
+  owner: string;
+  ownerSql: string;
+  mine: boolean;
+  allTables: boolean;
+  insert: boolean;
+  update: boolean;
+  delete: boolean;
+  truncate: boolean;
+  viaRoot: boolean;
+  /** Table entries (pg_publication_rel) that are not configured tables (or their inheritance children), and configured tables without an entry. */
+  extraEntries: number;
+  missingEntries: number;
+  /** Schema entries (PostgreSQL 15+). */
+  schemas: number;
+  /** Entries with a row filter or a column list (PostgreSQL 15+). */
+  filtered: number;
+}
+
+/** One thing wrong with an existing publication, and the statements that fix it. */
+interface Issue {
+  problem: string;
+  fix: string[];
+  /** Tables whose ownership the fix needs besides the publication's (ADD TABLE). */
+  needsTables: TableRow[];
+}
+
+const ACTIONS = ['insert', 'update', 'delete', 'truncate'] as const;
+
+/**
+ * What setup does about the publication, or why it cannot: pg-rekey's stream
+ * needs every leaf of every configured table published, INSERT and UPDATE,
+ * under the leaf's own name (publish_via_partition_root = false: the stream
+ * maps leaf relations), every row (no row filter) and the key and encrypted
+ * columns (no column list without them).
+ *
+ * - Missing: created for exactly the configured tables; needs CREATE on the
+ *   database and ownership of the tables.
+ * - Present and right: left alone, unless this role may make it exactly the
+ *   configured tables (it owns the publication and every table), as setup
+ *   always did.
+ * - Present and wrong: fixed when this role owns the publication (and the
+ *   tables a fix adds); otherwise refused, naming the statements its owner runs.
+ */
+export async function planPublication(db: pg.ClientBase | pg.Pool, name: string, tables: readonly TableInfo[], facts: ServerFacts): Promise<PublicationPlan> {
+  const nameSql = (await db.query<{ q: string }>(`select quote_ident($1) as q`, [name])).rows[0]!.q;
+  const rows = (
+    await db.query<TableRow>(
+      `select c.oid::int as oid, format('%I.%I', n.nspname, c.relname) as sql, pg_get_userbyid(c.relowner) as owner,
+              quote_ident(pg_get_userbyid(c.relowner)) as "ownerSql", pg_has_role(c.relowner, 'USAGE') as mine
+         from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = any($1::oid[])`,
+      [tables.map((t) => t.oid)],
+    )
+  ).rows;
+  const byOid = new Map(rows.map((r) => [r.oid, r]));
+  const rowOf = (t: TableInfo) => byOid.get(t.oid)!;
+  const list = tables.map((t) => rowOf(t).sql).join(', ');
+  const createSql = `CREATE PUBLICATION ${nameSql} FOR TABLE ${list} WITH (publish = 'insert, update')`;
+  const exactSql = [`ALTER PUBLICATION ${nameSql} SET TABLE ${list}`, `ALTER PUBLICATION ${nameSql} SET (publish = 'insert, update', publish_via_partition_root = false)`];
+  const pg15 = facts.versionNum >= 150000;
+  const p = (
+    await db.query<PublicationRow>(
+      `select p.oid::int as oid, pg_get_userbyid(p.pubowner) as owner, quote_ident(pg_get_userbyid(p.pubowner)) as "ownerSql",
+              pg_has_role(p.pubowner, 'USAGE') as mine, p.puballtables as "allTables",
+              p.pubinsert as insert, p.pubupdate as update, p.pubdelete as delete, p.pubtruncate as truncate, p.pubviaroot as "viaRoot",
+              -- Entries besides those CREATE PUBLICATION FOR TABLE <configured> makes (the tables, and their
+              -- legacy-inheritance descendants of the moment), and configured tables without their own entry.
+              (select count(*)::int from pg_publication_rel pr
+                where pr.prpubid = p.oid
+                  and pr.prrelid not in (with recursive d(oid) as (select unnest($2::oid[])
+                                                                    union select i.inhrelid from pg_inherits i join d on i.inhparent = d.oid join pg_class k on k.oid = i.inhrelid and not k.relispartition)
+                                         select oid from d)) as "extraEntries",
+              (select count(*)::int from unnest($2::oid[]) o where o not in (select prrelid from pg_publication_rel where prpubid = p.oid)) as "missingEntries",
+              ${pg15 ? '(select count(*)::int from pg_publication_namespace where pnpubid = p.oid)' : '0'} as schemas,
+              ${pg15 ? '(select count(*)::int from pg_publication_rel where prpubid = p.oid and (prqual is not null or prattrs is not null))' : '0'} as filtered
+         from pg_publication p where p.pubname = $1`,
+      [name, tables.map((t) => t.oid)],
+    )
+  ).rows[0];
+  const summary = 'insert, update of the configured tables';
+
+  if (!p) {
+    const problems: string[] = [];
+    const orCreate = `or have the tables' owner or a superuser create it: ${createSql}`;
+    if (!facts.canCreateInDatabase) {
+      problems.push(`creating publication ${name} needs CREATE on database ${facts.database}: GRANT CREATE ON DATABASE ${facts.databaseSql} TO ${facts.currentUserSql}; ${orCreate}`);
+    }
+    const foreign = tables.map(rowOf).filter((r) => !r.mine);
+    if (foreign.length) {
+      problems.push(
+        `creating publication ${name} needs ownership of ${foreign.map((r) => `${r.sql} (owned by ${r.owner})`).join(', ')}: ` +
+          `run setup once as that role or a superuser, ${orCreate} (see sql/roles.sql)`,
+      );
+    }
+    return { state: 'created', statements: problems.length ? [] : [createSql], problems, changes: [], summary };
+  }
+
+  const issues: Issue[] = [];
+  // Every leaf of every configured table, published through itself, an ancestor, or (15+) a schema.
+  const missing: TableInfo[] = [];
+  for (const t of tables) {
+    const leaves = t.leaves.map(quoteQualified);
+    const covered = await db.query<{ covered: boolean }>(
+      `with leaf as (select to_regclass(q)::oid as relid from unnest($2::text[]) q),
+            up as (select leaf.relid, leaf.relid as rel from leaf
+                    union select leaf.relid, a.relid from leaf, pg_partition_ancestors(leaf.relid) a)
+       select leaf.relid is not null
+              and ($3 or exists (select 1 from up join pg_publication_rel pr on pr.prrelid = up.rel and pr.prpubid = $1 where up.relid = leaf.relid)
+              ${pg15 ? 'or exists (select 1 from up join pg_class c on c.oid = up.rel join pg_publication_namespace pn on pn.pnnspid = c.relnamespace and pn.pnpubid = $1 where up.relid = leaf.relid)' : ''}) as covered
+         from leaf`,
+      [p.oid, leaves, p.allTables],
+    );
+    if (covered.rows.some((r) => !r.covered)) missing.push(t);
+  }
+  if (missing.length) {
+    const names = missing.map((t) => rowOf(t).sql);
+    issues.push({
+      problem: `publication ${name} does not publish ${names.join(', ')} (configured${missing.some((t) => t.partitioned) ? '; a partitioned table needs every leaf published' : ''}): their changes would never reach the stream`,
+      fix: [`ALTER PUBLICATION ${nameSql} ADD TABLE ${names.join(', ')}`],
+      needsTables: missing.map(rowOf),
+    });
+  }
+  if (pg15) {
+    // Row filters and column lists on an entry that publishes a configured leaf.
+    for (const t of tables) {
+      const need = [...new Set([...t.keyColumns, ...t.config.columns])];
+      const leaves = t.leaves.map(quoteQualified);
+      const filtered = await db.query<{ oid: number; sql: string; owner: string; ownerSql: string; mine: boolean; rowFilter: boolean; columns: string[] | null }>(
+        `with leaf as (select to_regclass(q)::oid as relid from unnest($2::text[]) q),
+              up as (select leaf.relid as rel from leaf union select a.relid from leaf, pg_partition_ancestors(leaf.relid) a)
+         select c.oid::int as oid, format('%I.%I', n.nspname, c.relname) as sql, pg_get_userbyid(c.relowner) as owner,
+                quote_ident(pg_get_userbyid(c.relowner)) as "ownerSql", pg_has_role(c.relowner, 'USAGE') as mine,
+                pr.prqual is not null as "rowFilter",
+                case when pr.prattrs is null then null
+                     else array(select attname::text from pg_attribute where attrelid = pr.prrelid and attnum = any(pr.prattrs::int2[])) end as columns
+           from pg_publication_rel pr join pg_class c on c.oid = pr.prrelid join pg_namespace n on n.oid = c.relnamespace
+          where pr.prpubid = $1 and pr.prrelid in (select rel from up) and (pr.prqual is not null or pr.prattrs is not null)`,
+        [p.oid, leaves],
+      );
+      for (const e of filtered.rows) {
+        const lacking = e.columns ? need.filter((c) => !e.columns!.includes(c)) : [];
+        if (!e.rowFilter && lacking.length === 0) continue;
+        const what = [e.rowFilter ? 'a row filter (WHERE): rows it leaves out would never be rewritten' : '', lacking.length ? `a column list without ${lacking.join(', ')}` : '']
+          .filter(Boolean)
+          .join(' and ');
+        issues.push({
+          problem: `publication ${name} publishes ${e.sql} with ${what}`,
+          fix: [`ALTER PUBLICATION ${nameSql} DROP TABLE ${e.sql}`, `ALTER PUBLICATION ${nameSql} ADD TABLE ${e.sql}`],
+          needsTables: [e],
+        });
+      }
+    }
+  }
+  const options: string[] = [];
+  const optionProblems: string[] = [];
+  if (!p.insert || !p.update) {
+    const now = ACTIONS.filter((a) => p[a]);
+    const want = ACTIONS.filter((a) => p[a] || a === 'insert' || a === 'update');
+    optionProblems.push(`does not publish ${[!p.insert ? 'insert' : '', !p.update ? 'update' : ''].filter(Boolean).join(' and ')} (publish = '${now.join(', ')}'): pg-rekey rewrites what INSERTs and UPDATEs write`);
+    options.push(`publish = '${want.join(', ')}'`);
+  }
+  if (p.viaRoot) {
+    optionProblems.push(
+      `has publish_via_partition_root = true: changes to partitions would arrive under the root table's name, and pg-rekey's stream maps leaf relations (it would miss them)`,
+    );
+    options.push('publish_via_partition_root = false');
+  }
+  if (options.length) issues.push({ problem: `publication ${name} ${optionProblems.join('; it ')}`, fix: [`ALTER PUBLICATION ${nameSql} SET (${options.join(', ')})`], needsTables: [] });
+
+  const ownsAll = tables.every((t) => rowOf(t).mine);
+  const exact = !p.allTables && p.schemas === 0 && p.filtered === 0 && p.extraEntries === 0 && p.missingEntries === 0 && p.insert && p.update && !p.delete && !p.truncate && !p.viaRoot;
+  const publishes = ACTIONS.filter((a) => p[a]).join(', ');
+  if (issues.length === 0) {
+    if (p.mine && !p.allTables && ownsAll && !exact) {
+      return { state: 'updated', statements: exactSql, problems: [], changes: ['made it publish exactly the configured tables, insert and update'], summary };
+    }
+    return { state: 'unchanged', statements: [], problems: [], changes: [], summary: exact ? summary : `${publishes}; it covers the configured tables` };
+  }
+  const canFix = p.mine && issues.every((i) => i.needsTables.every((t) => t.mine));
+  if (canFix) {
+    // Exactly the configured tables when this role may set that (as setup always did); else the fixes alone.
+    const statements = !p.allTables && ownsAll ? exactSql : issues.flatMap((i) => i.fix);
+    return { state: 'updated', statements, problems: [], changes: issues.map((i) => `fixed: ${i.problem}`), summary };
+  }
+  const problems = issues.map((i) => {
+    const foreign = i.needsTables.filter((t) => !t.mine);
+    const who = p.mine
+      ? `as the owner of ${foreign.map((t) => `${t.sql} (${t.owner})`).join(', ')} or a superuser`
+      : `as its owner ${p.owner}${i.needsTables.length ? ` (who must also own ${i.needsTables.map((t) => `${t.sql}, owned by ${t.owner}`).join('; ')})` : ''} or a superuser`;
+    return `${i.problem}; to fix it, ${who}, run ${i.fix.map((s) => `${s};`).join(' ')}`;
+  });
+  return { state: 'unchanged', statements: [], problems, changes: [], summary: publishes };
+}
+
+/**
+ * Step 3: the slot exists and is fully created. A slot another session is
+ * still creating (another setup, or run recreating it) is waited for, never
+ * reported as ready; one it failed to create (gone after the wait) is created.
+ */
+async function readySlot(pool: pg.Pool, log: Logger, slot: string, database: string): Promise<string> {
+  for (let attempt = 1; ; attempt++) {
+    let info: SlotInfo = await readSlot(pool, slot);
+    let creator: number | null = null;
+    if (slotBeingCreated(info)) {
+      creator = info.activePid;
+      info = await waitForSlotCreation(pool, slot, { onWait: logSlotCreationWait(log, slot) });
+    }
+    let reason: string | null = null;
+    if (info.exists) {
+      if (info.plugin !== 'pgoutput' || info.database !== database) {
+        throw new ConfigError(`a slot named ${slot} was created meanwhile for ${info.plugin ?? 'physical replication'} in database ${info.database ?? '-'}`, 'choose another replication.slot in the config');
+      }
+      reason = slotUnusable(info);
+      if (!reason) {
+        return creator !== null
+          ? `replication slot ${slot} was being created by another session (pid ${creator}); it is ready now (confirmed ${info.confirmedFlushLsn})`
+          : `replication slot ${slot} exists (confirmed ${info.confirmedFlushLsn})`;
+      }
+      await dropSlot(pool, slot, reason);
+    }
+    try {
+      const lsn = await createSlot(pool, slot, reason ? 'recreated' : 'created', reason, { onWait: logSlotWait(log, slot) });
+      await restartSegments(pool);
+      log.info({ slot, lsn }, 'replication slot created');
+      return `created replication slot ${slot} at ${lsn}; the sweep starts from block 0`;
+    } catch (e) {
+      // Another session began creating it between our look and our create: wait for that one instead.
+      if ((e as { code?: string }).code === '42710' && attempt < 5) continue;
+      throw e;
+    }
+  }
 }

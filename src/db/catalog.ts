@@ -80,14 +80,14 @@ export async function resolveTables(db: pg.Pool | pg.ClientBase, tables: readonl
     // do not cover); UPDATE only on the configured columns is enough.
     const present = t.columns.filter((c) => cols.has(c));
     const privs = (
-      await db.query<{ sel: boolean; upd: string[] }>(
-        `select has_table_privilege($1::oid, 'SELECT') as sel,
+      await db.query<{ sel: boolean; upd: string[]; me: string }>(
+        `select has_table_privilege($1::oid, 'SELECT') as sel, quote_ident(current_user) as me,
                 array(select c from unnest($2::text[]) c where not has_column_privilege($1::oid, c, 'UPDATE')) as upd`,
         [cls.oid, present],
       )
     ).rows[0]!;
-    if (!privs.sel) problems.push(`${name}: this role lacks SELECT on the table (GRANT SELECT ON ${name} TO ...); see sql/roles.sql`);
-    if (privs.upd.length) problems.push(`${name}: this role lacks UPDATE on column(s) ${privs.upd.join(', ')} (GRANT UPDATE (${privs.upd.join(', ')}) ON ${name} TO ...); see sql/roles.sql`);
+    if (!privs.sel) problems.push(`${name}: this role lacks SELECT on the table (GRANT SELECT ON ${name} TO ${privs.me}); see sql/roles.sql`);
+    if (privs.upd.length) problems.push(`${name}: this role lacks UPDATE on column(s) ${privs.upd.join(', ')} (GRANT UPDATE (${privs.upd.join(', ')}) ON ${name} TO ${privs.me}); see sql/roles.sql`);
     const leaves =
       cls.relkind === 'p'
         ? (

@@ -23,14 +23,39 @@ export function listMigrations(dir = SQL_DIR): Migration[] {
     .map((f) => ({ id: Number(f.slice(0, 3)), name: f, sql: readFileSync(`${dir}/${f}`, 'utf8') }));
 }
 
+export interface MigrateOptions {
+  /**
+   * The caller has opened a transaction on `client` and commits or rolls it
+   * back: every migration runs in it (setup applies them together with the
+   * publication, all or nothing), under a transaction-level advisory lock.
+   * Migrations must therefore not need to run outside a transaction block
+   * (no CREATE INDEX CONCURRENTLY).
+   */
+  inTransaction?: boolean;
+}
+
+/** Takes the lock that serializes migrations (and setup), until the end of the caller's transaction. */
+export async function lockMigrations(client: pg.ClientBase): Promise<void> {
+  await client.query('select pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+}
+
+/** The migrations not applied yet (all of them when the state schema or its migration table is missing). */
+export async function pendingMigrations(client: pg.ClientBase | pg.Pool): Promise<Migration[]> {
+  const r = await client.query<{ ok: boolean }>(`select to_regclass($1) is not null as ok`, [`${STATE_SCHEMA}.migration`]);
+  const done = r.rows[0]?.ok ? new Set((await client.query<{ id: number }>(`select id from ${STATE_SCHEMA}.migration`)).rows.map((x) => x.id)) : new Set<number>();
+  return listMigrations().filter((m) => !done.has(m.id));
+}
+
 /**
- * Applies pending migrations, each in its own transaction, under an advisory
- * lock so two `setup` runs cannot race. Returns the names applied (empty when
- * up to date: setup is idempotent).
+ * Applies pending migrations under an advisory lock so two `setup` runs cannot
+ * race: each in its own transaction, or all in the caller's (see
+ * MigrateOptions). Returns the names applied (empty when up to date: setup is
+ * idempotent).
  */
-export async function migrate(client: pg.ClientBase): Promise<string[]> {
+export async function migrate(client: pg.ClientBase, opts: MigrateOptions = {}): Promise<string[]> {
   const applied: string[] = [];
-  await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK]);
+  if (opts.inTransaction) await lockMigrations(client);
+  else await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK]);
   try {
     // CREATE SCHEMA IF NOT EXISTS still needs CREATE on the database; a least-privilege
     // role gets the schema made for it (sql/roles.sql), so only create when missing.
@@ -44,6 +69,12 @@ export async function migrate(client: pg.ClientBase): Promise<string[]> {
     );
     for (const m of listMigrations()) {
       if (done.has(m.id)) continue;
+      if (opts.inTransaction) {
+        await client.query(m.sql);
+        await client.query(`insert into ${STATE_SCHEMA}.migration (id, name) values ($1, $2)`, [m.id, m.name]);
+        applied.push(m.name);
+        continue;
+      }
       await client.query('begin');
       try {
         await client.query(m.sql);
@@ -56,7 +87,7 @@ export async function migrate(client: pg.ClientBase): Promise<string[]> {
       applied.push(m.name);
     }
   } finally {
-    await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK]);
+    if (!opts.inTransaction) await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK]);
   }
   return applied;
 }

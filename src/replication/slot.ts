@@ -1,7 +1,5 @@
 import type pg from 'pg';
-import type { TableInfo } from '../db/catalog.js';
 import { checkout } from '../db/connect.js';
-import { quoteIdent } from '../db/ident.js';
 
 export interface SlotInfo {
   exists: boolean;
@@ -61,30 +59,21 @@ export function slotUnusable(s: SlotInfo): string | null {
 }
 
 /**
- * Publication for exactly the configured tables, INSERT and UPDATE only.
- * A partitioned table brings its partitions, present and future; changes
- * arrive under the leaf's name (publish_via_partition_root off).
+ * A slot that shows in pg_replication_slots but is not created yet: a session
+ * is still inside pg_create_logical_replication_slot (waiting for a
+ * consistent snapshot), and confirmed_flush_lsn is set only at its end. Such
+ * a slot is not ready: nothing can stream from it (its creator holds it), and
+ * if the creator is cancelled or dies, PostgreSQL drops it.
  */
-export async function ensurePublication(db: pg.Pool | pg.ClientBase, name: string, tables: readonly TableInfo[]): Promise<'created' | 'updated'> {
-  const list = tables.map((t) => t.quoted).join(', ');
-  const exists = (await db.query(`select 1 from pg_publication where pubname = $1`, [name])).rowCount! > 0;
-  if (exists) {
-    await db.query(`alter publication ${quoteIdent(name)} set table ${list}`);
-    await db.query(`alter publication ${quoteIdent(name)} set (publish = 'insert, update')`);
-    return 'updated';
-  }
-  await db.query(`create publication ${quoteIdent(name)} for table ${list} with (publish = 'insert, update')`);
-  return 'created';
+export function slotBeingCreated(s: SlotInfo): boolean {
+  // A physical slot (no plugin) never has a confirmed_flush_lsn; a logical one has its plugin from the start.
+  return s.exists && s.plugin !== null && s.confirmedFlushLsn === null;
 }
 
 /** A transaction that holds up the creation of a logical slot (never its query text: it may hold plaintext). */
-export interface SlotBlocker {
-  pid: number;
-  database: string | null;
-  application: string;
-  state: string | null;
-  xactSeconds: number | null;
-}
+export type SlotBlocker =
+  | { kind: 'session'; pid: number; database: string | null; application: string; state: string | null; xactSeconds: number | null }
+  | { kind: 'prepared'; gid: string; database: string; owner: string; preparedSeconds: number };
 
 export interface CreateSlotOptions {
   /** Called while the slot waits for other transactions to end: first after `firstReportMs`, then every `reportEveryMs`. */
@@ -96,14 +85,17 @@ export interface CreateSlotOptions {
 /**
  * Creates the logical slot. PostgreSQL first waits for every transaction
  * that has an xid, in any database of the cluster, to end (it needs a
- * consistent snapshot), so a forgotten `idle in transaction` session holds
- * setup up indefinitely. While it waits, `onWait` is told who blocks it.
+ * consistent snapshot), prepared transactions included, so a forgotten
+ * `idle in transaction` session or `PREPARE TRANSACTION` holds setup up
+ * indefinitely. While it waits, `onWait` is told who blocks it. Throws
+ * PostgreSQL's 42710 (duplicate_object) if another session created or is
+ * creating a slot of that name meanwhile.
  */
 export async function createSlot(pool: pg.Pool, slot: string, event: 'created' | 'recreated', reason: string | null, opts: CreateSlotOptions = {}): Promise<string> {
   const creator = await checkout(pool);
   let lsn: string;
   try {
-    const pid = (await creator.query<{ pid: number }>(`select pg_backend_pid() as pid`)).rows[0]!.pid;
+    const me = (await creator.query<{ pid: number; since: string }>(`select pg_backend_pid() as pid, clock_timestamp()::text as since`)).rows[0]!;
     const started = Date.now();
     let timer: NodeJS.Timeout | undefined;
     let done = false;
@@ -112,7 +104,7 @@ export async function createSlot(pool: pg.Pool, slot: string, event: 'created' |
       timer.unref();
     };
     const report = async (): Promise<void> => {
-      const blockers = await slotBlockers(pool, pid).catch(() => null);
+      const blockers = await slotBlockers(pool, me.pid, me.since).catch(() => null);
       if (done) return; // created meanwhile: no late warning, no new timer
       try {
         if (blockers?.length) opts.onWait?.(blockers, Date.now() - started);
@@ -135,24 +127,68 @@ export async function createSlot(pool: pg.Pool, slot: string, event: 'created' |
   return lsn;
 }
 
-/** The sessions whose transactions the backend `pid` waits for. */
-export async function slotBlockers(db: pg.Pool | pg.ClientBase, pid: number): Promise<SlotBlocker[]> {
-  const r = await db.query<SlotBlocker>(
+/**
+ * The transactions the backend `pid` (inside pg_create_logical_replication_slot)
+ * waits for, the one it waits for right now first: sessions (pg_blocking_pids,
+ * and every other session holding an xid since before `since`, which it will
+ * wait for next) and prepared transactions (pg_prepared_xacts: a prepared
+ * transaction holds its xid with no session, and pg_blocking_pids reports it
+ * as pid 0; the xid awaited is in pg_locks). `since`: when the creation began
+ * (null: unknown, only what blocks it now, and every prepared transaction).
+ */
+export async function slotBlockers(db: pg.Pool | pg.ClientBase, pid: number, since: string | null = null): Promise<SlotBlocker[]> {
+  const sessions = await db.query<{ pid: number; database: string | null; application: string; state: string | null; xactSeconds: number | null }>(
     `select a.pid, a.datname as database, a.application_name as application, a.state,
             extract(epoch from now() - a.xact_start)::int as "xactSeconds"
        from pg_stat_activity a
-      where a.pid = any(pg_blocking_pids($1))
-      order by a.xact_start`,
-    [pid],
+      where a.pid <> $1
+        and (a.pid = any(pg_blocking_pids($1))
+             or (a.backend_xid is not null and $2::timestamptz is not null and a.xact_start < $2::timestamptz))
+      order by a.pid = any(pg_blocking_pids($1)) desc, a.xact_start`,
+    [pid, since],
   );
-  return r.rows;
+  const prepared = await db.query<{ gid: string; database: string; owner: string; preparedSeconds: number }>(
+    `select p.gid, p.database, p.owner, extract(epoch from now() - p.prepared)::int as "preparedSeconds"
+       from pg_prepared_xacts p
+      where p.transaction in (select l.transactionid from pg_locks l where l.pid = $1 and not l.granted and l.locktype = 'transactionid')
+         or $2::timestamptz is null or p.prepared < $2::timestamptz
+      order by p.transaction in (select l.transactionid from pg_locks l where l.pid = $1 and not l.granted and l.locktype = 'transactionid') desc, p.prepared`,
+    [pid, since],
+  );
+  return [...sessions.rows.map((r) => ({ kind: 'session' as const, ...r })), ...prepared.rows.map((r) => ({ kind: 'prepared' as const, ...r }))];
 }
 
-/** "pid 123 in database app (application psql, idle in transaction for 4m10s)" */
+function formatAge(secs: number | null): string {
+  const s = secs ?? 0;
+  return s >= 60 ? `${Math.floor(s / 60)}m${s % 60}s` : `${s}s`;
+}
+
+/** A gid as an SQL string literal, for COMMIT PREPARED / ROLLBACK PREPARED. */
+function gidLiteral(gid: string): string {
+  return `'${gid.replace(/'/g, "''")}'`;
+}
+
+/**
+ * "pid 123 in database app (application psql, idle in transaction for 4m10s)", or
+ * "prepared transaction 'tx-42' in database app (owner app, prepared 4m10s ago)".
+ */
 export function describeBlocker(b: SlotBlocker): string {
-  const secs = b.xactSeconds ?? 0;
-  const age = secs >= 60 ? `${Math.floor(secs / 60)}m${secs % 60}s` : `${secs}s`;
-  return `pid ${b.pid} in database ${b.database ?? '?'} (application ${b.application || '?'}, ${b.state ?? 'state unknown'} for ${age})`;
+  if (b.kind === 'prepared') return `prepared transaction ${gidLiteral(b.gid)} in database ${b.database} (owner ${b.owner}, prepared ${formatAge(b.preparedSeconds)} ago)`;
+  return `pid ${b.pid} in database ${b.database ?? '?'} (application ${b.application || '?'}, ${b.state ?? 'state unknown'} for ${formatAge(b.xactSeconds)})`;
+}
+
+/** What the operator can do about these blockers. */
+function blockerAdvice(blockers: SlotBlocker[]): string {
+  const out = [];
+  if (blockers.some((b) => b.kind === 'session')) out.push('let them finish, or end a session with pg_terminate_backend(pid)');
+  const prepared = blockers.find((b) => b.kind === 'prepared');
+  if (prepared?.kind === 'prepared') {
+    out.push(
+      `finish a prepared transaction (it has no session; it outlives restarts): COMMIT PREPARED ${gidLiteral(prepared.gid)} or ROLLBACK PREPARED ${gidLiteral(prepared.gid)}, ` +
+        `connected to its database (${prepared.database}) as its owner or a superuser, once its transaction manager agrees`,
+    );
+  }
+  return out.join('; ');
 }
 
 /** The log line while a slot waits: who, and what the operator can do. */
@@ -161,7 +197,56 @@ export function logSlotWait(log: { warn: (o: object, msg: string) => void }, slo
     log.warn(
       { slot, waitedSeconds: Math.round(waitedMs / 1000), blockers: blockers.map(describeBlocker) },
       `creating the replication slot waits for ${blockers.length} open transaction(s) to end (PostgreSQL needs a consistent snapshot across all databases); ` +
-        'let them finish, or end them with pg_terminate_backend(pid)',
+        blockerAdvice(blockers),
+    );
+}
+
+export interface SlotCreationWaitOptions {
+  /** Called at once, then every `reportEveryMs`, while another session creates the slot. */
+  onWait?: (creator: { pid: number | null; application: string | null }, blockers: SlotBlocker[], waitedMs: number) => void;
+  reportEveryMs?: number;
+  pollMs?: number;
+}
+
+/**
+ * Waits while another session creates `slot` (see slotBeingCreated), until
+ * the slot is ready (its confirmed_flush_lsn is set) or gone (its creator was
+ * cancelled: PostgreSQL drops a slot whose creation failed). Returns the
+ * slot as it is then. No time bound, like the creation itself: the creator
+ * waits for transactions that only their owners can end, and `onWait` names them.
+ */
+export async function waitForSlotCreation(db: pg.Pool, slot: string, opts: SlotCreationWaitOptions = {}): Promise<SlotInfo> {
+  const started = Date.now();
+  let nextReport = started;
+  for (;;) {
+    const s = await readSlot(db, slot);
+    if (!slotBeingCreated(s)) return s;
+    if (opts.onWait && Date.now() >= nextReport) {
+      nextReport = Date.now() + (opts.reportEveryMs ?? 10_000);
+      const who = s.activePid
+        ? (await db
+            .query<{ since: string | null; application: string | null }>(`select query_start::text as since, application_name as application from pg_stat_activity where pid = $1`, [s.activePid])
+            .catch(() => null))?.rows[0]
+        : undefined;
+      const blockers = s.activePid ? await slotBlockers(db, s.activePid, who?.since ?? null).catch(() => []) : [];
+      try {
+        opts.onWait({ pid: s.activePid, application: who?.application ?? null }, blockers, Date.now() - started);
+      } catch {
+        // a failing report must not end the wait
+      }
+    }
+    await new Promise((r) => setTimeout(r, opts.pollMs ?? 200));
+  }
+}
+
+/** The log line while another session creates the slot. */
+export function logSlotCreationWait(log: { warn: (o: object, msg: string) => void }, slot: string): SlotCreationWaitOptions['onWait'] {
+  return (creator, blockers, waitedMs) =>
+    log.warn(
+      { slot, creatorPid: creator.pid, waitedSeconds: Math.round(waitedMs / 1000), blockers: blockers.map(describeBlocker) },
+      `replication slot ${slot} is being created by another session (pid ${creator.pid ?? '?'}, application ${creator.application || '?'}: another pg-rekey setup, or run recreating it); ` +
+        'it is not ready yet, waiting for it' +
+        (blockers.length ? `; it waits for ${blockers.length} open transaction(s) to end: ${blockerAdvice(blockers)}` : ''),
     );
 }
 
