@@ -175,6 +175,17 @@ export function loadKeyRing(src: KeySources): KeyRing {
       `only the target key ${versionLabel(target)} is configured; pg-rekey also needs the old key(s) it rotates away from, e.g. ${KEY_VAR_V1} for v1`,
     );
   }
+  // Two versions with the same key: a copy-paste slip between secret stores. Rotating "to" it
+  // changes nothing, and which of the two is the application's is anyone's guess.
+  // (Compared as bytes: no copy of a key as a string, which could not be wiped.)
+  const versions = [...keys.keys()].sort((a, b) => a - b);
+  for (let i = 0; i < versions.length; i++) {
+    for (let j = i + 1; j < versions.length; j++) {
+      if (sameBytes(keys.get(versions[i]!)!, keys.get(versions[j]!)!)) {
+        problems.push(`${keyVarName(versions[i]!)} and ${keyVarName(versions[j]!)} hold the same key: every version needs its own key (check which one the application uses for each version)`);
+      }
+    }
+  }
   if (problems.length > 0 || target === null) {
     for (const k of keys.values()) k.fill(0);
     throw new ConfigError(
@@ -200,4 +211,8 @@ export function loadTargetVersion(src: KeySources): number {
     );
   }
   return target;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }

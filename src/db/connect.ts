@@ -18,7 +18,7 @@ export interface ConnectOptions {
  */
 export function createPool(opts: ConnectOptions): pg.Pool {
   const pool = new pg.Pool({
-    connectionString: opts.connectionString,
+    ...withRowSecurityOff(opts.connectionString),
     application_name: opts.applicationName ?? APPLICATION_NAME,
     max: opts.max ?? 4,
     idleTimeoutMillis: 30_000,
@@ -26,14 +26,28 @@ export function createPool(opts: ConnectOptions): pg.Pool {
   });
   // An idle client that loses its connection emits here; without a listener the process dies.
   pool.on('error', () => undefined);
-  // Row security silently filters what a role sees: a count of 0 and an UPDATE of 0 rows that
-  // mean nothing. With row_security off, a query that a policy would filter raises an error
-  // instead (42501), so pg-rekey never works on, or counts, part of a table. Queued before any
-  // query of the client's first user (a SET, so connection-string `options` are left alone).
-  pool.on('connect', (client) => {
-    client.query('set row_security = off').catch(() => undefined);
-  });
   return pool;
+}
+
+/**
+ * Row security silently filters what a role sees: a count of 0 and an UPDATE of 0 rows that
+ * mean nothing. With row_security off, a query that a policy would filter raises an error
+ * instead (42501), so pg-rekey never works on, or counts, part of a table. Set as a startup
+ * option, added to any `options` of the connection string (which would otherwise override a
+ * separate `options` field) or of PGOPTIONS.
+ */
+export function withRowSecurityOff(connectionString: string | undefined): { connectionString?: string; options?: string } {
+  const off = '-c row_security=off';
+  if (connectionString && /^postgres(ql)?:\/\//i.test(connectionString)) {
+    try {
+      const url = new URL(connectionString);
+      url.searchParams.set('options', [url.searchParams.get('options'), off].filter(Boolean).join(' '));
+      return { connectionString: url.toString() };
+    } catch {
+      // Not a URL that WHATWG parses: pg parses it its own way; `options` then applies unless it sets its own.
+    }
+  }
+  return { connectionString, options: [process.env.PGOPTIONS, off].filter(Boolean).join(' ') };
 }
 
 /**

@@ -81,6 +81,14 @@ describe('loadConfig', () => {
     );
   });
 
+  it('daemon.shutdown_timeout: 10s by default, a duration of at least 1s, overridable from the environment', () => {
+    expect(loadConfig({ config: file(MINIMAL) }, {}).daemon.shutdownTimeoutMs).toBe(10_000);
+    expect(loadConfig({ config: file(`${MINIMAL}daemon:\n  shutdown_timeout: 30s\n`) }, {}).daemon.shutdownTimeoutMs).toBe(30_000);
+    expect(loadConfig({ config: file(MINIMAL) }, { PG_REKEY_DAEMON_SHUTDOWN_TIMEOUT: '2500ms' }).daemon.shutdownTimeoutMs).toBe(2_500);
+    const { err } = configError(() => loadConfig({ config: file(`${MINIMAL}daemon:\n  shutdown_timeout: 200ms\n`) }, {}));
+    expect(err.problems).toEqual([expect.stringMatching(/^daemon\.shutdown_timeout: at least 1s/)]);
+  });
+
   it('converts durations', () => {
     const c = loadConfig({ config: file(`${MINIMAL}sweep:\n  statement_timeout: 1.5s\n  lock_timeout: 250ms\n  progress_interval: 2m\n`) }, {});
     expect([c.sweep.statementTimeoutMs, c.sweep.lockTimeoutMs, c.sweep.progressIntervalMs]).toEqual([1500, 250, 120_000]);
@@ -180,6 +188,11 @@ describe('loadKeyRing', () => {
     expect(nonHex.problems[0]).toBe(`${V2} must be 64 hex characters (32 bytes); it has 62 characters including non-hex ones`);
     // The target's own key is bad: report that once, not also "has no key".
     expect(nonHex.problems).toHaveLength(1);
+  });
+
+  it('refuses two versions with the same key (a copy-paste slip), naming the variables only', () => {
+    const err = keyError({ [V1]: KEY_HEX[1]!, [V2]: KEY_HEX[1]!.toUpperCase(), [TARGET]: 'v2' });
+    expect(err.problems).toEqual([`${V1} and ${V2} hold the same key: every version needs its own key (check which one the application uses for each version)`]);
   });
 
   it('requires a target that has a key, and an old version besides it', () => {

@@ -89,3 +89,14 @@ describe('waitForConnection', () => {
     expect(isRetryable(err('password authentication failed', '28P01'))).toBe(false);
   });
 });
+
+describe('row security off on every pool connection', () => {
+  it('adds the startup option to a URL, keeping its own options and parameters', async () => {
+    const { withRowSecurityOff } = await import('../../src/db/connect.js');
+    const parse = (await import('pg-connection-string')).parse;
+    expect(parse(withRowSecurityOff('postgres://u:p%40ss@127.0.0.1:5432/db').connectionString!).options).toBe('-c row_security=off');
+    const kept = parse(withRowSecurityOff('postgres://u@h/db?options=-c%20search_path%3Dapp&application_name=x').connectionString!);
+    expect([kept.options, kept.application_name, kept.password]).toEqual(['-c search_path=app -c row_security=off', 'x', '']);
+    expect(withRowSecurityOff(undefined).options).toMatch(/-c row_security=off$/);
+  });
+});
