@@ -73,8 +73,16 @@ export function rowKeysByCtidSql(leaf: QualifiedName, keyColumns: readonly strin
  * the new version. Under READ COMMITTED a row updated while we wait for its
  * lock is re-checked against these conditions (EvalPlanQual), so the same holds.
  * $1 tid[], then per column ($old text[], $new text[]), then, with `range`,
- * the chunk's block start (and end unless open-ended). Returns the ctids (as
- * read) of the rows written.
+ * the chunk's block start (and end unless open-ended), then, with
+ * `keyColumns`, their names (text[]).
+ *
+ * Returns, per row written: its ctid as read (`tid`), and per configured
+ * column `k<i>`, what is stored now (in RETURNING, `t` is the row as stored,
+ * after BEFORE triggers): 0 the new value (or the column was not rewritten),
+ * 1 still the old value (a trigger kept OLD.c: the rewrite did not stick),
+ * 2 another value (a trigger changed it). Compared byte for byte (COLLATE "C"),
+ * whatever the column's collation. With `keyColumns`, a row where a column did
+ * not get its new value also returns its key (`row_key`): its ctid has moved.
  *
  * Pass the chunk's range: every ctid comes from it, and the bound lets the
  * planner read only those blocks. With `ctid = any($1)` alone it prices each
@@ -83,7 +91,7 @@ export function rowKeysByCtidSql(leaf: QualifiedName, keyColumns: readonly strin
  * tids on a 1,900-block table; a default 256-block chunk of ~5,000 rows does
  * so on tables up to ~150 MB).
  */
-export function casUpdateSql(leaf: QualifiedName, columns: readonly string[], range?: ChunkRange): string {
+export function casUpdateSql(leaf: QualifiedName, columns: readonly string[], range?: ChunkRange, keyColumns?: readonly string[]): string {
   const rel = quoteQualified(leaf);
   const names = columns.flatMap((_, i) => [`o${i}`, `n${i}`]);
   const arrays = columns.flatMap((_, i) => [`$${2 + 2 * i}::text[]`, `$${3 + 2 * i}::text[]`]);
@@ -92,10 +100,15 @@ export function casUpdateSql(leaf: QualifiedName, columns: readonly string[], ra
   const bounds = !range
     ? ''
     : `t.ctid >= format('(%s,0)', $${p}::bigint)::tid and ` + (range.end === null ? '' : `t.ctid < format('(%s,0)', $${p + 1}::bigint)::tid and `);
+  const keyParam = p + (!range ? 0 : range.end === null ? 1 : 2);
+  const stored = (c: string, x: string) => `t.${quoteIdent(c)}::text = ${x} collate "C"`;
+  const kept = columns.map((c, i) => `case when v.n${i} is null or ${stored(c, `v.n${i}`)} then 0 when ${stored(c, `v.o${i}`)} then 1 else 2 end as k${i}`);
+  const allNew = columns.map((c, i) => `(v.n${i} is null or ${stored(c, `v.n${i}`)})`).join(' and ');
+  const key = keyColumns ? `, case when ${allNew} then null else ${rowKeySql(keyColumns, `$${keyParam}`)} end as row_key` : '';
   return `update only ${rel} as t set ${sets}
   from unnest($1::tid[], ${arrays.join(', ')}) as v(tid, ${names.join(', ')})
  where ${bounds}t.ctid = any($1::tid[]) and t.ctid = v.tid and ${guards}
-returning v.tid::text as tid`;
+returning v.tid::text as tid, ${kept.join(', ')}${key}`;
 }
 
 /**

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { Logger } from '../logger.js';
 import type { KeyRing } from '../crypto/key-ring.js';
-import { versionLabel } from '../crypto/envelope.js';
+import { parseVersionLabel, versionLabel } from '../crypto/envelope.js';
 import type { SweepSettings } from '../config/load-config.js';
 import { relationSize, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js';
@@ -9,14 +9,17 @@ import { checkout, isRetryable } from '../db/connect.js';
 import { RuntimeFailure } from '../errors.js';
 import { backoffMs, sleep } from '../timing.js';
 import { ensureSegment, advanceSegment, recordFilenode, restartSegments, rewindSegment, type ChunkCounts } from '../state/segments.js';
-import { clearQuarantine, countQuarantine, recordQuarantine } from '../state/quarantine.js';
+import { clearQuarantine, countQuarantine, recordQuarantine, type QuarantineEntry } from '../state/quarantine.js';
 import { planChunk, type ChunkRange } from './chunk-plan.js';
-import { evaluateRows, mergeCounts, suspectWrongKey, type ChunkPlan, type Failure, type RowKey, type ScannedRow } from './evaluate-rows.js';
+import {
+  evaluateRows, isRowError, judgeCas, mergeCounts, suspectWrongKey, withoutGivenUp, type CasJudgement, type CasReturned, type ChunkPlan, type RowKey, type ScannedRow,
+} from './evaluate-rows.js';
 import { casUpdateSql, rowKeysByCtidSql, selectChunkSql } from './sweep-sql.js';
 import type { ProgressSink } from './progress.js';
 import { ChunkController } from '../throttle/chunk-controller.js';
 import type { LiveSettings } from '../throttle/live-settings.js';
 import type { Throttle } from '../throttle/throttle.js';
+import { countVersions, type ColumnCounts } from '../verify/count-versions.js';
 
 export interface SweepOptions {
   settings: SweepSettings;
@@ -52,6 +55,15 @@ const STALE_PREFETCH_MS = 250;
 const SIZE_REFRESH_MS = 5_000;
 const REWRITTEN_MSG =
   'the table was rewritten since the sweep passed its checkpoint (VACUUM FULL, CLUSTER, ALTER TABLE ... TYPE): its rows have moved; sweeping it again from block 0';
+
+/** What a chunk's write did: counts, quarantine reasons, values a trigger replaced. */
+interface ChunkWrite {
+  counts: ChunkCounts;
+  reasons: Record<string, number>;
+  replaced: number;
+  /** sha256 (hex) of the values whose rewrite did not stick: not tried again in this pass. */
+  stuck: string[];
+}
 
 /** One chunk as read and evaluated, before its write. */
 interface ChunkRead {
@@ -162,6 +174,8 @@ async function sweepRelation(
     if (next > 0) log.info({ resumeAt: next }, 'resuming sweep');
   }
   const hadQuarantine = !dry && (await countQuarantine(pool, table.display)) > 0;
+  /** sha256 (hex) of values whose rewrite did not stick in this pass (a trigger kept the old value). */
+  const givenUp = new Set<string>();
   // Row keys are read with every row only while the table has quarantine entries to clear.
   const withKeys = hadQuarantine;
   const selectArgs = (start: number, end: number | null) => [
@@ -208,7 +222,7 @@ async function sweepRelation(
    * that failed. Otherwise the row was updated since the read: its new version is the
    * stream's (and the next sweep's) to judge.
    */
-  const withRowKeys = async (client: pg.ClientBase, failures: Failure[]): Promise<(Failure & { rowKey: RowKey })[]> => {
+  const withRowKeys = async <F extends { ctid: string; column: string; rowKey?: RowKey; sha256: Buffer }>(client: pg.ClientBase, failures: F[]): Promise<(F & { rowKey: RowKey })[]> => {
     const missing = [...new Set(failures.filter((f) => !f.rowKey).map((f) => f.ctid))];
     const found = new Map<string, { rowKey: RowKey; shas: (Buffer | null)[] }>();
     if (missing.length) {
@@ -223,10 +237,45 @@ async function sweepRelation(
     });
   };
 
-  /** The batched CAS, the quarantine and the checkpoint of one chunk, committed together. */
-  const writeChunk = (r: ChunkRead, s: SweepSettings, chunkStarted: number): Promise<ChunkCounts> =>
+  /**
+   * The chunk's compare-and-swap. Fast path: one batched statement. Row by row (after the
+   * batch raised a row error): each row in its own savepoint, deferred constraints checked at
+   * once, so a row that raises is rolled back alone and the others are written.
+   */
+  const compareAndSwap = async (client: pg.ClientBase, plan: ChunkPlan, range: ChunkRange, rowByRow: boolean): Promise<{ returned: CasReturned[]; raised: Map<string, unknown> }> => {
+    const sql = casUpdateSql(leaf, columns, range, table.keyColumns);
+    const params = (rows: number[] | null) => {
+      const pick = <T,>(xs: T[]) => (rows === null ? xs : rows.map((i) => xs[i]!));
+      const out: unknown[] = [pick(plan.ctids)];
+      columns.forEach((_, j) => out.push(pick(plan.olds[j]!), pick(plan.news[j]!)));
+      out.push(range.start, ...(range.end === null ? [] : [range.end]), table.keyColumns);
+      return out;
+    };
+    const parse = (rows: Record<string, unknown>[]): CasReturned[] =>
+      rows.map((row) => ({ tid: row.tid as string, kept: columns.map((_, j) => Number(row[`k${j}`])), rowKey: (row.row_key as RowKey | null) ?? null }));
+    const raised = new Map<string, unknown>();
+    if (!rowByRow) return { returned: parse((await client.query(sql, params(null))).rows), raised };
+    const returned: CasReturned[] = [];
+    await client.query('set constraints all immediate');
+    await client.query('savepoint pgrekey_row');
+    for (let i = 0; i < plan.ctids.length; i++) {
+      try {
+        returned.push(...parse((await client.query(sql, params([i]))).rows));
+        await client.query('release savepoint pgrekey_row; savepoint pgrekey_row');
+      } catch (e) {
+        if (!isRowError(e)) throw e;
+        await client.query('rollback to savepoint pgrekey_row');
+        raised.set(plan.ctids[i]!, e);
+      }
+    }
+    await client.query('release savepoint pgrekey_row');
+    return { returned, raised };
+  };
+
+  /** The CAS, the quarantine and the checkpoint of one chunk, committed together. */
+  const writeChunk = (r: ChunkRead, s: SweepSettings, chunkStarted: number, rowByRow: boolean): Promise<ChunkWrite> =>
     inTransaction(pool, false, s, async (client) => {
-      const { plan, range, total } = r;
+      const { range, total } = r;
       if (range.end === null) {
         // The last chunk marks the relation done: make sure no rewrite (VACUUM FULL, CLUSTER, ...) moved its
         // rows since the read. The lock holds any rewrite off until this commits.
@@ -238,27 +287,30 @@ async function sweepRelation(
         }
       }
       // Before the CAS: a row it rewrites (another column of it) moves to a new ctid.
-      const failures = await withRowKeys(client, plan.failures);
-      let written = plan.rewrittenKeys;
+      const failures: (QuarantineEntry & { ctid: string })[] = (await withRowKeys(client, r.plan.failures)).map((f) => ({ ...f, table: table.display }));
+      let judged: CasJudgement = { written: [], conflicts: 0, replaced: 0, failures: [] };
+      // Values whose rewrite did not stick earlier in this pass (their rows moved ahead): not again.
+      const { plan } = withoutGivenUp(r.plan, columns, givenUp);
       if (plan.ctids.length > 0) {
-        const params: unknown[] = [plan.ctids];
-        columns.forEach((_, i) => params.push(plan.olds[i], plan.news[i]));
-        params.push(range.start, ...(range.end === null ? [] : [range.end]));
-        const upd = await client.query<{ tid: string }>(casUpdateSql(leaf, columns, range), params);
-        const matched = new Set(upd.rows.map((row) => row.tid));
-        written = plan.rewrittenKeys.filter((k) => matched.has(k.ctid));
+        const cas = await compareAndSwap(client, plan, range, rowByRow);
+        judged = judgeCas(plan, columns, cas.returned, cas.raised);
+        // A row that raised was rolled back: it is still at its ctid, with the value that failed.
+        for (const f of await withRowKeys(client, judged.failures)) failures.push({ ...f, table: table.display });
       }
-      const conflicts = new Set(plan.rewrittenKeys.map((k) => k.ctid)).size - new Set(written.map((k) => k.ctid)).size;
+      const written = judged.written;
       // A failure whose row moved since the read is not recorded (nor counted): its new version is judged anew.
-      const counts: ChunkCounts = { scanned: r.scanned, rewritten: written.length, conflicts, quarantined: failures.length };
-      await recordQuarantine(client, failures.map((f) => ({ ...f, table: table.display })), 'sweep');
+      const counts: ChunkCounts = { scanned: r.scanned, rewritten: written.length, conflicts: judged.conflicts + judged.replaced, quarantined: failures.length };
+      await recordQuarantine(client, failures, 'sweep');
       if (hadQuarantine) await clearQuarantine(client, table.display, written.map((k) => ({ column: k.column, rowKey: k.rowKey! })));
       const took = Date.now() - chunkStarted;
       await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts, {
         chunkBlocks: r.blocks,
         rowsPerSec: controller.rate === null ? (counts.rewritten * 1000) / Math.max(took, 1) : controller.rate,
       });
-      return counts;
+      const reasons: Record<string, number> = {};
+      for (const f of failures) reasons[f.reason] = (reasons[f.reason] ?? 0) + 1;
+      const stuck = judged.failures.filter((f) => f.reason === 'did-not-stick').map((f) => f.sha256.toString('hex'));
+      return { counts, reasons, replaced: judged.replaced, stuck };
     });
 
   // With nice_ratio 0 the next chunk is read and evaluated (on a second connection) while the
@@ -297,7 +349,7 @@ async function sweepRelation(
     };
     const s = settings;
     const pipeline = !dry && s.niceRatio === 0;
-    let outcome: { read: ChunkRead; counts: ChunkCounts } | null = null;
+    let outcome: ({ read: ChunkRead } & ChunkWrite) | null = null;
     try {
       outcome = await withRetries(log, retry, async (attempt) => {
         // Only a first attempt may use the read made during the previous chunk's write.
@@ -315,10 +367,19 @@ async function sweepRelation(
           nextRead.catch(() => undefined); // a read never used is dropped; a used one is awaited above
           prefetched = { start: r.range.end, read: nextRead };
         }
-        const c: ChunkCounts = dry
-          ? { scanned: r.scanned, rewritten: r.plan.rewrittenKeys.length, conflicts: 0, quarantined: r.plan.failures.length }
-          : await writeChunk(r, s, chunkStarted);
-        return { read: r, counts: c };
+        if (dry) return { read: r, counts: { scanned: r.scanned, rewritten: r.plan.rewrittenKeys.length, conflicts: 0, quarantined: r.plan.failures.length }, reasons: {}, replaced: 0, stuck: [] };
+        try {
+          return { read: r, ...(await writeChunk(r, s, chunkStarted, false)) };
+        } catch (e) {
+          // One statement for the whole chunk is the fast path; only a chunk whose batch (or its commit,
+          // for a deferred constraint) raised a row error pays for savepoints.
+          if (!isRowError(e)) throw e;
+          log.warn(
+            { block: r.range.start, rows: r.plan.ctids.length, code: (e as { code?: string }).code },
+            "a row's rewrite raised (a trigger, a CHECK or domain constraint, ...): the chunk's batch was rolled back; redoing it row by row, each row in its own savepoint",
+          );
+          return { read: r, ...(await writeChunk(r, s, chunkStarted, true)) };
+        }
       });
     } catch (e) {
       if (!(e instanceof RelationRewritten)) throw e;
@@ -327,7 +388,9 @@ async function sweepRelation(
       await restartRelation();
       continue;
     }
-    const { read, counts } = outcome;
+    const { read, counts, reasons, replaced, stuck } = outcome;
+    // Only after the commit: a rolled-back chunk gave up on nothing.
+    for (const sha of stuck) givenUp.add(sha);
     const { total, range, plan } = read;
     chunkBlocks = read.blocks;
     // Only after the commit: a retried chunk must not count twice.
@@ -346,7 +409,8 @@ async function sweepRelation(
     result.rewritten += counts.rewritten;
     result.conflicts += counts.conflicts;
     result.quarantined += counts.quarantined;
-    if (counts.quarantined > 0) log.warn({ quarantined: counts.quarantined, block: range.start }, 'values could not be rewritten; recorded in pgrekey.quarantine and left untouched');
+    if (counts.quarantined > 0) log.warn({ quarantined: counts.quarantined, block: range.start, reasons }, 'values could not be rewritten; recorded in pgrekey.quarantine and left untouched');
+    if (replaced > 0) log.info({ replaced, block: range.start }, 'a trigger stored other values than the ones written; left as they are');
     const chunkMs = Date.now() - chunkStarted;
     controller.observe((range.end ?? total) - range.start, counts.rewritten, chunkMs);
     next = range.end ?? total;
@@ -408,3 +472,54 @@ async function withRetries<T>(log: Logger, hooks: RetryHooks, fn: (attempt: numb
   }
 }
 
+
+/** Old-version values left in one configured column after a pass. */
+export interface LeftColumn {
+  table: string;
+  column: string;
+  /** Values of an old version (of the versions being rewritten, with --from). */
+  remaining: number;
+  /** Of those, quarantined (live entries: they still describe the stored value). */
+  quarantined: number;
+}
+
+export interface LeftBehind {
+  /** Columns that still hold old-version values. */
+  columns: LeftColumn[];
+  /**
+   * Leaves to sweep again: they hold old-version values in a table where some are not
+   * quarantined, so a pass can still rewrite them (a row moved or written behind the sweep).
+   */
+  resweep: { relation: string; remaining: number }[];
+}
+
+/**
+ * What a pass left behind (pure): from verify's counts (with quarantine), the columns that
+ * still hold old-version values, and the leaves worth another pass. Values that are all
+ * quarantined are not: another pass would only find them again.
+ */
+export function leftBehind(counts: readonly ColumnCounts[], target: number, onlyVersions?: ReadonlySet<number>): LeftBehind {
+  const columns: LeftColumn[] = [];
+  const unexplained = new Map<string, number>();
+  for (const c of counts) {
+    const remaining = Object.entries(c.byVersion).reduce((n, [label, k]) => {
+      const v = parseVersionLabel(label);
+      return v === null || v === target || (onlyVersions && !onlyVersions.has(v)) ? n : n + k;
+    }, 0);
+    if (remaining === 0) continue;
+    const quarantined = Math.min(remaining, c.quarantined ?? 0);
+    columns.push({ table: c.table, column: c.column, remaining, quarantined });
+    unexplained.set(c.table, (unexplained.get(c.table) ?? 0) + remaining - quarantined);
+  }
+  const byLeaf = new Map<string, number>();
+  for (const c of counts) {
+    if (!(unexplained.get(c.table) ?? 0)) continue;
+    for (const [leaf, n] of Object.entries(c.nonTargetByLeaf ?? {})) if (n > 0) byLeaf.set(leaf, (byLeaf.get(leaf) ?? 0) + n);
+  }
+  return { columns, resweep: [...byLeaf].map(([relation, remaining]) => ({ relation, remaining })) };
+}
+
+/** Counts what a pass left behind in these tables (read-only; verify's counting, in ctid chunks). */
+export async function countLeftBehind(pool: pg.Pool, tables: TableInfo[], target: number, onlyVersions?: ReadonlySet<number>): Promise<LeftBehind> {
+  return leftBehind(await countVersions(pool, tables, target, true), target, onlyVersions);
+}

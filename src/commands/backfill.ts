@@ -4,10 +4,12 @@ import { loadKeyRing, keyVarName, type KeyRing } from '../crypto/key-ring.js';
 import { parseVersionLabel, versionLabel } from '../crypto/envelope.js';
 import { initSodium, memzero } from '../crypto/secretbox.js';
 import { resolveTables } from '../db/catalog.js';
-import { ConfigError, EXIT_OK, RuntimeFailure } from '../errors.js';
+import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK, RuntimeFailure } from '../errors.js';
 import { renderTable } from '../format.js';
 import { LogProgress, TtyProgress } from '../backfill/progress.js';
-import { sweepTables, type RelationResult } from '../backfill/sweep.js';
+import { countLeftBehind, sweepTables, type LeftBehind, type RelationResult } from '../backfill/sweep.js';
+import { displayName } from '../db/ident.js';
+import { restartSegments } from '../state/segments.js';
 import { finishRun, startRun } from '../state/runs.js';
 import { onShutdownSignals } from '../signals.js';
 import { LiveSettings } from '../throttle/live-settings.js';
@@ -36,7 +38,22 @@ export function parseFrom(from: string | undefined, ring: KeyRing): Set<number> 
 
 export const BACKFILL_CONNECT_WAIT_MS = 120_000;
 
-/** One full sweep of every configured table, then exit. */
+/** Passes over relations that still hold old-version values after the first one. */
+export const MAX_EXTRA_PASSES = 3;
+
+/** A relation's results over every pass that swept it. */
+export interface BackfillRelation extends RelationResult {
+  /** Passes that swept it (1, or more when old values were found behind the sweep). */
+  passes: number;
+}
+
+/**
+ * One full sweep of every configured table, then a recount: no stream runs during a backfill,
+ * so a value written or moved behind the sweep (an application UPDATE of another column moves
+ * a row to another block) is left behind. Relations that still hold old-version values that
+ * are not quarantined are swept again, at most MAX_EXTRA_PASSES times. Exit 1 when old-version
+ * values remain (quarantined, or still being written), with a report of what and why.
+ */
 export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions): Promise<number> {
   const ring = loadKeyRing({ env: process.env, envFile: flags.envFile });
   const onlyVersions = parseFrom(opts.from, ring);
@@ -45,6 +62,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
   const ctx = await openContext(flags, { poolSize: 3, defaultLogLevel: 'info', waitForDatabaseMs: BACKFILL_CONNECT_WAIT_MS });
   const abort = new AbortController();
   const stopSignals = onShutdownSignals(ctx.log, () => abort.abort());
+  const log = ctx.log.child({ component: 'backfill' });
   let runId: number | null = null;
   try {
     if (!opts.dryRun) await requireState(ctx.pool);
@@ -54,27 +72,48 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     // A dry run writes nothing (not even the throttle state) and may run before setup: it is not throttled.
     const live = opts.dryRun ? undefined : new LiveSettings(ctx.pool, ctx.config, ctx.log);
     const throttle = live ? new Throttle(ctx.pool, live, ctx.log) : undefined;
-    const results = await sweepTables(ctx.pool, tables, {
+    const sweepOpts = {
       settings: ctx.config.sweep,
       live,
       throttle,
       ring,
       dryRun: opts.dryRun,
-      restart: opts.restart,
       onlyVersions,
       signal: abort.signal,
       progress: tty ? new TtyProgress(opts.dryRun ? 'would be rewritten' : 'rewritten') : new LogProgress(ctx.log, ctx.config.sweep.progressIntervalMs),
       log: ctx.log,
-    });
+    };
+    const passes: RelationResult[][] = [await sweepTables(ctx.pool, tables, { ...sweepOpts, restart: opts.restart })];
+    // A dry run wrote nothing: a recount would find every value it would have rewritten.
+    let left: LeftBehind | null = null;
+    while (!opts.dryRun && !abort.signal.aborted) {
+      left = await countLeftBehind(ctx.pool, tables, ring.target, onlyVersions);
+      if (left.resweep.length === 0 || passes.length > MAX_EXTRA_PASSES || abort.signal.aborted) break;
+      const again = new Set(left.resweep.map((r) => r.relation));
+      log.warn(
+        { pass: passes.length + 1, relations: left.resweep, columns: left.columns },
+        'old-version values remain behind the sweep that are not quarantined: the application wrote them, or moved their rows ' +
+          '(an UPDATE of another column can move a row to a block already swept), after the sweep had passed, and no stream runs ' +
+          'during a backfill to rewrite them; sweeping those relations again from block 0',
+      );
+      await restartSegments(ctx.pool, [...again]);
+      const subset = tables.map((t) => ({ ...t, leaves: t.leaves.filter((l) => again.has(displayName(l))) })).filter((t) => t.leaves.length > 0);
+      passes.push(await sweepTables(ctx.pool, subset, sweepOpts));
+    }
     await throttle?.clear();
-    const summary = summarize(results, ring.target, opts.dryRun === true);
-    if (runId !== null) await finishRun(ctx.pool, runId, abort.signal.aborted ? 'interrupted' : 'ok', summary);
-    process.stdout.write(opts.json ? `${JSON.stringify({ ...summary, relations: results }, null, 2)}\n` : `${renderBackfill(results, summary)}\n`);
+    const relations = mergePasses(passes);
+    const summary = summarize(relations, ring.target, opts.dryRun === true, passes.length, abort.signal.aborted ? null : left);
+    if (runId !== null) await finishRun(ctx.pool, runId, abort.signal.aborted ? 'interrupted' : summary.converged === false ? 'not-converged' : 'ok', summary);
+    process.stdout.write(opts.json ? `${JSON.stringify({ ...summary, relations }, null, 2)}\n` : `${renderBackfill(relations, summary)}\n`);
     if (abort.signal.aborted) {
       throw new RuntimeFailure(
         'interrupted by a signal after finishing the chunk in flight',
         opts.dryRun ? 'a dry run keeps no checkpoint: run it again to scan from block 0' : 'run `pg-rekey backfill` again to resume from the checkpoint',
       );
+    }
+    if (summary.converged === false) {
+      log.warn({ remaining: summary.remaining, quarantined: summary.remainingQuarantined, passes: passes.length, columns: left?.columns }, 'backfill finished with old-version values left');
+      return EXIT_NOT_CONVERGED;
     }
     return EXIT_OK;
   } catch (e) {
@@ -94,8 +133,33 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
   }
 }
 
-function summarize(results: RelationResult[], target: number, dryRun: boolean) {
+/** Per relation, in first-swept order: counts added over the passes; blocks and quarantined as of its last pass (which re-examined every row). */
+export function mergePasses(passes: readonly RelationResult[][]): BackfillRelation[] {
+  const out = new Map<string, BackfillRelation>();
+  for (const pass of passes) {
+    for (const r of pass) {
+      const m = out.get(r.relation);
+      if (!m) {
+        out.set(r.relation, { ...r, passes: 1 });
+        continue;
+      }
+      m.passes++;
+      m.chunks += r.chunks;
+      m.scanned += r.scanned;
+      m.rewritten += r.rewritten;
+      m.conflicts += r.conflicts;
+      m.quarantined = r.quarantined;
+      m.blocks = r.blocks;
+      m.alreadyDone = m.alreadyDone && r.alreadyDone;
+    }
+  }
+  return [...out.values()];
+}
+
+export function summarize(results: readonly BackfillRelation[], target: number, dryRun: boolean, passes = 1, left: LeftBehind | null = null) {
   const sum = (k: 'scanned' | 'rewritten' | 'conflicts' | 'quarantined') => results.reduce((n, r) => n + r[k], 0);
+  const remaining = left ? left.columns.reduce((n, c) => n + c.remaining, 0) : null;
+  const remainingQuarantined = left ? left.columns.reduce((n, c) => n + c.quarantined, 0) : null;
   return {
     target: versionLabel(target),
     dryRun,
@@ -104,17 +168,42 @@ function summarize(results: RelationResult[], target: number, dryRun: boolean) {
     rewritten: sum('rewritten'),
     conflicts: sum('conflicts'),
     quarantined: sum('quarantined'),
+    passes,
+    /** Counted after the last pass (null for a dry run or an interrupted one, which count nothing). */
+    converged: remaining === null ? null : remaining === 0,
+    remaining,
+    remainingQuarantined,
+    /** Columns with old-version values left: how many, and how many of them quarantined. */
+    left: left?.columns ?? null,
   };
 }
 
-function renderBackfill(results: RelationResult[], s: ReturnType<typeof summarize>): string {
+export function renderBackfill(results: readonly BackfillRelation[], s: ReturnType<typeof summarize>): string {
   const verb = s.dryRun ? 'would rewrite' : 'rewritten';
+  const note = (r: BackfillRelation) => (r.passes > 1 ? `swept ${r.passes} times: old values found behind the sweep` : r.alreadyDone ? 'already done (--restart to redo)' : '');
   const table = renderTable(
     ['relation', 'blocks', 'rows read', verb, 'CAS conflicts', s.dryRun ? 'would quarantine' : 'quarantined', 'note'],
-    results.map((r) => [r.relation, r.blocks, r.scanned, r.rewritten, r.conflicts, r.quarantined, r.alreadyDone ? 'already done (--restart to redo)' : '']),
+    results.map((r) => [r.relation, r.blocks, r.scanned, r.rewritten, r.conflicts, r.quarantined, note(r)]),
   );
   const lines = [table, `${s.dryRun ? 'dry run, nothing written: ' : ''}${s.rewritten} value(s) ${s.dryRun ? 'would be rewritten' : 'rewritten'} to ${s.target}`];
-  if (s.conflicts) lines.push(`${s.conflicts} row(s) changed under the sweep (CAS conflict): their new versions are left to the stream / the next sweep`);
+  if (s.conflicts) lines.push(`${s.conflicts} row(s) changed under the sweep (CAS conflict): their new versions were left to the stream and to the recount after the pass`);
   if (s.quarantined) lines.push(`${s.quarantined} value(s) could not be rewritten and were left untouched: see \`pg-rekey status\` and pgrekey.quarantine`);
+  if (s.converged === true) {
+    lines.push(`no value of an old version remains in the configured tables${s.passes > 1 ? ` (after ${s.passes} passes: the recount found values behind the sweep, and the next pass rewrote them)` : ''}`);
+  } else if (s.converged === false) {
+    lines.push(`NOT converged: ${s.remaining} value(s) of an old version remain after ${s.passes} pass(es):`);
+    for (const c of s.left ?? []) {
+      const why: string[] = [];
+      if (c.quarantined) why.push(`${c.quarantined} quarantined (see \`pg-rekey status\` and pgrekey.quarantine: fix the cause, e.g. a missing key or a trigger or constraint that rejects the rewrite, then \`pg-rekey backfill --restart\`)`);
+      const moving = c.remaining - c.quarantined;
+      if (moving) {
+        why.push(
+          `${moving} not quarantined: still being written or moved by the application after ${s.passes} pass(es) ` +
+            '(`pg-rekey run` rewrites such writes as they commit; or run `pg-rekey backfill` again once the old writers are gone)',
+        );
+      }
+      lines.push(`  ${c.table}.${c.column}: ${why.join('; ')}`);
+    }
+  }
   return lines.join('\n');
 }

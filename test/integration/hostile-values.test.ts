@@ -238,7 +238,8 @@ describe('hostile values: the sweep (pg-rekey backfill)', () => {
     const rows = hostileRows(1);
     await insertRows(db.pool, rows);
     const backfill = await cli(files, 'backfill', '--json');
-    expect(backfill.code, backfill.stderr).toBe(0);
+    // Exit 1: old-version values remain (the quarantined ones).
+    expect(backfill.code, backfill.stderr).toBe(1);
     const goodCount = rows.reduce((n, r) => n + COLUMNS.filter((c) => r[c].expect.kind === 'rewrite').length, 0);
     const badCount = quarantineCells(rows).length;
     expect(JSON.parse(backfill.stdout)).toMatchObject({ rewritten: goodCount, quarantined: badCount, conflicts: 0 });
@@ -252,7 +253,7 @@ describe('hostile values: the sweep (pg-rekey backfill)', () => {
     // Sweeping again from block 0 (--restart drops the sweep's quarantine entries first): nothing more
     // is written, the quarantined values are found again and are still untouched.
     const again = await cli(files, 'backfill', '--restart', '--json');
-    expect(again.code, again.stderr).toBe(0);
+    expect(again.code, again.stderr).toBe(1);
     expect(JSON.parse(again.stdout)).toMatchObject({ rewritten: 0, quarantined: badCount });
     await checkCells(db.pool, rows);
     const q = await readQuarantine(db.pool);

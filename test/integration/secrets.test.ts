@@ -63,7 +63,7 @@ describe('secrets never reach logs or error messages', () => {
     }
     // The real keys: dry run, backfill (quarantines the corrupt ones), run with the stream, verify, status, teardown.
     expect(await capture('backfill', '--dry-run', '--log-level', 'trace')).toBe(0);
-    expect(await capture('backfill', '--log-level', 'trace')).toBe(0);
+    expect(await capture('backfill', '--log-level', 'trace')).toBe(1); // quarantined values remain
     const run = spawnCli(['run', '--exit-when-converged', '--log-level', 'trace', ...files.args]);
     await run.waitForLine(/"msg":"streaming"/);
     const ring = await testRing();
