@@ -3,6 +3,8 @@ import { openContext, requireState } from '../context.js';
 import { loadKeyRing, keyVarName, type KeyRing } from '../crypto/key-ring.js';
 import { parseVersionLabel, versionLabel } from '../crypto/envelope.js';
 import { initSodium, memzero } from '../crypto/secretbox.js';
+import { proveTargetKey } from '../crypto/target-proof.js';
+import { refuseHiddenRows } from '../db/row-security.js';
 import { resolveTables } from '../db/catalog.js';
 import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK, RuntimeFailure } from '../errors.js';
 import { renderTable } from '../format.js';
@@ -67,6 +69,9 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
   try {
     if (!opts.dryRun) await requireState(ctx.pool);
     const tables = await resolveTables(ctx.pool, ctx.config.tables);
+    await refuseHiddenRows(ctx.pool, tables);
+    // Before anything is written (a dry run too): the target key must open what the applications wrote with it.
+    await proveTargetKey(ctx.pool, tables, ring, ctx.log);
     if (!opts.dryRun) runId = await startRun(ctx.pool, 'backfill', ring.target);
     const tty = process.stderr.isTTY === true && !opts.json;
     // A dry run writes nothing (not even the throttle state) and may run before setup: it is not throttled.

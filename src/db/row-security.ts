@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { TableInfo } from './catalog.js';
 import { displayName, quoteIdent, quoteQualified } from './ident.js';
+import { ConfigError } from '../errors.js';
 
 /**
  * Row security decides what a role sees: with a policy the role does not
@@ -44,4 +45,15 @@ export async function rowSecurityProblems(db: pg.Pool | pg.ClientBase, tables: r
     });
   }
   return out;
+}
+
+/** For commands that read or rewrite (backfill, run, verify): refuse (exit 2) rather than work on part of a table. */
+export async function refuseHiddenRows(db: pg.Pool | pg.ClientBase, tables: readonly TableInfo[], what = 'pg-rekey would not see every row'): Promise<void> {
+  const hidden = await rowSecurityProblems(db, tables);
+  if (hidden.length === 0) return;
+  throw new ConfigError(
+    `${what}: row level security would hide rows of configured tables from this role`,
+    'grant what each line says (or run as a role that sees every row); nothing was counted or written for a table that could not be read whole',
+    hidden.map((h) => h.problem),
+  );
 }
