@@ -105,8 +105,14 @@ Typical rotation:
         'old-version value as soon as it commits, while the sweep covers rows written before the slot.\n' +
         'Converged = every table swept since the slot was created, the stream caught up with the server,\n' +
         'and no old-version value left. It keeps running after that (stale writers may still appear).\n' +
-        'HTTP: /healthz, /readyz (stream connected), /metrics (Prometheus) on daemon.http_host:http_port.\n' +
-        'SIGTERM/SIGINT: finish the batch in flight, acknowledge, checkpoint, exit 0; a second signal exits at once.\n' +
+        'HTTP: /healthz, /readyz (stream connected), /metrics (Prometheus) on daemon.http_host:http_port\n' +
+        '(a port in use: exit 2; set daemon.http_port, or 0 for a free one).\n' +
+        'One daemon per slot: run holds a lease on its slot (an advisory lock on a connection of its own) for its\n' +
+        'whole life; a second run on the same slot exits 2 at once, naming the first (pid, host, start time).\n' +
+        'If the lease connection is lost, run stops with exit 3 (another run may take over).\n' +
+        'SIGTERM/SIGINT: finish the batch in flight, acknowledge, checkpoint, exit 0, all within\n' +
+        'daemon.shutdown_timeout (10s); past it, exit 3 naming what was left (it replays from the slot).\n' +
+        'A second signal exits at once (3).\n' +
         'A lost or dropped slot is recreated and the sweep restarts from block 0.',
     )
     .action(run((cmd) => runCommand(globals(cmd), cmd.opts())));
@@ -116,7 +122,12 @@ Typical rotation:
     .description('drop the replication slot and publication once converged (refuses otherwise)')
     .option('--force', 'drop even if not converged or the daemon is running (terminates it)')
     .option('--drop-state', 'also drop the pgrekey schema (progress, quarantine, history)')
-    .addHelpText('after', '\nA forgotten slot makes the server retain WAL until its disk fills: tear down when done.\nWithout --force it refuses while values of old versions remain or while `run` holds the slot.')
+    .addHelpText(
+      'after',
+      '\nA forgotten slot makes the server retain WAL until its disk fills: tear down when done.\n' +
+        'Without --force it refuses while values of old versions remain or while a `run` holds the slot\n' +
+        "(it names that daemon's pid and host). --force ends the daemon's lease session first: it stops.",
+    )
     .action(run((cmd) => teardownCommand(globals(cmd), cmd.opts())));
 
   program

@@ -1,15 +1,22 @@
 import type { GlobalFlags } from '../config/load-config.js';
 import { openContext, requireState, type Context } from '../context.js';
 import { ConnectWaitInterrupted } from '../db/connect.js';
-import { EXIT_NOT_CONVERGED, EXIT_OK } from '../errors.js';
+import { EXIT_NOT_CONVERGED, EXIT_OK, EXIT_RUNTIME, exitCodeOf } from '../errors.js';
 import { finishRun, startRun, type RunOutcome } from '../state/runs.js';
-import { loadKeyRing } from '../crypto/key-ring.js';
+import { loadKeyRing, type KeyRing } from '../crypto/key-ring.js';
 import { initSodium, memzero } from '../crypto/secretbox.js';
 import { resolveTables } from '../db/catalog.js';
 import { Daemon } from '../daemon/daemon.js';
+import { SlotLease } from '../daemon/lease.js';
+import { ShutdownBound } from '../daemon/shutdown-bound.js';
 import { onShutdownSignals } from '../signals.js';
 
-/** The long-running daemon: stream + sweep + HTTP endpoint until a signal (or convergence). */
+/**
+ * The long-running daemon: stream + sweep + HTTP endpoint until a signal (or
+ * convergence). Order: connect, check the state schema, take the slot's lease
+ * (exit 2 if another run has it), then everything else. From the first stop
+ * on, the process exits within daemon.shutdown_timeout (ShutdownBound).
+ */
 export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?: boolean }): Promise<number> {
   const ring = loadKeyRing({ env: process.env, envFile: flags.envFile });
   await initSodium();
@@ -23,28 +30,59 @@ export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?:
     if (e instanceof ConnectWaitInterrupted) return EXIT_OK;
     throw e;
   }
+  const bound = new ShutdownBound(ctx.config.daemon.shutdownTimeoutMs, ctx.log);
+  const state: RunState = { daemon: null, signalled: false };
+  // From here on a signal drains (or, before the daemon exists, ends the startup); a second one exits at once.
+  const removeSignals = onShutdownSignals(ctx.log, () => {
+    state.signalled = true;
+    bound.arm('signal');
+    state.daemon?.stop();
+  });
+  let exit = EXIT_RUNTIME;
   try {
-    await requireState(ctx.pool);
-    const tables = await resolveTables(ctx.pool, ctx.config.tables);
-    const daemon = new Daemon(ctx, ring, tables, { exitWhenConverged: opts.exitWhenConverged === true });
-    let signalled = false;
-    const removeSignals = onShutdownSignals(ctx.log, () => {
-      signalled = true;
-      daemon.stop();
-    });
+    exit = await runLeased(ctx, ring, bound, state, opts.exitWhenConverged === true);
+    return exit;
+  } catch (e) {
+    exit = exitCodeOf(e);
+    throw e;
+  } finally {
+    // The drain is over (the batch, its acknowledgement, the checkpoint, the state rows): if closing
+    // the connections is what hangs (a read-only query waiting for a lock), the bound exits with `exit`.
+    bound.arm('exiting');
+    bound.drained(exit);
+    ring.wipe(memzero);
+    await bound.track('closing the database connections', ctx.close());
+    removeSignals();
+  }
+}
+
+interface RunState {
+  daemon: Daemon | null;
+  signalled: boolean;
+}
+
+async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, state: RunState, exitWhenConverged: boolean): Promise<number> {
+  const { config } = ctx;
+  await requireState(ctx.pool);
+  // Before anything else that touches the slot or the state: one daemon per slot (exit 2 if taken).
+  const lease = await SlotLease.acquire({ connectionString: config.connectionString, slot: config.replication.slot, log: ctx.log });
+  try {
+    const tables = await resolveTables(ctx.pool, config.tables);
+    if (state.signalled) return EXIT_OK;
+    const daemon = new Daemon(ctx, ring, tables, { exitWhenConverged, lease, bound });
+    state.daemon = daemon;
     const runId = await startRun(ctx.pool, 'run', ring.target);
     let code: number | null = null;
     try {
       code = await daemon.run();
       return code;
     } finally {
-      removeSignals();
       const outcome: RunOutcome =
-        code === null ? 'failed' : signalled ? 'interrupted' : code === EXIT_OK ? 'ok' : code === EXIT_NOT_CONVERGED ? 'not-converged' : 'failed';
-      await finishRun(ctx.pool, runId, outcome, { exitCode: code, converged: daemon.converged }).catch(() => undefined);
+        code === null ? 'failed' : state.signalled ? 'interrupted' : code === EXIT_OK ? 'ok' : code === EXIT_NOT_CONVERGED ? 'not-converged' : 'failed';
+      // This run's own history row: written even after a lost lease (no other daemon writes it).
+      await bound.track('the run history row', finishRun(ctx.pool, runId, outcome, { exitCode: code, converged: daemon.converged })).catch(() => undefined);
     }
   } finally {
-    ring.wipe(memzero);
-    await ctx.close();
+    await bound.track('releasing the slot lease', lease.release());
   }
 }

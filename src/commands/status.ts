@@ -8,6 +8,7 @@ import { summarizeQuarantine, type QuarantineSummary } from '../state/quarantine
 import { formatBytes, readSlot, retainedWalExceeded, slotRecreations, type SlotInfo } from '../replication/slot.js';
 import { formatDuration } from '../format.js';
 import { readOverrides } from '../throttle/live-settings.js';
+import { readLeaseHolder } from '../daemon/lease.js';
 
 export interface ReplicationStatus {
   slot: string;
@@ -18,8 +19,13 @@ export interface ReplicationStatus {
   /** WAL the slot holds back against replication.max_retained_wal (maxBytes 0 = no threshold). */
   retainedWal: { bytes: number | null; maxBytes: number; exceeded: boolean };
   daemon: {
+    /** The daemon's own host and pid, as it recorded them when it took the slot's lease. */
     host: string;
     pid: number;
+    /** When that daemon started (took the lease). */
+    startedAt: Date | null;
+    /** A `run` holds the slot's lease right now (read from pg_locks); false: none is running. */
+    leaseHeld: boolean;
     heartbeatAt: Date;
     appliedLsn: string | null;
     streamConnected: boolean;
@@ -63,14 +69,15 @@ async function readReplication(db: Parameters<typeof listSegments>[0], slot: str
     ? await db.query<{ s: number | null }>(`select extract(epoch from flush_lag)::float8 as s from pg_stat_replication where pid = $1`, [info.activePid])
     : null;
   const d = await db.query(
-    `select host, pid, heartbeat_at as "heartbeatAt", applied_lsn::text as "appliedLsn", stream_connected as "streamConnected",
+    `select host, pid, started_at as "startedAt", heartbeat_at as "heartbeatAt", applied_lsn::text as "appliedLsn", stream_connected as "streamConnected",
             sweep_done as "sweepDone", remaining::float8 as remaining, quarantined::float8 as quarantined,
             last_check_at as "lastCheckAt", converged_at as "convergedAt",
             stream_rewrites::float8 as "streamRewrites", stream_rewrites_per_sec as "streamRewritesPerSec", stopped_at as "stoppedAt"
        from pgrekey.daemon where slot_name = $1`,
     [slot],
   );
-  const daemon = (d.rows[0] as ReplicationStatus['daemon']) ?? null;
+  const lease = await readLeaseHolder(db, slot);
+  const daemon = d.rows[0] ? ({ ...d.rows[0], leaseHeld: lease.held } as NonNullable<ReplicationStatus['daemon']>) : null;
   return {
     slot,
     info,
@@ -160,7 +167,9 @@ function renderReplication(r: ReplicationStatus): string {
     lines.push(
       d.stoppedAt
         ? `daemon: STOPPED cleanly at ${d.stoppedAt.toISOString()} (pid ${d.pid} on ${d.host}); sweep ${d.sweepDone ? 'was complete' : 'resumes at the next start'}`
-        : `daemon: pid ${d.pid} on ${d.host}, last heartbeat ${d.heartbeatAt.toISOString()}${staleHeartbeat(d.heartbeatAt) ? ' (STALE: not running? it did not stop cleanly)' : ''}, stream ${d.streamConnected ? 'connected' : 'not connected'}, sweep ${d.sweepDone ? 'complete' : 'running'}`,
+        : d.leaseHeld
+          ? `daemon: pid ${d.pid} on ${d.host}, running since ${d.startedAt?.toISOString() ?? '?'} (holds the slot's lease), last heartbeat ${d.heartbeatAt.toISOString()}${staleHeartbeat(d.heartbeatAt) ? ' (STALE: hung, or cut off from the database?)' : ''}, stream ${d.streamConnected ? 'connected' : 'not connected'}, sweep ${d.sweepDone ? 'complete' : 'running'}`
+          : `daemon: pid ${d.pid} on ${d.host} is NOT RUNNING: it did not stop cleanly (killed, crashed, or lost its lease connection); last heartbeat ${d.heartbeatAt.toISOString()}; start \`pg-rekey run\` again (the sweep resumes, the stream replays)`,
       `  stream rewrites: ${d.streamRewrites ?? 0} (${(d.streamRewritesPerSec ?? 0).toFixed(1)}/s recently)`,
       `  ${d.convergedAt ? `${d.stoppedAt ? 'was CONVERGED' : 'CONVERGED'} since ${d.convergedAt.toISOString()}` : 'not converged'}${d.lastCheckAt ? ` (last check ${d.lastCheckAt.toISOString()}: ${d.remaining ?? '?'} remaining, ${d.quarantined ?? 0} quarantined)` : ''}`,
     );

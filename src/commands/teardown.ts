@@ -5,8 +5,10 @@ import { resolveTables } from '../db/catalog.js';
 import { quoteIdent } from '../db/ident.js';
 import { stateIsCurrent, STATE_SCHEMA } from '../db/migrate.js';
 import { ConfigError, EXIT_OK } from '../errors.js';
+import { sleep } from '../timing.js';
 import { countVersions } from '../verify/count-versions.js';
 import { dropSlot, readSlot } from '../replication/slot.js';
+import { describeHolder, readLeaseHolder, terminateLeaseHolder } from '../daemon/lease.js';
 
 /**
  * Drops the replication slot and the publication (and the state schema with
@@ -20,6 +22,8 @@ export async function teardownCommand(flags: GlobalFlags, opts: { force?: boolea
     const { slot, publication } = ctx.config.replication;
     const log = ctx.log.child({ component: 'teardown' });
     const info = await readSlot(ctx.pool, slot);
+    // The daemon as it recorded itself when it took the slot's lease (pid and host), not the walsender.
+    const holder = await readLeaseHolder(ctx.pool, slot);
     if (!opts.force) {
       const target = loadTargetVersion({ env: process.env, envFile: flags.envFile });
       const tables = await resolveTables(ctx.pool, ctx.config.tables);
@@ -30,11 +34,23 @@ export async function teardownCommand(flags: GlobalFlags, opts: { force?: boolea
           'let `pg-rekey run` converge (or handle the quarantined values), check with `pg-rekey verify`, then teardown; --force drops the slot anyway (old-key writes are then no longer caught)',
         );
       }
-      if (info.active) {
+      if (holder.held) {
         throw new ConfigError(
-          `refusing to tear down: slot ${slot} is in use by a running pg-rekey (pid ${info.activePid} on the server)`,
+          `refusing to tear down: slot ${slot} is in use by a running pg-rekey run: ${describeHolder(holder)}`,
           'stop `pg-rekey run` first (SIGTERM), or pass --force to terminate it',
         );
+      }
+      if (info.active) {
+        throw new ConfigError(
+          `refusing to tear down: slot ${slot} is being streamed by a replication client that is not a pg-rekey run holding the slot (walsender pid ${info.activePid} on the server)`,
+          'stop that client first, or pass --force to terminate it',
+        );
+      }
+    } else if (holder.held) {
+      // The daemon loses its lease and stops without writing more state; then the slot is free to drop.
+      if (await terminateLeaseHolder(ctx.pool, slot).catch(() => false)) {
+        log.warn({ slot, daemon: describeHolder(holder) }, 'teardown --force: ended the lease session of the running pg-rekey run; it stops');
+        for (let i = 0; i < 50 && (await readSlot(ctx.pool, slot)).active; i++) await sleep(100);
       }
     }
     const dropped = await dropSlot(ctx.pool, slot, opts.force ? 'teardown --force' : 'teardown').catch(async (e) => {

@@ -48,6 +48,8 @@ export interface DaemonSettings {
   slotCheckIntervalMs: number;
   streamBatchRows: number;
   streamBatchDelayMs: number;
+  /** Bound of a shutdown (drain, then exit anyway), ms. */
+  shutdownTimeoutMs: number;
 }
 
 export interface Config {
@@ -205,6 +207,7 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
       slotCheckIntervalMs: toMillis(file.daemon.slot_check_interval),
       streamBatchRows: file.daemon.stream_batch_rows,
       streamBatchDelayMs: toMillis(file.daemon.stream_batch_delay),
+      shutdownTimeoutMs: toMillis(file.daemon.shutdown_timeout),
     },
     logLevel: file.log_level,
   });

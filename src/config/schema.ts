@@ -79,6 +79,11 @@ export const daemonSchema = z.strictObject({
   stream_batch_rows: z.number().int().min(1).max(100000).default(2000),
   /** ... or when the oldest pending rewrite has waited this long. */
   stream_batch_delay: duration.default('50ms'),
+  /**
+   * SIGTERM/SIGINT (or any other stop) drains the batch in flight, its acknowledgement and the sweep's
+   * checkpoint; past this bound `run` exits anyway (work left replays from the slot). At least 1s.
+   */
+  shutdown_timeout: duration.refine((d) => toMillis(d) >= 1000, 'at least 1s (the drain needs a moment)').default('10s'),
 });
 
 export const fileSchema = z.strictObject({

@@ -1,9 +1,9 @@
-import { hostname } from 'node:os';
+import type { Server } from 'node:http';
 import type { Context } from '../context.js';
 import type { KeyRing } from '../crypto/key-ring.js';
 import type { TableInfo } from '../db/catalog.js';
 import { displayName } from '../db/ident.js';
-import { EXIT_NOT_CONVERGED, EXIT_OK, EXIT_RUNTIME, RuntimeFailure } from '../errors.js';
+import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK, EXIT_RUNTIME, exitCodeOf, RuntimeFailure } from '../errors.js';
 import { Metrics } from '../metrics.js';
 import { LogProgress, type ProgressSink } from '../backfill/progress.js';
 import { sweepTables } from '../backfill/sweep.js';
@@ -20,9 +20,15 @@ import { checkConvergence, type ConvergenceCheck } from './convergence.js';
 import { LiveSettings } from '../throttle/live-settings.js';
 import { Throttle } from '../throttle/throttle.js';
 import { startHttp } from './http.js';
+import type { SlotLease } from './lease.js';
+import type { ShutdownBound } from './shutdown-bound.js';
 
 export interface DaemonOptions {
   exitWhenConverged: boolean;
+  /** The slot's lease, taken by the caller before anything else (lease.ts); losing it stops the daemon. */
+  lease: SlotLease;
+  /** Bounds the shutdown (daemon.shutdown_timeout); armed by the first stop. */
+  bound: ShutdownBound;
 }
 
 /**
@@ -63,9 +69,81 @@ export class Daemon {
     private readonly opts: DaemonOptions,
   ) {
     this.log = ctx.log.child({ component: 'daemon' });
+    const onLost = (cause: unknown) => {
+      const slot = ctx.config.replication.slot;
+      this.log.fatal(
+        { err: cause, slot },
+        `LEASE LOST: the connection holding the lease of replication slot ${slot} ended, so another pg-rekey run may take the slot over now; ` +
+          'stopping without writing more state (exit 3). Restart `pg-rekey run` once the database is reachable (or let the other one run)',
+      );
+      this.stop(EXIT_RUNTIME);
+    };
+    opts.lease.on('lost', onLost);
+    if (!opts.lease.held) onLost(new Error('the lease was lost before the daemon started'));
   }
 
+  /**
+   * Startup order: the lease (taken by the caller), the HTTP endpoint, the
+   * catalog and the slot, then the stream, the sweep and the timers. A stop
+   * during startup (a signal while a slot creation waits, say) goes straight
+   * to the shutdown; shutdown() stops the parts in reverse order.
+   */
   async run(): Promise<number> {
+    const { config } = this.ctx;
+    // Before anything touches the slot: a port in use is a configuration error (exit 2).
+    const http = await this.listen();
+    const startup = this.opts.bound.track('startup: reading the catalog, checking (or creating) the replication slot', this.startup());
+    let started: boolean;
+    try {
+      started = await Promise.race([startup.then(() => true), this.finished.then(() => false)]);
+    } catch (e) {
+      await this.shutdown(exitCodeOf(e), http.server, Promise.resolve(), []).catch(() => undefined);
+      throw e;
+    }
+    if (!started) return this.shutdown(await this.finished, http.server, Promise.resolve(), []);
+    this.log.info(
+      { http: `http://${config.daemon.httpHost}:${http.port}`, slot: config.replication.slot, tables: this.tables.map((t) => t.display), exitWhenConverged: this.opts.exitWhenConverged },
+      'pg-rekey run started: /healthz /readyz /metrics',
+    );
+    this.stream.start();
+    const sweeping = this.sweepLoop();
+    const timers = [
+      setInterval(() => void this.watchSlot().catch((e) => this.log.warn({ err: e }, 'slot check failed')), config.daemon.slotCheckIntervalMs),
+      setInterval(
+        () =>
+          void this.track(this.checkNow()).catch((e) => {
+            this.log.warn({ err: e }, 'convergence check failed');
+            void this.refreshCatalog('convergence check failed').catch(() => undefined); // a configured table dropped?
+          }),
+        config.daemon.checkIntervalMs,
+      ),
+      setInterval(() => void this.refreshCatalog('periodic catalog check').catch((e) => this.log.warn({ err: e }, 'catalog check failed')), config.daemon.slotCheckIntervalMs),
+    ];
+    return this.shutdown(await this.finished, http.server, sweeping, timers);
+  }
+
+  /** The HTTP endpoint; a port in use (or not ours to take) is a configuration error that names the setting. */
+  private async listen(): Promise<{ server: Server; port: number }> {
+    const { httpHost, httpPort } = this.ctx.config.daemon;
+    try {
+      return await startHttp(httpHost, httpPort, this.metrics, {
+        ready: () => (this.stream?.connected ? { ok: true, reason: 'streaming' } : { ok: false, reason: 'replication stream not connected' }),
+      });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      const fix = 'set daemon.http_port in the config (or PG_REKEY_DAEMON_HTTP_PORT) to a free port, or 0 to pick one (logged at start)';
+      if (code === 'EADDRINUSE') {
+        throw new ConfigError(`cannot listen on ${httpHost}:${httpPort} for /healthz /readyz /metrics: port ${httpPort} is already in use (another pg-rekey run, for another slot? another service?)`, fix);
+      }
+      if (code === 'EACCES') throw new ConfigError(`cannot listen on ${httpHost}:${httpPort}: permission denied (ports below 1024 need privileges)`, fix);
+      if (code === 'EADDRNOTAVAIL' || code === 'ENOTFOUND') {
+        throw new ConfigError(`cannot listen on ${httpHost}:${httpPort}: ${httpHost} is not an address of this host`, 'set daemon.http_host (or PG_REKEY_DAEMON_HTTP_HOST) to an address of this host, e.g. 127.0.0.1 or 0.0.0.0');
+      }
+      throw e;
+    }
+  }
+
+  private async startup(): Promise<void> {
     const { config, pool } = this.ctx;
     this.relations = await RelationMap.build(pool, this.tables);
     this.catalog = new CatalogWatch(pool, config.tables, this.tables);
@@ -87,38 +165,39 @@ export class Daemon {
       onSlotLost: (reason) => this.ensureSlot(reason),
       onUnknownRelation: (schema, name) => this.refreshTables(schema, name),
     });
-    const http = await startHttp(config.daemon.httpHost, config.daemon.httpPort, this.metrics, {
-      ready: () => (this.stream.connected ? { ok: true, reason: 'streaming' } : { ok: false, reason: 'replication stream not connected' }),
-    });
-    this.log.info(
-      { http: `http://${config.daemon.httpHost}:${http.port}`, slot: config.replication.slot, tables: this.tables.map((t) => t.display), exitWhenConverged: this.opts.exitWhenConverged },
-      'pg-rekey run started: /healthz /readyz /metrics',
-    );
-    this.stream.start();
-    const sweeping = this.sweepLoop();
-    const timers = [
-      setInterval(() => void this.watchSlot().catch((e) => this.log.warn({ err: e }, 'slot check failed')), config.daemon.slotCheckIntervalMs),
-      setInterval(
-        () =>
-          void this.track(this.checkNow()).catch((e) => {
-            this.log.warn({ err: e }, 'convergence check failed');
-            void this.refreshCatalog('convergence check failed').catch(() => undefined); // a configured table dropped?
-          }),
-        config.daemon.checkIntervalMs,
-      ),
-      setInterval(() => void this.refreshCatalog('periodic catalog check').catch((e) => this.log.warn({ err: e }, 'catalog check failed')), config.daemon.slotCheckIntervalMs),
-    ];
-    const code = await this.finished;
+  }
+
+  /**
+   * Stops the parts in reverse order of their start and drains them; the
+   * ShutdownBound (armed by stop()) ends the process if this takes longer
+   * than daemon.shutdown_timeout, and logs which of the named steps was left.
+   */
+  private async shutdown(code: number, http: Server, sweeping: Promise<void>, timers: NodeJS.Timeout[]): Promise<number> {
+    const bound = this.opts.bound;
     this.stopping = true;
+    bound.arm(`exit ${code}`);
     timers.forEach(clearInterval);
     this.sweepAbort.abort();
     this.sweepWake?.();
+    // Not waited for (read-only, or ending by themselves), only named if the bound is reached while they run.
+    void bound.track('a catalog refresh', this.catalogMutex);
+    void bound.track('a slot check or slot creation', this.slotMutex);
     // Drain both at once: the chunk in flight, and the stream's batch (flush, acknowledge).
-    await Promise.all([sweeping, this.stream.stop()]);
-    await Promise.allSettled([...this.inFlight]); // checks started by a timer use the pool too
-    await this.writeState(true).catch(() => undefined);
-    await new Promise((r) => http.server.close(r));
-    this.log.info({ code, applied: formatLsn(this.stream.appliedLsn) }, 'stopped');
+    await Promise.all([
+      bound.track('sweep: the chunk in flight and its checkpoint', sweeping),
+      this.stream ? bound.track('stream: the batch in flight, its commit and acknowledgement', this.stream.stop()) : undefined,
+    ]);
+    await bound.track('convergence checks in flight', Promise.allSettled([...this.inFlight])); // checks started by a timer use the pool too
+    // After a lost lease another daemon may own the row already: nothing more is written.
+    if (this.opts.lease.held) await bound.track('the final status row', this.writeState(true).catch(() => undefined));
+    await bound.track(
+      'closing the HTTP endpoint',
+      new Promise((r) => {
+        http.close(r);
+        http.closeAllConnections(); // keep-alive scrapers
+      }),
+    );
+    this.log.info({ code, applied: this.stream ? formatLsn(this.stream.appliedLsn) : null }, 'stopped');
     return code;
   }
 
@@ -136,8 +215,13 @@ export class Daemon {
     return this.convergedAt !== null;
   }
 
-  /** First signal: drain and exit 0. */
+  /**
+   * Drain and exit with `code` (the first stop's code wins): a signal (0),
+   * convergence, a failure, a lost lease. Arms the shutdown bound.
+   */
   stop(code = EXIT_OK): void {
+    this.stopping = true;
+    this.opts.bound.arm(`exit ${code}`);
     this.finish(code);
   }
 
@@ -438,39 +522,51 @@ export class Daemon {
     this.sweepWake?.();
   }
 
+  /**
+   * The status row (pgrekey.daemon), written only while the lease is held and
+   * only over a row that still names this lease's holder (host, pid, start
+   * time recorded when the lease was taken): a daemon that lost its lease
+   * cannot overwrite a successor's row, even before it notices the loss.
+   */
   private async writeState(stopped = false): Promise<void> {
+    const lease = this.opts.lease;
+    if (!lease.held) return;
     const c = this.lastCheck;
+    const stream = this.stream as ReplicationStream | undefined; // undefined when startup did not get that far
+    const rewrites = stream?.rewrites ?? 0;
     const now = Date.now();
     if (now - this.rateSample.at >= 1000) {
-      const perSec = ((this.stream.rewrites - this.rateSample.rewrites) * 1000) / (now - this.rateSample.at);
-      this.rateSample = { at: now, rewrites: this.stream.rewrites, perSec };
+      const perSec = ((rewrites - this.rateSample.rewrites) * 1000) / (now - this.rateSample.at);
+      this.rateSample = { at: now, rewrites, perSec };
     }
-    await this.ctx.pool.query(
+    const r = await this.ctx.pool.query(
       `insert into pgrekey.daemon as d (slot_name, host, pid, started_at, heartbeat_at, applied_lsn, stream_connected, sweep_done, remaining, quarantined, last_check_at, converged_at, stream_rewrites, stream_rewrites_per_sec, stopped_at)
-       values ($1, $2, $3, now(), now(), $4::pg_lsn, $5, $6, $7, $8, $9, $10, $11, $12, case when $13 then now() end)
-       on conflict (slot_name) do update set host = excluded.host, pid = excluded.pid,
-         started_at = case when d.pid is distinct from excluded.pid then now() else d.started_at end,
+       values ($1, $2, $3, $14::timestamptz, now(), $4::pg_lsn, $5, $6, $7, $8, $9, $10, $11, $12, case when $13 then now() end)
+       on conflict (slot_name) do update set
          heartbeat_at = now(), applied_lsn = excluded.applied_lsn, stream_connected = excluded.stream_connected,
          sweep_done = excluded.sweep_done, remaining = excluded.remaining, quarantined = excluded.quarantined,
          last_check_at = excluded.last_check_at, converged_at = excluded.converged_at,
          stream_rewrites = excluded.stream_rewrites, stream_rewrites_per_sec = excluded.stream_rewrites_per_sec,
-         stopped_at = excluded.stopped_at`,
+         stopped_at = excluded.stopped_at
+       where d.host = excluded.host and d.pid = excluded.pid and d.started_at = excluded.started_at`,
       [
         this.ctx.config.replication.slot,
-        hostname(),
-        process.pid,
-        this.stream.appliedLsn > 0n ? formatLsn(this.stream.appliedLsn) : null,
-        this.stream.connected && !this.stopping,
+        lease.token.host,
+        lease.token.pid,
+        stream && stream.appliedLsn > 0n ? formatLsn(stream.appliedLsn) : null,
+        (stream?.connected ?? false) && !this.stopping,
         this.sweepDone,
         c?.remaining ?? null,
         c?.quarantined ?? null,
         this.lastCheckAt,
         this.convergedAt,
-        this.stream.rewrites,
+        rewrites,
         this.rateSample.perSec,
         stopped,
+        lease.token.startedAt,
       ],
     );
+    if (r.rowCount === 0) lease.lose(new Error('the status row in pgrekey.daemon names another daemon: another pg-rekey run holds the slot now'));
   }
 }
 

@@ -2,11 +2,13 @@
 // only, forwards to a loopback target, and can refuse, reset, or cut connections on demand, at
 // random intervals, or at a chosen point of a transaction (just before its COMMIT reaches the
 // server, or just after, with the server's answer lost). It reads the client's StartupMessage to
-// tell replication connections from ordinary ones, so a test can check that both kinds were cut.
+// tell replication connections from ordinary ones, so a test can check that both kinds were cut,
+// and `run`'s lease connection (application_name pg-rekey-lease) from both: cutting it stops the
+// daemon by design (exit 3), so random cuts of 'sql' connections leave it alone.
 import net from 'node:net';
 
 export type ProxyMode = 'forward' | 'reset';
-export type ConnectionKind = 'replication' | 'sql' | 'unknown';
+export type ConnectionKind = 'replication' | 'sql' | 'lease' | 'unknown';
 
 export interface ProxyStats {
   accepted: number;
@@ -93,8 +95,12 @@ function startupKind(buf: Buffer): ConnectionKind | null {
   if (buf.length < len) return null;
   if (buf.readInt32BE(4) !== 196608) return 'unknown'; // SSLRequest, GSSENCRequest, CancelRequest
   const parts = buf.subarray(8, len).toString('latin1').split('\0');
-  for (let i = 0; i + 1 < parts.length; i += 2) if (parts[i] === 'replication') return 'replication';
-  return 'sql';
+  let kind: ConnectionKind = 'sql';
+  for (let i = 0; i + 1 < parts.length; i += 2) {
+    if (parts[i] === 'replication') return 'replication';
+    if (parts[i] === 'application_name' && parts[i + 1] === 'pg-rekey-lease') kind = 'lease';
+  }
+  return kind;
 }
 
 export async function startTcpProxy(o: { target: string; port?: number; maxConnections?: number; mode?: ProxyMode }): Promise<TcpProxy> {
@@ -104,7 +110,7 @@ export async function startTcpProxy(o: { target: string; port?: number; maxConne
   const maxConnections = o.maxConnections ?? 64;
   let mode: ProxyMode = o.mode ?? 'forward';
   const pairs = new Set<Pair>();
-  const stats: ProxyStats = { accepted: 0, refused: 0, cut: { replication: 0, sql: 0, unknown: 0 }, open: 0 };
+  const stats: ProxyStats = { accepted: 0, refused: 0, cut: { replication: 0, sql: 0, lease: 0, unknown: 0 }, open: 0 };
   let chaosTimer: NodeJS.Timeout | null = null;
   const rules: CutRule[] = [];
 
