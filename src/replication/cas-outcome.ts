@@ -1,5 +1,3 @@
-import { createHash } from 'node:crypto';
-
 /**
  * What a compare-and-swap that matched nothing means (pure logic).
  *
@@ -27,6 +25,27 @@ export function isRowError(err: unknown): boolean {
   return typeof code === 'string' && ROW_ERROR_CLASSES.some((c) => code.startsWith(c));
 }
 
+/**
+ * Classes that say nothing about the rows: the session, the server or the catalog (connection,
+ * resources, operator intervention, lock/serialization, object state, system and internal errors,
+ * a table or column dropped, which run follows). Such a failure replays the batch.
+ */
+const TRANSIENT_CLASSES = ['08', '40', '53', '55', '57', '58', 'XX', 'F0', 'HV'];
+const CATALOG_CODES = new Set(['42P01', '42703']);
+
+/**
+ * The stream isolates by row every error that is deterministic for those rows, beyond the row
+ * classes: a trigger that reads a table the role may not (42501), a function it cannot run, a
+ * constraint trigger's own error. Replaying such a batch would fail the same way forever and
+ * hold back every other table.
+ */
+export function isolatedByRow(err: unknown): boolean {
+  const code = (err as { code?: unknown })?.code;
+  if (typeof code !== 'string' || code.length !== 5) return false;
+  if (CATALOG_CODES.has(code)) return false;
+  return !TRANSIENT_CLASSES.some((c) => code.startsWith(c));
+}
+
 /** The quarantine reason of a row whose UPDATE raised: SQLSTATE and constraint name, never the message (it can hold values). */
 export function rowErrorReason(err: unknown): `update-raised:${string}` {
   const e = err as { code?: string; constraint?: string };
@@ -35,40 +54,36 @@ export function rowErrorReason(err: unknown): `update-raised:${string}` {
 }
 
 /**
- * Notices rewrites that do not stick: the same old value of the same row and
- * column comes back after pg-rekey rewrote it (an AFTER trigger or a rule that
- * writes the old value back, an application that keeps writing one cached
- * ciphertext). A fresh encryption by an application has a new nonce, so a
- * repeat of the exact value is a loop, not a new write. After `limit`
- * repeats the value is quarantined instead of rewritten again.
+ * A database error as it may be logged: SQLSTATE, constraint, table, never the message or
+ * detail (a trigger's RAISE or a constraint's "Failing row contains (...)" can quote values).
  */
-export class StickTracker {
-  private readonly seen = new Map<string, number>();
+export class SanitizedDbError extends Error {
+  readonly code: string | undefined;
+  constructor(what: string, err: unknown) {
+    const e = err as { code?: string; constraint?: string; routine?: string };
+    super(`${what} failed with SQLSTATE ${e.code ?? 'unknown'}${e.constraint ? ` (constraint ${e.constraint})` : ''}${e.routine ? ` in ${e.routine}` : ''}; the message is not shown (it may quote values)`);
+    this.code = e.code;
+  }
+}
 
-  constructor(
-    private readonly limit = 3,
-    private readonly capacity = 50_000,
-  ) {}
+/**
+ * The transactions of pg-rekey's own stream writes, by 32-bit xid, so that a decoded change
+ * made by one of them is recognised: a non-target value in it means the rewrite did not stick
+ * (an AFTER trigger or a rule wrote the old value back within pg-rekey's own UPDATE). Rewriting
+ * it again would loop forever; an application's writes, even of a cached old ciphertext, come
+ * from its own transactions and are rewritten as usual.
+ */
+export class OwnTransactions {
+  private readonly xids = new Set<number>();
 
-  static id(table: string, key: readonly string[], column: string, value: string): string {
-    return createHash('sha256').update(JSON.stringify([table, key, column])).update(value).digest('base64');
+  constructor(private readonly capacity = 10_000) {}
+
+  add(xid32: number): void {
+    this.xids.add(xid32 >>> 0);
+    if (this.xids.size > this.capacity) this.xids.delete(this.xids.values().next().value!);
   }
 
-  /** Records that this value was rewritten; true when it has now come back `limit` times. */
-  rewritten(id: string): boolean {
-    const n = (this.seen.get(id) ?? 0) + 1;
-    this.seen.delete(id);
-    this.seen.set(id, n);
-    if (this.seen.size > this.capacity) this.seen.delete(this.seen.keys().next().value!);
-    return n > this.limit;
-  }
-
-  /** Given up on: the stream no longer rewrites this value (the sweep may, and clears its entry). */
-  giveUp(id: string): void {
-    this.seen.set(id, Number.POSITIVE_INFINITY);
-  }
-
-  givenUp(id: string): boolean {
-    return this.seen.get(id) === Number.POSITIVE_INFINITY;
+  has(xid: number | undefined): boolean {
+    return xid !== undefined && this.xids.has(xid >>> 0);
   }
 }

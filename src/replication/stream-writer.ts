@@ -3,12 +3,12 @@ import type pg from 'pg';
 import type { KeyRing } from '../crypto/key-ring.js';
 import { rewriteValue } from '../crypto/rewrite.js';
 import { parseVersioned } from '../crypto/envelope.js';
-import { quoteIdent } from '../db/ident.js';
+import { displayName, quoteIdent } from '../db/ident.js';
 import { casColumnsSql, versionExpr } from '../backfill/sweep-sql.js';
 import { checkout } from '../db/connect.js';
 import type { Logger } from '../logger.js';
 import { backoffMs, sleep } from '../timing.js';
-import { classifyMiss, isRowError, rowErrorReason, StickTracker } from './cas-outcome.js';
+import { classifyMiss, isolatedByRow, OwnTransactions, rowErrorReason, SanitizedDbError } from './cas-outcome.js';
 import { StopWhileWaiting, waitUntilVisible } from './visibility.js';
 import { clearQuarantine, recordQuarantine, type QuarantineEntry } from '../state/quarantine.js';
 import { keyMatchSql, type StreamRelation } from './relation-map.js';
@@ -64,8 +64,6 @@ interface CasRow {
   work: RowWork;
   olds: (string | null)[];
   news: (string | null)[];
-  /** StickTracker ids per column (null where the column is not rewritten). */
-  ids: (string | null)[];
 }
 
 /**
@@ -86,7 +84,8 @@ export class StreamWriter {
   private bytes = 0;
   private oldest = 0;
   private hooks: WriterHooks = {};
-  private readonly sticks = new StickTracker();
+  /** pg-rekey's own flush transactions: a non-target value decoded from one of them did not stick. */
+  private readonly own = new OwnTransactions();
 
   constructor(
     private readonly pool: pg.Pool,
@@ -159,7 +158,13 @@ export class StreamWriter {
   private async inTransaction(fn: (c: pg.PoolClient) => Promise<void>): Promise<void> {
     const client = await checkout(this.pool);
     try {
-      await client.query('begin');
+      // READ COMMITTED whatever default_transaction_isolation says: the CAS argument relies on an
+      // UPDATE that waited for a row lock re-checking the new row version, not failing with 40001.
+      // Constraints immediate: a deferred one raises in the row's savepoint, not at COMMIT.
+      await client.query('begin isolation level read committed');
+      await client.query('set constraints all immediate');
+      const xid = await client.query<{ x: string }>(`select pg_current_xact_id()::text as x`);
+      this.own.add(Number(BigInt(xid.rows[0]!.x) & 0xffffffffn));
       if (this.limits.lockTimeoutMs) await client.query(`select set_config('lock_timeout', $1, true)`, [String(this.limits.lockTimeoutMs)]);
       await fn(client);
       await client.query('commit');
@@ -175,23 +180,29 @@ export class StreamWriter {
   private async flushRelation(client: pg.PoolClient, b: Pending, out: FlushResult, last: boolean): Promise<RowWork[]> {
     const { rel } = b;
     const rows = [...b.rows.values()];
-    await this.readBack(client, rel, rows);
     const cols = rel.columns;
     const failures: QuarantineEntry[] = [];
     const rowKeyOf = (w: RowWork) => Object.fromEntries(rel.keyColumns.map((k, i) => [k, w.key[i] ?? null]));
     const quarantine = (w: RowWork, column: string, old: string, reason: QuarantineEntry['reason'], version?: number) =>
       failures.push({ table: rel.table, column, rowKey: rowKeyOf(w), version: version ?? parseVersioned(old)?.version ?? 0, reason, sha256: createHash('sha256').update(old).digest() });
+    // An old-version value in a change pg-rekey's own UPDATE made: the rewrite did not stick (an
+    // AFTER trigger or a rule wrote it back). Recorded, never rewritten again (that would loop).
+    for (const row of rows) {
+      if (!this.own.has(row.xid)) continue;
+      if (row.rewrite.size) out.givenUp++;
+      for (const [col, old] of row.rewrite) quarantine(row, col, old, 'did-not-stick');
+      row.rewrite.clear();
+    }
+    await this.readBack(client, rel, rows);
     const cas: CasRow[] = [];
     for (const row of rows) {
-      const c: CasRow = { work: row, olds: [], news: [], ids: [] };
+      const c: CasRow = { work: row, olds: [], news: [] };
       for (const col of cols) {
         const old = row.rewrite.get(col);
-        const id = old === undefined ? null : StickTracker.id(rel.table, row.key, col, old);
-        const r = old === undefined || this.sticks.givenUp(id!) ? null : rewriteValue(old, this.ring);
+        const r = old === undefined ? null : rewriteValue(old, this.ring);
         const ok = r?.kind === 'rewritten';
         c.olds.push(ok ? old! : null);
         c.news.push(ok ? r.value : null);
-        c.ids.push(ok ? id : null);
         if (r?.kind === 'failed') quarantine(row, col, old!, r.reason, r.version);
       }
       if (c.news.some((x) => x !== null)) cas.push(c);
@@ -210,18 +221,10 @@ export class StreamWriter {
       } else if (sticks === false) {
         // A BEFORE UPDATE trigger (or a rule) kept another value than the one written.
         out.givenUp++;
-        c.ids.forEach((id) => id && this.sticks.giveUp(id));
         rewrittenCols.forEach((col) => quarantine(c.work, col, c.olds[cols.indexOf(col)]!, 'did-not-stick'));
       } else if (sticks === true) {
         out.rewritten.set(rel.table, (out.rewritten.get(rel.table) ?? 0) + rewrittenCols.length);
         rewrittenCols.forEach((column) => written.push({ column, rowKey: rowKeyOf(c.work) }));
-        // The same old value back again and again: something writes it back after each rewrite.
-        c.ids.forEach((id, j) => {
-          if (id && this.sticks.rewritten(id)) {
-            this.sticks.giveUp(id);
-            quarantine(c.work, cols[j]!, c.olds[j]!, 'did-not-stick');
-          }
-        });
       } else misses.push(i);
     });
     if (misses.length) {
@@ -262,12 +265,13 @@ export class StreamWriter {
       const upd = await client.query<{ ord: number; sticks: boolean }>(casByKeySql(rel), params);
       for (const r of upd.rows) applied.set(offset + r.ord - 1, r.sticks);
     };
+    const what = `rewriting ${rel.table} (${displayName(rel.leaf)})`;
     await client.query('savepoint pgrekey_cas');
     try {
       await run(cas, 0);
       return { applied, raised };
     } catch (e) {
-      if (!isRowError(e)) throw e;
+      if (!isolatedByRow(e)) throw sanitized(what, e);
       await client.query('rollback to savepoint pgrekey_cas');
     }
     applied.clear();
@@ -276,7 +280,7 @@ export class StreamWriter {
       try {
         await run([cas[i]!], i);
       } catch (e) {
-        if (!isRowError(e)) throw e;
+        if (!isolatedByRow(e)) throw sanitized(what, e);
         await client.query('rollback to savepoint pgrekey_cas_row');
         raised.set(i, e);
       }
@@ -320,6 +324,11 @@ export class StreamWriter {
       });
     }
   }
+}
+
+/** A database error (it has a SQLSTATE) loses its message, which may quote values; others (a dropped socket) stay as they are. */
+function sanitized(what: string, e: unknown): unknown {
+  return typeof (e as { code?: unknown })?.code === 'string' && /^[0-9A-Z]{5}$/.test((e as { code: string }).code) ? new SanitizedDbError(what, e) : e;
 }
 
 /**

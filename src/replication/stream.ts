@@ -175,8 +175,14 @@ export class ReplicationStream {
       void this.serial(() => this.onKeepalive(svc, parseLsn(lsn), shouldRespond)).catch(breakWith);
     });
     const statusTimer = setInterval(() => !broken && this.sendStatus(svc), STATUS_INTERVAL_MS);
+    // One timer flush queued at a time: a flush waiting for visibility must not pile up others behind it.
+    let flushQueued = false;
     const flushTimer = setInterval(() => {
-      if (!broken && this.o.writer.due()) void this.serial(() => this.flush()).catch(breakWith);
+      if (broken || flushQueued || !this.o.writer.due()) return;
+      flushQueued = true;
+      void this.serial(() => this.flush())
+        .catch(breakWith)
+        .finally(() => (flushQueued = false));
     }, Math.max(10, Math.floor(this.o.writer.limits.maxDelayMs / 2)));
     try {
       // Resolves when the connection ends; rejects on a server error.
@@ -264,6 +270,8 @@ export class ReplicationStream {
     // library): every change before walEnd has been handled, so the slot may
     // move past WAL that held nothing for us.
     const lib = svc as unknown as { _messageQueue: unknown[]; _processing: boolean };
+    // Stopping: data messages are no longer handled, so a keepalive must not move past them.
+    if (this.stopping) return;
     if (this.o.writer.size === 0 && !this.inTxn && lib._messageQueue.length === 0 && !lib._processing) this.advance(walEnd);
     if (shouldRespond) this.sendStatus(svc);
   }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { fullXid, hasEnded, parseSnapshot, stillInProgress, xid32 } from '../../src/db/snapshot.js';
-import { classifyMiss, isRowError, rowErrorReason, StickTracker } from '../../src/replication/cas-outcome.js';
+import { classifyMiss, isolatedByRow, isRowError, OwnTransactions, rowErrorReason, SanitizedDbError } from '../../src/replication/cas-outcome.js';
 
 const E = 1n << 32n;
 
@@ -53,14 +53,26 @@ describe('CAS outcomes', () => {
     expect(rowErrorReason({ code: 'P0001', message: 'v1:abc' })).toBe('update-raised:P0001');
   });
 
-  it('notices a value that comes back after each rewrite', () => {
-    const t = new StickTracker(2);
-    const id = StickTracker.id('public.t', ['1'], 'c', 'v1:AAAA');
-    expect(t.rewritten(id)).toBe(false);
-    expect(t.rewritten(id)).toBe(false);
-    expect(t.rewritten(id)).toBe(true);
-    t.giveUp(id);
-    expect(t.givenUp(id)).toBe(true);
-    expect(t.givenUp(StickTracker.id('public.t', ['1'], 'c', 'v1:AAAB'))).toBe(false);
+  it('the stream isolates by row every deterministic error, never a transient or catalog one', () => {
+    for (const code of ['23514', 'P0001', '42501', '42883', '0A000']) expect(isolatedByRow({ code })).toBe(true);
+    for (const code of ['40001', '40P01', '55P03', '57014', '08006', '53200', 'XX000', '42P01', '42703', undefined, 'ECONNRESET']) expect(isolatedByRow({ code })).toBe(false);
+  });
+
+  it('a sanitized database error keeps the SQLSTATE and drops the message', () => {
+    const e = new SanitizedDbError('rewriting public.t', { code: '42501', message: 'permission denied ... v1:AAAA', routine: 'aclcheck_error' });
+    expect(e.code).toBe('42501');
+    expect(e.message).not.toContain('v1:');
+    expect(e.message).toMatch(/SQLSTATE 42501/);
+  });
+
+  it("recognises pg-rekey's own transactions by 32-bit xid (signed as the library parses it, too)", () => {
+    const own = new OwnTransactions(2);
+    own.add(0xfffffffe);
+    expect(own.has(-2)).toBe(true);
+    expect(own.has(0xfffffffe)).toBe(true);
+    own.add(5);
+    own.add(6);
+    expect(own.has(-2)).toBe(false); // capacity: the oldest is forgotten
+    expect(own.has(undefined)).toBe(false);
   });
 });
