@@ -39,6 +39,8 @@ const NAMESPACE = 'pg-rekey';
 /** How often the lease connection is checked, and how long a check may take before the lease counts as lost. */
 const PING_EVERY_MS = 5_000;
 const PING_TIMEOUT_MS = 15_000;
+/** How long a lease whose connection ended is taken again before it counts as lost (a server restart takes seconds). */
+const REGAIN_MS = 30_000;
 
 const LOCK_MATCH = `l.locktype = 'advisory' and l.granted and l.objsubid = 2
   and l.database = (select oid from pg_database where datname = current_database())
@@ -95,6 +97,8 @@ export function describeHolder(h: LeaseHolder): string {
 
 /** Ends the session holding the lease of `slot` (teardown --force): its daemon stops. True if one was ended. */
 export async function terminateLeaseHolder(db: pg.Pool | pg.ClientBase, slot: string): Promise<boolean> {
+  // First the status row stops naming the daemon: it must not take the lease again afterwards.
+  await db.query(`update pgrekey.daemon set started_at = now(), pid = null where slot_name = $1`, [slot]).catch(() => undefined);
   const r = await db.query<{ ok: boolean }>(`select pg_terminate_backend(l.pid) as ok from pg_locks l where ${LOCK_MATCH}`, [NAMESPACE, slot]);
   return r.rows.some((x) => x.ok);
 }
@@ -127,20 +131,25 @@ export interface LeaseToken {
  * lease connection ends or stops answering; never after release().
  */
 export class SlotLease extends EventEmitter {
-  private state: 'held' | 'lost' | 'released' = 'held';
+  private state: 'held' | 'regaining' | 'lost' | 'released' = 'held';
   private readonly timer: NodeJS.Timeout;
 
   private constructor(
-    private readonly client: pg.Client,
+    private client: pg.Client,
     readonly slot: string,
     readonly token: LeaseToken,
     private readonly log: Logger,
+    private readonly o: LeaseOptions,
   ) {
     super();
-    client.on('error', (e) => this.lose(e));
-    client.on('end', () => this.lose(new Error('the lease connection was closed')));
+    this.listen(client);
     this.timer = setInterval(() => void this.ping(), PING_EVERY_MS);
     this.timer.unref();
+  }
+
+  private listen(client: pg.Client): void {
+    client.on('error', (e) => this.connectionLost(client, e));
+    client.on('end', () => this.connectionLost(client, new Error('the lease connection was closed')));
   }
 
   /** Takes the lease of `slot` and records this process as its holder; throws LeaseHeld if another session has it. */
@@ -171,7 +180,7 @@ export class SlotLease extends EventEmitter {
         )
       ).rows[0]!.t;
       client.off('error', ignore);
-      const lease = new SlotLease(client, o.slot, token, o.log.child({ component: 'lease', slot: o.slot }));
+      const lease = new SlotLease(client, o.slot, token, o.log.child({ component: 'lease', slot: o.slot }), o);
       lease.log.info({ host: token.host, pid: token.pid }, `holding the lease of replication slot ${o.slot}: no other pg-rekey run can use it while this one runs`);
       return lease;
     } catch (e) {
@@ -195,11 +204,53 @@ export class SlotLease extends EventEmitter {
 
   /** The lease can no longer be trusted: tell the daemon (once). */
   lose(cause: unknown): void {
-    if (this.state !== 'held') return;
+    if (this.state !== 'held' && this.state !== 'regaining') return;
     this.state = 'lost';
     clearInterval(this.timer);
     this.emit('lost', cause);
     void this.client.end().catch(() => undefined);
+  }
+
+  /**
+   * The lease connection ended (a server restart, a failover, a network cut): the lock is gone
+   * with it. Nothing is written meanwhile (`held` is false). For up to REGAIN_MS the lease is
+   * taken again, and kept only if the status row still names this process, i.e. no other run
+   * held the slot in between; otherwise, or past the bound, it is lost.
+   */
+  private connectionLost(client: pg.Client, cause: unknown): void {
+    if (client !== this.client || this.state !== 'held') return;
+    this.state = 'regaining';
+    this.log.warn({ err: cause, regainWithinMs: REGAIN_MS }, 'the lease connection ended; writing no state until the lease is taken again');
+    void this.regain(cause);
+  }
+
+  private async regain(cause: unknown): Promise<void> {
+    const deadline = Date.now() + REGAIN_MS;
+    for (let attempt = 1; this.state === 'regaining'; attempt++) {
+      const client = new pg.Client({ connectionString: this.o.connectionString, application_name: 'pg-rekey-lease', keepAlive: true, keepAliveInitialDelayMillis: 10_000, connectionTimeoutMillis: 5_000 });
+      client.on('error', () => undefined);
+      try {
+        await client.connect();
+        const got = (await client.query<{ ok: boolean }>(`select pg_try_advisory_lock(hashtext($1), hashtext($2)) as ok`, [NAMESPACE, this.slot])).rows[0]!.ok;
+        if (!got) throw new LeaseHeld(await readLeaseHolder(client, this.slot));
+        const ours = await client.query(`select 1 from pgrekey.daemon where slot_name = $1 and host = $2 and pid = $3 and started_at = $4::timestamptz`, [this.slot, this.token.host, this.token.pid, this.token.startedAt]);
+        if (ours.rowCount === 0) throw new Error('another pg-rekey run held the slot while the lease connection was down (the status row names it)');
+        if (this.state !== 'regaining') {
+          await client.end().catch(() => undefined);
+          return;
+        }
+        this.client = client;
+        this.listen(client);
+        this.state = 'held';
+        this.log.info({ attempt }, `the lease of replication slot ${this.slot} is held again`);
+        return;
+      } catch (e) {
+        await client.end().catch(() => undefined);
+        const final = e instanceof LeaseHeld || (e instanceof Error && e.message.startsWith('another pg-rekey run'));
+        if (final || Date.now() + 1_000 > deadline) return this.lose(final ? e : cause);
+        await new Promise((r) => setTimeout(r, Math.min(1_000 * attempt, 5_000)).unref());
+      }
+    }
   }
 
   /**
@@ -209,15 +260,18 @@ export class SlotLease extends EventEmitter {
    */
   private async ping(): Promise<void> {
     if (this.state !== 'held') return;
+    const client = this.client;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`the lease connection did not answer within ${PING_TIMEOUT_MS / 1000} s`)), PING_TIMEOUT_MS);
       timer.unref();
     });
     try {
-      await Promise.race([this.client.query('select 1'), timeout]);
+      await Promise.race([client.query('select 1'), timeout]);
     } catch (e) {
-      this.lose(e);
+      // The server may have ended the session already: take the lease again (or lose it).
+      void client.end().catch(() => undefined);
+      this.connectionLost(client, e);
     } finally {
       clearTimeout(timer);
     }
