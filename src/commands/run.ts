@@ -6,6 +6,8 @@ import { finishRun, startRun, type RunOutcome } from '../state/runs.js';
 import { loadKeyRing, type KeyRing } from '../crypto/key-ring.js';
 import { initSodium, memzero } from '../crypto/secretbox.js';
 import { resolveTables } from '../db/catalog.js';
+import { refuseHiddenRows } from '../db/row-security.js';
+import { proveTargetKey } from '../crypto/target-proof.js';
 import { Daemon } from '../daemon/daemon.js';
 import { SlotLease } from '../daemon/lease.js';
 import { ShutdownBound } from '../daemon/shutdown-bound.js';
@@ -68,6 +70,10 @@ async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, stat
   const lease = await SlotLease.acquire({ connectionString: config.connectionString, slot: config.replication.slot, log: ctx.log });
   try {
     const tables = await resolveTables(ctx.pool, config.tables);
+    // Before the first rewrite: every row must be visible to this role, and the target key must
+    // open the target-version values the applications already wrote (exit 2 otherwise).
+    await refuseHiddenRows(ctx.pool, tables);
+    await proveTargetKey(ctx.pool, tables, ring, ctx.log);
     if (state.signalled) return EXIT_OK;
     const daemon = new Daemon(ctx, ring, tables, { exitWhenConverged, lease, bound });
     state.daemon = daemon;

@@ -67,23 +67,36 @@ export class SanitizedDbError extends Error {
 }
 
 /**
- * The transactions of pg-rekey's own stream writes, by 32-bit xid, so that a decoded change
- * made by one of them is recognised: a non-target value in it means the rewrite did not stick
- * (an AFTER trigger or a rule wrote the old value back within pg-rekey's own UPDATE). Rewriting
- * it again would loop forever; an application's writes, even of a cached old ciphertext, come
- * from its own transactions and are rewritten as usual.
+ * What pg-rekey's own stream writes wrote, by 32-bit xid of their transaction, so that a change
+ * decoded from one of them is recognised: an old-version value in a column pg-rekey itself set in
+ * that transaction means the rewrite did not stick (an AFTER trigger or a rule wrote the old value
+ * back within pg-rekey's UPDATE). Rewriting it again would loop forever. Other columns of the same
+ * change hold what the application wrote (the CAS leaves them as they are) and are handled as
+ * usual; an application re-saving a cached old ciphertext writes from its own transactions.
  */
 export class OwnTransactions {
-  private readonly xids = new Set<number>();
+  private readonly wrote = new Map<number, Set<string>>();
 
-  constructor(private readonly capacity = 10_000) {}
+  constructor(private readonly capacity = 200) {}
 
-  add(xid32: number): void {
-    this.xids.add(xid32 >>> 0);
-    if (this.xids.size > this.capacity) this.xids.delete(this.xids.values().next().value!);
+  private static cell(table: string, key: readonly string[], column: string): string {
+    return JSON.stringify([table, key, column]);
   }
 
-  has(xid: number | undefined): boolean {
-    return xid !== undefined && this.xids.has(xid >>> 0);
+  /** Records the cells one flush transaction wrote. */
+  add(xid32: number, cells: readonly { table: string; key: readonly string[]; column: string }[]): void {
+    if (cells.length === 0) return;
+    const x = xid32 >>> 0;
+    const set = this.wrote.get(x) ?? new Set<string>();
+    for (const c of cells) set.add(OwnTransactions.cell(c.table, c.key, c.column));
+    this.wrote.delete(x);
+    this.wrote.set(x, set);
+    while (this.wrote.size > this.capacity) this.wrote.delete(this.wrote.keys().next().value!);
+  }
+
+  /** True when the transaction `xid` (as decoded) was pg-rekey's and it set this cell. */
+  wroteCell(xid: number | undefined, table: string, key: readonly string[], column: string): boolean {
+    if (xid === undefined) return false;
+    return this.wrote.get(xid >>> 0)?.has(OwnTransactions.cell(table, key, column)) === true;
   }
 }

@@ -86,6 +86,8 @@ export class StreamWriter {
   private hooks: WriterHooks = {};
   /** pg-rekey's own flush transactions: a non-target value decoded from one of them did not stick. */
   private readonly own = new OwnTransactions();
+  /** The xid of the flush transaction in progress. */
+  private xid = 0;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -164,7 +166,7 @@ export class StreamWriter {
       await client.query('begin isolation level read committed');
       await client.query('set constraints all immediate');
       const xid = await client.query<{ x: string }>(`select pg_current_xact_id()::text as x`);
-      this.own.add(Number(BigInt(xid.rows[0]!.x) & 0xffffffffn));
+      this.xid = Number(BigInt(xid.rows[0]!.x) & 0xffffffffn);
       if (this.limits.lockTimeoutMs) await client.query(`select set_config('lock_timeout', $1, true)`, [String(this.limits.lockTimeoutMs)]);
       await fn(client);
       await client.query('commit');
@@ -188,10 +190,12 @@ export class StreamWriter {
     // An old-version value in a change pg-rekey's own UPDATE made: the rewrite did not stick (an
     // AFTER trigger or a rule wrote it back). Recorded, never rewritten again (that would loop).
     for (const row of rows) {
-      if (!this.own.has(row.xid)) continue;
-      if (row.rewrite.size) out.givenUp++;
-      for (const [col, old] of row.rewrite) quarantine(row, col, old, 'did-not-stick');
-      row.rewrite.clear();
+      for (const [col, old] of [...row.rewrite]) {
+        if (!this.own.wroteCell(row.xid, rel.table, row.key, col)) continue;
+        out.givenUp++;
+        quarantine(row, col, old, 'did-not-stick');
+        row.rewrite.delete(col);
+      }
     }
     await this.readBack(client, rel, rows);
     const cas: CasRow[] = [];
@@ -222,9 +226,12 @@ export class StreamWriter {
         // A BEFORE UPDATE trigger (or a rule) kept another value than the one written.
         out.givenUp++;
         rewrittenCols.forEach((col) => quarantine(c.work, col, c.olds[cols.indexOf(col)]!, 'did-not-stick'));
+        // The UPDATE happened (with the trigger's value): its change comes back decoded and must not be rewritten again.
+        this.own.add(this.xid, rewrittenCols.map((column) => ({ table: rel.table, key: c.work.key, column })));
       } else if (sticks === true) {
         out.rewritten.set(rel.table, (out.rewritten.get(rel.table) ?? 0) + rewrittenCols.length);
         rewrittenCols.forEach((column) => written.push({ column, rowKey: rowKeyOf(c.work) }));
+        this.own.add(this.xid, rewrittenCols.map((column) => ({ table: rel.table, key: c.work.key, column })));
       } else misses.push(i);
     });
     if (misses.length) {

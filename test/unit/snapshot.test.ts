@@ -65,14 +65,17 @@ describe('CAS outcomes', () => {
     expect(e.message).toMatch(/SQLSTATE 42501/);
   });
 
-  it("recognises pg-rekey's own transactions by 32-bit xid (signed as the library parses it, too)", () => {
+  it("recognises the cells pg-rekey's own transactions wrote, by 32-bit xid (signed as the library parses it, too)", () => {
     const own = new OwnTransactions(2);
-    own.add(0xfffffffe);
-    expect(own.has(-2)).toBe(true);
-    expect(own.has(0xfffffffe)).toBe(true);
-    own.add(5);
-    own.add(6);
-    expect(own.has(-2)).toBe(false); // capacity: the oldest is forgotten
-    expect(own.has(undefined)).toBe(false);
+    own.add(0xfffffffe, [{ table: 'public.t', key: ['1'], column: 'title' }]);
+    expect(own.wroteCell(-2, 'public.t', ['1'], 'title')).toBe(true);
+    expect(own.wroteCell(0xfffffffe, 'public.t', ['1'], 'title')).toBe(true);
+    // Another column of the same change: the application's value, not pg-rekey's.
+    expect(own.wroteCell(-2, 'public.t', ['1'], 'raw_xml')).toBe(false);
+    expect(own.wroteCell(-2, 'public.t', ['2'], 'title')).toBe(false);
+    own.add(5, [{ table: 'public.t', key: ['1'], column: 'title' }]);
+    own.add(6, [{ table: 'public.t', key: ['1'], column: 'title' }]);
+    expect(own.wroteCell(-2, 'public.t', ['1'], 'title')).toBe(false); // capacity: the oldest is forgotten
+    expect(own.wroteCell(undefined, 'public.t', ['1'], 'title')).toBe(false);
   });
 });
