@@ -4,11 +4,14 @@ import { loadTargetVersion } from '../crypto/key-ring.js';
 import { versionLabel } from '../crypto/envelope.js';
 import { resolveTables } from '../db/catalog.js';
 import { stateIsCurrent } from '../db/migrate.js';
-import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK } from '../errors.js';
-import { rowSecurityProblems } from '../db/row-security.js';
+import { EXIT_NOT_CONVERGED, EXIT_OK } from '../errors.js';
+import { refuseHiddenRows } from '../db/row-security.js';
 import { formatDuration, renderTable } from '../format.js';
 import { openWriters, type OpenTransaction } from '../db/open-transactions.js';
 import { countVersions, type ColumnCounts } from '../verify/count-versions.js';
+import { blocksConvergence, findOutsideRelations, outsideProblems, type OutsideRelation } from '../verify/outside.js';
+import { unfollowedLeaves } from '../daemon/convergence.js';
+import { displayName } from '../db/ident.js';
 
 export interface VerifyReport {
   target: string;
@@ -21,6 +24,15 @@ export interface VerifyReport {
    * included): their writes are invisible to the count, so it proves nothing until they end.
    */
   openTransactions: OpenTransaction[];
+  /**
+   * Leaves of the configured tables the stream cannot follow (UNLOGGED, not in the publication),
+   * each with its fix: a count of 0 proves nothing while one exists (design.md rule 7).
+   */
+  unfollowed: string[];
+  /** Relations that were leaves of a configured table and are not any more (detached, NO INHERIT), counted. */
+  outside: OutsideRelation[];
+  /** `ignore:` of the config. */
+  ignore: string[];
 }
 
 /** How long verify waits for the transactions open at the end of its count before it reports them. */
@@ -33,27 +45,28 @@ export async function verifyCommand(flags: GlobalFlags, opts: { json?: boolean }
   try {
     const tables = await resolveTables(ctx.pool, ctx.config.tables);
     // A count of part of a table is worse than none: refuse rather than print it.
-    const hidden = await rowSecurityProblems(ctx.pool, tables);
-    if (hidden.length) {
-      throw new ConfigError(
-        'cannot count every row: row level security would hide rows of configured tables from this role',
-        'grant what each line says (or run verify as a role that sees every row); no count is printed for a table that could not be read whole',
-        hidden.map((h) => h.problem),
-      );
-    }
+    await refuseHiddenRows(ctx.pool, tables, 'cannot count every row');
     const withState = await stateIsCurrent(ctx.pool);
     const columns = await countVersions(ctx.pool, tables, target, withState);
     const remaining = columns.reduce((n, c) => n + c.nonTarget, 0);
     const openTransactions = await openWriters(ctx.pool, OPEN_TRANSACTION_WAIT_MS);
+    // Once setup has made the publication, a leaf it does not publish is one the stream does not follow.
+    const unfollowed = await unfollowedLeaves(ctx.pool, tables, withState ? ctx.config.replication.publication : undefined);
+    const outside = await findOutsideRelations(ctx.pool, tables, target, ctx.config.ignore);
     const report: VerifyReport = {
       target: versionLabel(target),
-      converged: remaining === 0 && openTransactions.length === 0,
+      converged: remaining === 0 && openTransactions.length === 0 && unfollowed.length === 0 && !outside.some(blocksConvergence),
       remaining,
       quarantined: withState ? columns.reduce((n, c) => n + (c.quarantined ?? 0), 0) : null,
       columns,
       openTransactions,
+      unfollowed,
+      outside,
+      ignore: ctx.config.ignore.map(displayName),
     };
-    ctx.log.child({ component: 'verify' }).info({ converged: report.converged, remaining, quarantined: report.quarantined, openTransactions: openTransactions.length }, 'verify finished');
+    ctx.log
+      .child({ component: 'verify' })
+      .info({ converged: report.converged, remaining, quarantined: report.quarantined, openTransactions: openTransactions.length, unfollowed: unfollowed.length, outside: outside.length }, 'verify finished');
     process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : `${renderVerify(report)}\n`);
     return report.converged ? EXIT_OK : EXIT_NOT_CONVERGED;
   } finally {
@@ -71,13 +84,38 @@ export function renderVerify(r: VerifyReport): string {
     ? `\n${renderOpenTransactions(r.openTransactions)}\nNOT converged: ${r.openTransactions.length} transaction(s) open at the count may still commit old-version writes the count cannot see; ` +
       'verify again once they have ended (COMMIT PREPARED / ROLLBACK PREPARED a prepared one)'
     : '';
+  const outside = renderOutside(r);
+  const unfollowed = r.unfollowed.length
+    ? `\nNOT converged: ${r.unfollowed.length} relation(s) of the configured tables are not followed by the stream, so a count of them proves nothing:\n${r.unfollowed.map((u) => `  ${u}`).join('\n')}`
+    : '';
   const verdict = r.converged
     ? `converged: every value is at ${r.target} (or not ours), and no transaction open at the count is left; the old key(s) are no longer needed by these columns`
     : r.remaining === 0
       ? `no value of an old version was counted, but that is no proof yet`
       : `NOT converged: ${r.remaining} value(s) are not at ${r.target}` +
         (r.quarantined ? `; ${r.quarantined} are quarantined (see \`pg-rekey status\` and pgrekey.quarantine)` : '; `pg-rekey run` (or `pg-rekey backfill`) rewrites them');
-  return `target ${r.target}\n${table}\n${verdict}${open}`;
+  return `target ${r.target}\n${table}\n${verdict}${open}${unfollowed}${outside}`;
+}
+
+/** The relations that left the configured tables: counted, and what holds convergence back. */
+export function renderOutside(r: Pick<VerifyReport, 'outside' | 'target' | 'ignore'>): string {
+  if (r.outside.length === 0) return r.ignore.length ? `\nignore: ${r.ignore.join(', ')} (none of them was a leaf of a configured table)` : '';
+  const versions = [...new Set(r.outside.flatMap((o) => (o.columns ?? []).flatMap((c) => Object.keys(c.byVersion))))].sort((a, b) => Number(a.slice(1)) - Number(b.slice(1)));
+  const table = renderTable(
+    ['relation', 'was a leaf of', 'column', ...versions, 'not ours', 'null', 'remaining', 'ignore:'],
+    r.outside.flatMap((o) =>
+      o.columns === null || o.columns.length === 0
+        ? [[o.relation, o.wasPartOf, o.error ?? '(no configured column left)', ...versions.map(() => '-'), '-', '-', o.remaining ?? '?', o.ignored ? 'ignored' : '']]
+        : o.columns.map((c) => [o.relation, o.wasPartOf, c.column, ...versions.map((v) => c.byVersion[v] ?? 0), c.notOurs, c.nulls, c.nonTarget, o.ignored ? 'ignored' : '']),
+    ),
+  );
+  const blocking = outsideProblems(r.outside);
+  const ignored = r.outside.filter((o) => o.ignored && (o.remaining ?? 1) > 0);
+  return (
+    `\noutside the configured tables (relations that were leaves of them: nothing streams, sweeps or counts them as part of a table now):\n${table}` +
+    (blocking.length ? `\nNOT converged: ${blocking.length} of them hold old-version values:\n${blocking.map((b) => `  ${b}`).join('\n')}` : '') +
+    (ignored.length ? `\nignored (\`ignore:\`): ${ignored.map((o) => `${o.relation} (${o.remaining ?? '?'} old-version value(s) stay unreadable without the old key)`).join(', ')}` : '')
+  );
 }
 
 /** One line per open transaction: what it is, where, how old. Never its query. */

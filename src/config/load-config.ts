@@ -58,6 +58,8 @@ export interface Config {
   connectionString: string | undefined;
   connectionSource: 'flag' | 'env' | 'file' | 'PG* variables';
   tables: readonly TableConfig[];
+  /** Former leaves of configured tables accepted as they are (`ignore:`). */
+  ignore: readonly QualifiedName[];
   sweep: SweepSettings;
   throttle: ThrottleSettings;
   replication: { slot: string; publication: string; /** 0 = no warning. */ maxRetainedWalBytes: number };
@@ -135,6 +137,17 @@ function parseTables(tables: FileConfig['tables'], problems: string[]): TableCon
   });
 }
 
+function parseIgnore(names: readonly string[], problems: string[]): QualifiedName[] {
+  return names.flatMap((n, i) => {
+    const parts = parseIdentifierPath(n);
+    if (typeof parts === 'string' || parts.length > 2) {
+      problems.push(`ignore[${i}]: ${typeof parts === 'string' ? parts : 'use table or schema.table'}`);
+      return [];
+    }
+    return [parts.length === 2 ? { schema: parts[0]!, name: parts[1]! } : { schema: 'public', name: parts[0]! }];
+  });
+}
+
 /**
  * Resolves the configuration. Precedence: flag > environment > file > default.
  * Returns a frozen object; throws one ConfigError listing every problem.
@@ -162,6 +175,7 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
   const file = parsed.data;
   const problems: string[] = [];
   const tables = parseTables(file.tables, problems);
+  const ignore = parseIgnore(file.ignore, problems);
   if (problems.length) throw new ConfigError(`${configPath} has ${problems.length} problem(s)`, 'fix the fields named above', problems);
 
   const [connectionString, connectionSource] = flags.databaseUrl
@@ -178,6 +192,7 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
     connectionString,
     connectionSource,
     tables,
+    ignore,
     sweep: {
       chunkTimeMs: toMillis(s.chunk_time),
       chunkBlocks: s.chunk_blocks,

@@ -90,6 +90,12 @@ export const fileSchema = z.strictObject({
   /** Connection string; else DATABASE_URL; else libpq PG* variables. */
   database: z.string().min(1).optional(),
   tables: z.array(tableSchema).min(1),
+  /**
+   * Relations that were leaves of a configured table (a partition detached, an INHERITS child
+   * unlinked with NO INHERIT) and that may keep their old-version values: `table` (schema public)
+   * or `schema.table`. verify still counts and lists them, but they no longer hold convergence back.
+   */
+  ignore: z.array(z.string().min(1)).default([]),
   sweep: sweepSchema.default(() => sweepSchema.parse({})),
   throttle: throttleSchema.default(() => throttleSchema.parse({})),
   replication: replicationSchema.default(() => replicationSchema.parse({})),

@@ -15,14 +15,24 @@ export interface TableInfo {
   /** Columns that identify a row for compare-and-swap and quarantine. */
   keyColumns: string[];
   keySource: 'primary key' | 'replica identity index';
-  /** Relations the sweep scans: the table itself, or every leaf partition. */
+  /**
+   * Every relation that can hold the table's rows, each swept, streamed and counted on its own
+   * (`FROM ONLY`): the table itself, or every leaf partition; for a table with legacy INHERITS
+   * children (any depth), the table itself and every descendant (a parent holds rows of its own).
+   */
   leaves: QualifiedName[];
+  /**
+   * The leaves that are UNLOGGED (or temporary): logical decoding never sees their writes. They
+   * are in `leaves` as resolveTables returns them (backfill may rewrite them, verify counts them);
+   * run refuses them at start (db/unlogged.ts) and, under run, follows a view without them.
+   */
+  unlogged: QualifiedName[];
 }
 
 interface ClassRow { oid: number; relkind: string; relreplident: string }
 interface ColumnRow { attname: string; typname: string; category: string; shown: string }
 interface KeyRow { indisprimary: boolean; indisreplident: boolean; cols: string[] }
-interface LeafRow { schema: string; name: string }
+interface LeafRow { oid: number; schema: string; name: string; relkind: string; relreplident: string; persistence: string; partition: boolean; self: boolean }
 
 // Text types whose values round-trip unchanged. char(n) pads with blanks and
 // name truncates at 63 bytes: both would corrupt a ciphertext.
@@ -88,19 +98,11 @@ export async function resolveTables(db: pg.Pool | pg.ClientBase, tables: readonl
     ).rows[0]!;
     if (!privs.sel) problems.push(`${name}: this role lacks SELECT on the table (GRANT SELECT ON ${name} TO ${privs.me}); see sql/roles.sql`);
     if (privs.upd.length) problems.push(`${name}: this role lacks UPDATE on column(s) ${privs.upd.join(', ')} (GRANT UPDATE (${privs.upd.join(', ')}) ON ${name} TO ${privs.me}); see sql/roles.sql`);
-    const leaves =
-      cls.relkind === 'p'
-        ? (
-            await db.query<LeafRow>(
-              `select n.nspname as schema, c.relname as name
-                 from pg_partition_tree($1::regclass) p
-                 join pg_class c on c.oid = p.relid join pg_namespace n on n.oid = c.relnamespace
-                where p.isleaf order by 1, 2`,
-              [cls.oid],
-            )
-          ).rows
-        : [{ schema: t.schema, name: t.name }];
-    if (key) {
+    const leafRows = await findLeaves(db, cls.oid);
+    const leafProblems = key ? await checkLeaves(db, name, leafRows, key.cols, present) : [];
+    problems.push(...leafProblems);
+    if (key && leafProblems.length === 0) {
+      const leaves = leafRows.map((l) => ({ schema: l.schema, name: l.name }));
       out.push({
         config: t,
         display: name,
@@ -110,6 +112,7 @@ export async function resolveTables(db: pg.Pool | pg.ClientBase, tables: readonl
         keyColumns: key.cols,
         keySource: key.source,
         leaves,
+        unlogged: leafRows.filter((l) => l.persistence !== 'p').map((l) => ({ schema: l.schema, name: l.name })),
       });
     }
   }
@@ -121,6 +124,66 @@ export async function resolveTables(db: pg.Pool | pg.ClientBase, tables: readonl
     );
   }
   return out;
+}
+
+/**
+ * The relations that hold the table's rows: pg_inherits followed to any depth covers both leaf
+ * partitions (of every level) and legacy INHERITS children (of every level). A partitioned table
+ * holds no rows itself; a regular parent does, so it is a leaf of its own. The table comes first.
+ */
+async function findLeaves(db: pg.Pool | pg.ClientBase, oid: number): Promise<LeafRow[]> {
+  return (
+    await db.query<LeafRow>(
+      `with recursive d(oid) as (select $1::oid union select i.inhrelid from pg_inherits i join d on i.inhparent = d.oid)
+       select c.oid::int as oid, n.nspname as schema, c.relname as name, c.relkind::text as relkind, c.relreplident::text as relreplident,
+              c.relpersistence::text as persistence, c.relispartition as partition, c.oid = $1::oid as self
+         from d join pg_class c on c.oid = d.oid join pg_namespace n on n.oid = c.relnamespace
+        where c.relkind <> 'p'
+        order by c.oid <> $1::oid, 2, 3`,
+      [oid],
+    )
+  ).rows;
+}
+
+/**
+ * What pg-rekey needs of every leaf besides the table itself: a relation it can scan by ctid (not
+ * a foreign table); and of an INHERITS child, this role's SELECT and UPDATE on the configured
+ * columns (the child is read and written directly: the grants on the parent do not cover that)
+ * and, since a child inherits neither the primary key nor the replica identity, a key of its own
+ * on the parent's key columns (the rewrite's compare-and-swap finds rows by them, and once
+ * published, a child without a replica identity would refuse the application's UPDATEs).
+ */
+async function checkLeaves(db: pg.Pool | pg.ClientBase, table: string, leaves: readonly LeafRow[], keyCols: readonly string[], columns: readonly string[]): Promise<string[]> {
+  const problems: string[] = [];
+  for (const l of leaves) {
+    if (l.self) continue;
+    const name = displayName(l);
+    const what = `${name} (${l.partition ? 'partition' : 'inheritance child'} of ${table})`;
+    if (l.relkind !== 'r') {
+      problems.push(`${what}: is a foreign table (relkind ${l.relkind}); pg-rekey can neither sweep nor stream it: detach it (ALTER TABLE ${table} DETACH PARTITION / ALTER TABLE ${name} NO INHERIT ${table}) and rotate its values where it is stored`);
+      continue;
+    }
+    // A partition has the partitioned table's key. (It is read and written directly too, so it
+    // needs its own grants as well; not checked here yet: the sweep then fails loudly on it.)
+    if (l.partition) continue;
+    const privs = (
+      await db.query<{ sel: boolean; upd: string[]; me: string }>(
+        `select has_table_privilege($1::oid, 'SELECT') as sel, quote_ident(current_user) as me,
+                array(select c from unnest($2::text[]) c where not has_column_privilege($1::oid, c, 'UPDATE')) as upd`,
+        [l.oid, columns],
+      )
+    ).rows[0]!;
+    if (!privs.sel) problems.push(`${what}: this role lacks SELECT on it (GRANT SELECT ON ${name} TO ${privs.me}); see sql/roles.sql`);
+    if (privs.upd.length) problems.push(`${what}: this role lacks UPDATE on column(s) ${privs.upd.join(', ')} (GRANT UPDATE (${privs.upd.join(', ')}) ON ${name} TO ${privs.me}); see sql/roles.sql`);
+    const own: string[] = [];
+    const key = await findKey(db, l, what, own);
+    if (!key) {
+      problems.push(`${own.join('; ')} (an inheritance child needs its own: ALTER TABLE ${name} ADD PRIMARY KEY (${keyCols.join(', ')}))`);
+    } else if (key.cols.join('\0') !== keyCols.join('\0')) {
+      problems.push(`${what}: its ${key.source} is on (${key.cols.join(', ')}), the table's on (${keyCols.join(', ')}); pg-rekey finds a row of every leaf by the table's key: give ${name} a primary key or replica identity index on (${keyCols.join(', ')})`);
+    }
+  }
+  return problems;
 }
 
 async function findKey(

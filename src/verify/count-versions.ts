@@ -4,6 +4,7 @@ import { relationSize, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteIdent, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { versionExpr } from '../backfill/sweep-sql.js';
 import { countLiveQuarantine } from '../state/quarantine.js';
+import { countedLeaves } from '../db/unlogged.js';
 
 export interface ColumnCounts {
   table: string;
@@ -32,24 +33,8 @@ const NOT_OURS_CODE = 0;
 export async function countVersions(db: pg.Pool, tables: TableInfo[], target: number, withQuarantine: boolean): Promise<ColumnCounts[]> {
   const out: ColumnCounts[] = [];
   for (const table of tables) {
-    const cols = table.config.columns;
-    const acc = cols.map((column) => ({ table: table.display, column, byVersion: {} as Record<string, number>, notOurs: 0, nulls: 0, nonTarget: 0, quarantined: null as number | null, nonTargetByLeaf: {} as Record<string, number> }));
-    for (const leaf of table.leaves) {
-      for (const row of await countRelation(db, leaf, cols)) {
-        const a = acc[row.col]!;
-        if (row.code === NULL_CODE) a.nulls += row.n;
-        else if (row.code === NOT_OURS_CODE) a.notOurs += row.n;
-        else {
-          const label = versionLabel(row.code);
-          a.byVersion[label] = (a.byVersion[label] ?? 0) + row.n;
-          if (row.code !== target) {
-            a.nonTarget += row.n;
-            const name = displayName(leaf);
-            a.nonTargetByLeaf[name] = (a.nonTargetByLeaf[name] ?? 0) + row.n;
-          }
-        }
-      }
-    }
+    // Unlogged leaves too: run does not follow them, but what they hold is not converged.
+    const acc = await countLeaves(db, table.display, countedLeaves(table), table.config.columns, target);
     if (withQuarantine) {
       // Only entries that still describe a stored value: not the ones the application has overwritten or deleted since.
       const live = await countLiveQuarantine(db, table);
@@ -60,7 +45,30 @@ export async function countVersions(db: pg.Pool, tables: TableInfo[], target: nu
   return out;
 }
 
-async function countRelation(db: pg.Pool, leaf: QualifiedName, cols: readonly string[]): Promise<{ col: number; code: number; n: number }[]> {
+/** Counts per column over the given relations, reported under `label` (a configured table, or a relation outside them). */
+export async function countLeaves(db: pg.Pool, label: string, leaves: readonly QualifiedName[], cols: readonly string[], target: number): Promise<ColumnCounts[]> {
+  const acc: ColumnCounts[] = cols.map((column) => ({ table: label, column, byVersion: {}, notOurs: 0, nulls: 0, nonTarget: 0, quarantined: null, nonTargetByLeaf: {} }));
+  for (const leaf of leaves) {
+    for (const row of await countRelation(db, leaf, cols)) {
+      const a = acc[row.col]!;
+      if (row.code === NULL_CODE) a.nulls += row.n;
+      else if (row.code === NOT_OURS_CODE) a.notOurs += row.n;
+      else {
+        const version = versionLabel(row.code);
+        a.byVersion[version] = (a.byVersion[version] ?? 0) + row.n;
+        if (row.code !== target) {
+          a.nonTarget += row.n;
+          const name = displayName(leaf);
+          a.nonTargetByLeaf[name] = (a.nonTargetByLeaf[name] ?? 0) + row.n;
+        }
+      }
+    }
+  }
+  return acc;
+}
+
+/** Values per (column index, version code) of one relation, `FROM ONLY` it; nothing for a relation that no longer exists. */
+export async function countRelation(db: pg.Pool, leaf: QualifiedName, cols: readonly string[]): Promise<{ col: number; code: number; n: number }[]> {
   const rel = quoteQualified(leaf);
   const values = cols.map((c, i) => `(${i}, t.${quoteIdent(c)})`).join(', ');
   const sql = (openEnded: boolean) => `
