@@ -3,7 +3,7 @@ import type { Context } from '../context.js';
 import type { KeyRing } from '../crypto/key-ring.js';
 import type { TableInfo } from '../db/catalog.js';
 import { displayName } from '../db/ident.js';
-import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK, EXIT_RUNTIME, exitCodeOf, RuntimeFailure } from '../errors.js';
+import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, exitCodeOf, RuntimeFailure } from '../errors.js';
 import { Metrics } from '../metrics.js';
 import { LogProgress, type ProgressSink } from '../backfill/progress.js';
 import { sweepTables } from '../backfill/sweep.js';
@@ -17,6 +17,7 @@ import { ReplicationStream } from '../replication/stream.js';
 import { StreamWriter, type BatchLimits, type FlushResult } from '../replication/stream-writer.js';
 import { CatalogWatch } from './catalog-watch.js';
 import { checkConvergence, type ConvergenceCheck } from './convergence.js';
+import { oldValueIdentities, StuckValues } from './stuck-values.js';
 import { LiveSettings } from '../throttle/live-settings.js';
 import { Throttle } from '../throttle/throttle.js';
 import { startHttp } from './http.js';
@@ -146,8 +147,8 @@ export class Daemon {
   private async startup(): Promise<void> {
     const { config, pool } = this.ctx;
     this.relations = await RelationMap.build(pool, this.tables);
-    this.catalog = new CatalogWatch(pool, config.tables, this.tables, { publication: config.replication.publication, target: this.ring.target, log: this.ctx.log });
-    await this.catalog.init(); // refuses UNLOGGED leaves; adds INHERITS children created since setup to the publication
+    this.catalog = new CatalogWatch(pool, config.tables, this.tables);
+    await this.catalog.init();
     this.serverVersionNum = Number((await pool.query<{ v: string }>(`select current_setting('server_version_num') as v`)).rows[0]!.v);
     await this.ensureSlot('startup check');
     const writer = new CatalogFollowingWriter(pool, this.ring, { maxRows: config.daemon.streamBatchRows, maxBytes: 32 * 1024 * 1024, maxDelayMs: config.daemon.streamBatchDelayMs, lockTimeoutMs: config.sweep.lockTimeoutMs }, () =>
@@ -311,6 +312,7 @@ export class Daemon {
       const lsn = await createSlot(pool, slot, 'recreated', problem, { onWait: logSlotWait(this.log, slot) });
       this.metrics.slotRecreations.inc();
       this.sweepDone = false;
+      this.invalidations++;
       this.convergedAt = null;
       this.sweepStale = true;
       this.sweepAbort.abort();
@@ -327,7 +329,26 @@ export class Daemon {
     if (info.lagBytes !== null) this.metrics.streamLagBytes.set(info.lagBytes);
     this.noteRetainedWal(info);
     if (slotUnusable(info)) await this.ensureSlot('periodic slot check');
+    if (info.activePid) await this.refuseSynchronousRole(info.activePid);
     await this.writeState();
+  }
+
+  /**
+   * synchronous_standby_names = '*' (or a list naming pg-rekey-stream) makes pg-rekey's logical
+   * walsender a synchronous standby: an application's COMMIT then waits for pg-rekey to confirm
+   * it, while pg-rekey waits for that commit to become visible before rewriting (the visibility
+   * rule) and confirms nothing before the rewrite: every commit on the primary would hang. Stop,
+   * and say what to change.
+   */
+  private async refuseSynchronousRole(pid: number): Promise<void> {
+    const r = await this.ctx.pool.query<{ s: string | null }>(`select sync_state as s from pg_stat_replication where pid = $1`, [pid]);
+    const state = r.rows[0]?.s;
+    if (state !== 'sync' && state !== 'quorum') return;
+    this.log.fatal(
+      { syncState: state, walsenderPid: pid, hint: "name the physical standbys in synchronous_standby_names (e.g. 'FIRST 1 (standby1)') instead of '*', then start pg-rekey run again" },
+      `pg-rekey's replication connection was chosen as a synchronous standby (sync_state ${state}): application commits would wait for pg-rekey, which waits for them; stopping`,
+    );
+    this.stop(EXIT_USAGE);
   }
 
   /** Metrics of the WAL the slot holds back; one warning per crossing of replication.max_retained_wal. */
@@ -387,21 +408,18 @@ export class Daemon {
       for (const table of c.dropped) {
         this.log.error({ table, trigger }, `configured table ${table} no longer exists (dropped): it is no longer streamed, swept or counted; remove it from \`tables:\` in the config before the next start`);
       }
-      for (const l of c.removed) {
-        const held = l.oldValues ? `it holds ${l.oldValues} old-version value(s), which nothing rotates now: \`pg-rekey verify\` lists it outside the configured tables (and run does not converge) until you add it to \`tables:\` or \`ignore:\`` : l.oldValues === 0 ? 'it holds no old-version value' : '';
-        this.log[l.oldValues ? 'warn' : 'info']({ ...l, trigger }, `${l.relation} is no longer a leaf of ${l.table} (${l.why ?? 'detached or dropped'}): no longer streamed or swept${held ? `; ${held}` : ''}`);
-      }
-      for (const l of c.added) this.log.info({ ...l, trigger }, `new leaf ${l.relation} of ${l.table} (${l.why ?? 'partition attached or created'}): now streamed, and swept from block 0`);
+      for (const l of c.removed) this.log.info({ ...l, trigger }, `${l.relation} is no longer a partition of ${l.table} (detached or dropped): no longer streamed or swept`);
+      for (const l of c.added) this.log.info({ ...l, trigger }, `new partition ${l.relation} of ${l.table} (attached or created): now streamed, and swept from block 0`);
       for (const l of c.rewritten) {
         this.log.warn({ ...l, trigger }, `${l.relation} was rewritten (ALTER TABLE ... TYPE, VACUUM FULL, CLUSTER, TRUNCATE): its rows moved without an UPDATE the stream could see; sweeping it again from block 0`);
       }
       if (c.added.length && this.serverVersionNum < 150000) void this.refreshWalsender(c.added.map((l) => l.relation));
       [...c.added, ...c.rewritten].forEach((l) => this.resweep.add(l.relation));
       this.sweepDone = false;
+      this.invalidations++;
       this.sweepAgain = true;
       this.convergedAt = null; // checked again once the sweep pass over the new set of relations is complete
-      // Chunks of a rewritten relation are wasted, and a detached or unlogged one is no longer ours: start the pass over now.
-      if (c.rewritten.length || c.removed.length || c.unlogged.length) this.sweepAbort.abort();
+      if (c.rewritten.length) this.sweepAbort.abort(); // its chunks after the rewrite are wasted: start over now
       this.sweepWake?.();
       return true;
     };
@@ -435,6 +453,7 @@ export class Daemon {
       await pool.query(`select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = $1 and active_pid is not null`, [slot]);
       relations.forEach((r) => this.resweep.add(r));
       this.sweepDone = false;
+      this.invalidations++;
       this.sweepAgain = true;
       this.convergedAt = null;
       this.sweepWake?.();
@@ -445,8 +464,13 @@ export class Daemon {
 
   /** A check is running: a timer tick meanwhile does not start a second one. */
   private checking = false;
-  /** Leaves that held old-version values at the last check with the sweep done and the stream caught up. */
-  private suspects = new Map<string, number>();
+  /**
+   * Bumped whenever what a check relies on is reset (slot recreated, tables changed, a re-sweep):
+   * a check that was running meanwhile (its count and waits take seconds) is discarded, not believed.
+   */
+  private invalidations = 0;
+  /** Old-version values seen at the last check with the sweep done and the stream caught up. */
+  private readonly suspects = new StuckValues();
 
   private async checkNow(): Promise<void> {
     if (this.stopping || !this.sweepDone || this.sweepStale || this.checking) return;
@@ -459,15 +483,10 @@ export class Daemon {
   }
 
   private async check(): Promise<void> {
+    const generation = this.invalidations;
     const waitMs = Math.max(1_000, Math.min(20_000, this.ctx.config.daemon.checkIntervalMs));
-    const c = await checkConvergence(this.ctx.pool, this.tables, this.ring.target, this.stream, {
-      transactionsMs: waitMs,
-      streamMs: 10_000,
-      signal: this.sweepAbort.signal,
-      publication: this.ctx.config.replication.publication,
-      ignore: this.ctx.config.ignore,
-    });
-    if (this.stopping || this.sweepStale) return;
+    const c = await checkConvergence(this.ctx.pool, this.tables, this.ring.target, this.stream, { transactionsMs: waitMs, streamMs: 10_000, signal: this.sweepAbort.signal });
+    if (this.stopping || this.sweepStale || !this.sweepDone || generation !== this.invalidations) return;
     this.lastCheck = c;
     this.lastCheckAt = new Date();
     if (c.pruned > 0) this.log.info({ pruned: c.pruned, quarantined: c.quarantined }, 'dropped quarantine entries whose values the application has since overwritten or deleted');
@@ -482,7 +501,7 @@ export class Daemon {
       this.convergedAt = null;
       this.log.warn({ remaining: c.remaining, openTransactions: c.openTransactions.length }, 'no longer converged: old-version values appeared (a stale writer?) or transactions are open that may commit some; the stream is rewriting them');
     } else if (!c.converged) {
-      this.log.info({ sweepDone: c.sweepDone, streamCaughtUp: c.streamCaughtUp, remaining: c.remaining, quarantined: c.quarantined, openTransactions: c.openTransactions.length, blockers: c.blockers }, 'not converged yet');
+      this.log.info({ sweepDone: c.sweepDone, streamCaughtUp: c.streamCaughtUp, remaining: c.remaining, quarantined: c.quarantined, openTransactions: c.openTransactions.length }, 'not converged yet');
     }
     if (c.openTransactions.length) {
       this.log.warn(
@@ -491,7 +510,7 @@ export class Daemon {
           'their writes are invisible to the count and not yet streamed; waiting for them to commit or roll back (COMMIT PREPARED / ROLLBACK PREPARED for a prepared one)',
       );
     }
-    this.resweepStuck(c);
+    await this.resweepStuck(c);
     await this.writeState();
     if (!this.opts.exitWhenConverged) return;
     if (c.converged) return this.stop(EXIT_OK);
@@ -506,27 +525,34 @@ export class Daemon {
    * The sweep is complete and the stream caught up, yet old-version values remain that are not
    * quarantined: something placed them where neither saw them (a row moved behind the sweep's
    * checkpoint by an UPDATE of another column, a change the stream was not decoding for that
-   * relation). A leaf that holds such values at two checks in a row is swept again from block 0
-   * (at one check they may still be a stale writer's, which the stream rewrites meanwhile).
+   * relation). A leaf where the same value sits in the same row version at two checks in a row is
+   * swept again from block 0 (stuck-values.ts: a stale writer's values, which the stream
+   * rewrites meanwhile, do not cause re-sweeps).
    */
-  private resweepStuck(c: ConvergenceCheck): void {
+  private async resweepStuck(c: ConvergenceCheck): Promise<void> {
     if (!c.streamCaughtUp || c.remaining === null || c.remaining <= c.quarantined) {
       this.suspects.clear();
       return;
     }
-    const again = Object.entries(c.remainingByLeaf).filter(([leaf]) => this.suspects.has(leaf));
-    this.suspects = new Map(Object.entries(c.remainingByLeaf));
+    const now = new Map<string, Set<string>>();
+    for (const leaf of Object.keys(c.remainingByLeaf)) {
+      const table = this.tables.find((t) => t.leaves.some((l) => displayName(l) === leaf));
+      if (table) now.set(leaf, await oldValueIdentities(this.ctx.pool, table, leaf, this.ring.target));
+    }
+    const again = this.suspects.observe(now);
     if (again.length === 0) return;
-    for (const [leaf, n] of again) {
+    for (const leaf of again) {
+      const n = c.remainingByLeaf[leaf];
       this.log.warn(
         { relation: leaf, remaining: n, quarantined: c.quarantined },
-        `RE-SWEEP: ${leaf} still holds ${n} old-version value(s) with the sweep complete and the stream caught up, at two checks in a row; sweeping it again from block 0`,
+        `RE-SWEEP: ${leaf} still holds ${n} old-version value(s), the same ones as at the last check, with the sweep complete and the stream caught up; sweeping it again from block 0`,
       );
       this.metrics.resweeps.inc({ reason: 'old values after complete sweep' });
       this.resweep.add(leaf);
-      this.suspects.delete(leaf);
+      this.suspects.forget(leaf);
     }
     this.sweepDone = false;
+    this.invalidations++;
     this.sweepAgain = true;
     this.convergedAt = null;
     this.sweepWake?.();
