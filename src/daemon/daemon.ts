@@ -147,8 +147,8 @@ export class Daemon {
   private async startup(): Promise<void> {
     const { config, pool } = this.ctx;
     this.relations = await RelationMap.build(pool, this.tables);
-    this.catalog = new CatalogWatch(pool, config.tables, this.tables);
-    await this.catalog.init();
+    this.catalog = new CatalogWatch(pool, config.tables, this.tables, { publication: config.replication.publication, target: this.ring.target, log: this.ctx.log });
+    await this.catalog.init(); // refuses UNLOGGED leaves; adds INHERITS children created since setup to the publication
     this.serverVersionNum = Number((await pool.query<{ v: string }>(`select current_setting('server_version_num') as v`)).rows[0]!.v);
     await this.ensureSlot('startup check');
     const writer = new CatalogFollowingWriter(pool, this.ring, { maxRows: config.daemon.streamBatchRows, maxBytes: 32 * 1024 * 1024, maxDelayMs: config.daemon.streamBatchDelayMs, lockTimeoutMs: config.sweep.lockTimeoutMs }, () =>
@@ -408,8 +408,11 @@ export class Daemon {
       for (const table of c.dropped) {
         this.log.error({ table, trigger }, `configured table ${table} no longer exists (dropped): it is no longer streamed, swept or counted; remove it from \`tables:\` in the config before the next start`);
       }
-      for (const l of c.removed) this.log.info({ ...l, trigger }, `${l.relation} is no longer a partition of ${l.table} (detached or dropped): no longer streamed or swept`);
-      for (const l of c.added) this.log.info({ ...l, trigger }, `new partition ${l.relation} of ${l.table} (attached or created): now streamed, and swept from block 0`);
+      for (const l of c.removed) {
+        const held = l.oldValues ? `it holds ${l.oldValues} old-version value(s), which nothing rotates now: \`pg-rekey verify\` lists it outside the configured tables (and run does not converge) until you add it to \`tables:\` or \`ignore:\`` : l.oldValues === 0 ? 'it holds no old-version value' : '';
+        this.log[l.oldValues ? 'warn' : 'info']({ ...l, trigger }, `${l.relation} is no longer a leaf of ${l.table} (${l.why ?? 'detached or dropped'}): no longer streamed or swept${held ? `; ${held}` : ''}`);
+      }
+      for (const l of c.added) this.log.info({ ...l, trigger }, `new leaf ${l.relation} of ${l.table} (${l.why ?? 'partition attached or created'}): now streamed, and swept from block 0`);
       for (const l of c.rewritten) {
         this.log.warn({ ...l, trigger }, `${l.relation} was rewritten (ALTER TABLE ... TYPE, VACUUM FULL, CLUSTER, TRUNCATE): its rows moved without an UPDATE the stream could see; sweeping it again from block 0`);
       }
@@ -419,7 +422,8 @@ export class Daemon {
       this.invalidations++;
       this.sweepAgain = true;
       this.convergedAt = null; // checked again once the sweep pass over the new set of relations is complete
-      if (c.rewritten.length) this.sweepAbort.abort(); // its chunks after the rewrite are wasted: start over now
+      // Chunks of a rewritten relation are wasted, and a detached or unlogged one is no longer ours: start the pass over now.
+      if (c.rewritten.length || c.removed.length || c.unlogged.length) this.sweepAbort.abort();
       this.sweepWake?.();
       return true;
     };
@@ -485,7 +489,13 @@ export class Daemon {
   private async check(): Promise<void> {
     const generation = this.invalidations;
     const waitMs = Math.max(1_000, Math.min(20_000, this.ctx.config.daemon.checkIntervalMs));
-    const c = await checkConvergence(this.ctx.pool, this.tables, this.ring.target, this.stream, { transactionsMs: waitMs, streamMs: 10_000, signal: this.sweepAbort.signal });
+    const c = await checkConvergence(this.ctx.pool, this.tables, this.ring.target, this.stream, {
+      transactionsMs: waitMs,
+      streamMs: 10_000,
+      signal: this.sweepAbort.signal,
+      publication: this.ctx.config.replication.publication,
+      ignore: this.ctx.config.ignore,
+    });
     if (this.stopping || this.sweepStale || !this.sweepDone || generation !== this.invalidations) return;
     this.lastCheck = c;
     this.lastCheckAt = new Date();
@@ -501,7 +511,7 @@ export class Daemon {
       this.convergedAt = null;
       this.log.warn({ remaining: c.remaining, openTransactions: c.openTransactions.length }, 'no longer converged: old-version values appeared (a stale writer?) or transactions are open that may commit some; the stream is rewriting them');
     } else if (!c.converged) {
-      this.log.info({ sweepDone: c.sweepDone, streamCaughtUp: c.streamCaughtUp, remaining: c.remaining, quarantined: c.quarantined, openTransactions: c.openTransactions.length }, 'not converged yet');
+      this.log.info({ sweepDone: c.sweepDone, streamCaughtUp: c.streamCaughtUp, remaining: c.remaining, quarantined: c.quarantined, openTransactions: c.openTransactions.length, blockers: c.blockers }, 'not converged yet');
     }
     if (c.openTransactions.length) {
       this.log.warn(
