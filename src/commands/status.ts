@@ -8,6 +8,8 @@ import { summarizeQuarantine, type QuarantineSummary } from '../state/quarantine
 import { formatBytes, readSlot, retainedWalExceeded, slotRecreations, type SlotInfo } from '../replication/slot.js';
 import { formatDuration } from '../format.js';
 import { readOverrides } from '../throttle/live-settings.js';
+import { describeTransactions, openTransactionsNow, type OpenTransaction } from '../db/open-transactions.js';
+import { renderOpenTransactions } from './verify.js';
 import { readLeaseHolder } from '../daemon/lease.js';
 
 export interface ReplicationStatus {
@@ -61,6 +63,21 @@ export interface StatusReport {
   sweep: (Segment & { percent: number; etaSeconds: number | null })[];
   quarantine: { total: number; byColumn: QuarantineSummary[] };
   lastRuns: { id: number; command: string; startedAt: Date; finishedAt: Date | null; outcome: string | null }[];
+  /**
+   * Transactions of this database (prepared ones included) holding an xid for 10 s or more: they
+   * may commit old-version writes no count sees yet, so they hold convergence back while open.
+   */
+  openTransactions: OpenTransaction[];
+}
+
+/** An xid held this long is worth showing; shorter ones are ordinary traffic. */
+const OPEN_TRANSACTION_MIN_AGE_S = 10;
+
+async function longOpenTransactions(db: Parameters<typeof listSegments>[0]): Promise<OpenTransaction[]> {
+  const { xids } = await openTransactionsNow(db);
+  const here = (await db.query<{ d: string }>(`select current_database() as d`)).rows[0]!.d;
+  const all = await describeTransactions(db, xids);
+  return all.filter((t) => (t.database === here || t.database === null) && t.kind !== 'unknown' && (t.ageSeconds ?? 0) >= OPEN_TRANSACTION_MIN_AGE_S).sort((a, b) => (b.ageSeconds ?? 0) - (a.ageSeconds ?? 0));
 }
 
 async function readReplication(db: Parameters<typeof listSegments>[0], slot: string, maxRetainedWalBytes: number): Promise<ReplicationStatus> {
@@ -108,6 +125,7 @@ export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], sl
     sweep: segments.map((s) => ({ ...s, percent: Number(percentDone(s.nextBlock, s.totalBlocks ?? 0).toFixed(1)), etaSeconds: eta(s) })),
     quarantine: { total: byColumn.reduce((n, q) => n + q.count, 0), byColumn },
     lastRuns: runs.rows,
+    openTransactions: await longOpenTransactions(ctxPool),
   };
 }
 
@@ -212,5 +230,8 @@ function renderStatus(r: StatusReport): string {
   const runs = r.lastRuns.length
     ? renderTable(['run', 'command', 'started', 'outcome'], r.lastRuns.map((x) => [x.id, x.command, x.startedAt.toISOString(), x.outcome ?? 'running']))
     : 'no runs yet';
-  return `${renderReplication(r.replication)}\n\n${renderThrottle(r.throttle)}\nsweep\n${sweep}\n\n${q}\n\n${runs}`;
+  const open = r.openTransactions.length
+    ? `\n\nOPEN TRANSACTIONS holding convergence back (they may commit old-version writes; COMMIT/ROLLBACK PREPARED a forgotten prepared one)\n${renderOpenTransactions(r.openTransactions)}`
+    : '';
+  return `${renderReplication(r.replication)}\n\n${renderThrottle(r.throttle)}\nsweep\n${sweep}\n\n${q}\n\n${runs}${open}`;
 }
