@@ -2,6 +2,7 @@ import type pg from 'pg';
 import type { GlobalFlags } from '../config/load-config.js';
 import { openContext } from '../context.js';
 import { rowSecurityProblems } from '../db/row-security.js';
+import { unloggedProblems } from '../db/unlogged.js';
 import { resolveTables, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified } from '../db/ident.js';
 import { migrate, lockMigrations, pendingMigrations } from '../db/migrate.js';
@@ -101,6 +102,8 @@ async function check(
   }
   // Row security that would hide rows from this role: every count and rewrite would see part of a table.
   if (tablesOk) problems.push(...(await rowSecurityProblems(db, tables)).map((h) => h.problem));
+  // Logical decoding never sees an UNLOGGED relation: its writes would never be streamed.
+  if (tablesOk) problems.push(...unloggedProblems(tables));
   // The publication is judged against the tables as configured: only once they all resolve.
   const pub = tablesOk && tables.length ? await planPublication(db, publication, tables, facts) : { state: 'unchanged' as const, statements: [], problems: [], changes: [], summary: '' };
   problems.push(...pub.problems);

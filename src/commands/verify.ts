@@ -123,7 +123,7 @@ export function renderOpenTransactions(ts: readonly OpenTransaction[]): string {
   return renderTable(
     ['open transaction', 'database', 'application', 'state', 'age'],
     ts.map((t) => [
-      t.kind === 'prepared' ? `prepared gid ${t.gid}` : t.kind === 'session' ? `pid ${t.pid}` : `xid ${t.xid} (not visible to this role: pg_read_all_stats shows it)`,
+      t.kind === 'prepared' ? `prepared gid ${t.gid}` : t.kind === 'session' ? `pid ${t.pid}` : `xid ${t.xid} (its session ended meanwhile or is not shown)`,
       t.database ?? '?',
       t.application ?? '',
       t.state ?? '',

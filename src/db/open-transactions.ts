@@ -16,7 +16,7 @@ export interface OpenTransaction {
   pid?: number;
   /** gid of a prepared transaction. */
   gid?: string;
-  /** null: not visible to this role (pg_read_all_stats shows it), or another database's. */
+  /** null: the transaction ended between the snapshot and this lookup (it is then no longer waited for). */
   database: string | null;
   application?: string | null;
   state?: string | null;

@@ -362,6 +362,11 @@ describe('unlogged relations', () => {
     const files = writeDaemonFiles(db.url, [{ name: 'logs', columns: ['secret'] }]);
     expect((await cli(files, 'setup')).code).toBe(0);
     await db.pool.query(`alter table logs_2 set unlogged`);
+    // setup refuses it too, with the fix, and changes nothing.
+    const again = await cli(files, 'setup');
+    expect(again.code, again.stderr).toBe(2);
+    expect(again.stderr).toContain('ALTER TABLE public.logs_2 SET LOGGED');
+    expect(again.stderr).toMatch(/nothing was changed/);
 
     // Refused at start, with the statement that fixes it (bounded: the old code would just run).
     const proc = spawnCli(['run', ...files.args]);
