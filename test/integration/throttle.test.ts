@@ -110,7 +110,9 @@ describe('throttle signals hold a running sweep back and release it', () => {
 
   it('load: more active backends than max_active_backends', async () => {
     const p = await startBackfill();
-    const busy = busySessions(5, 3);
+    // Long enough that the stall check (after the status CLI has seen the throttle, ~1-2 s on a busy
+    // machine) falls inside the busy period: with 3 s, a slow CI machine saw the sweep already released.
+    const busy = busySessions(5, 8);
     await eventually('throttled: load', async () => (await throttleReason()) === 'load', 5_000);
     expect(await stalled(db.pool)).toBe(true);
     await busy;
