@@ -7,8 +7,9 @@ import { stateIsCurrent } from '../db/migrate.js';
 import { EXIT_NOT_CONVERGED, EXIT_OK } from '../errors.js';
 import { refuseHiddenRows } from '../db/row-security.js';
 import { formatDuration, renderTable } from '../format.js';
-import { openWriters, type OpenTransaction } from '../db/open-transactions.js';
-import { countVersions, type ColumnCounts } from '../verify/count-versions.js';
+import { openTransactionsNow, waitForTransactions, type OpenTransaction } from '../db/open-transactions.js';
+import { countInOneSnapshot } from '../verify/snapshot-count.js';
+import type { ColumnCounts } from '../verify/count-versions.js';
 import { blocksConvergence, findOutsideRelations, outsideProblems, type OutsideRelation } from '../verify/outside.js';
 import { unfollowedLeaves } from '../daemon/convergence.js';
 import { displayName } from '../db/ident.js';
@@ -47,9 +48,14 @@ export async function verifyCommand(flags: GlobalFlags, opts: { json?: boolean }
     // A count of part of a table is worse than none: refuse rather than print it.
     await refuseHiddenRows(ctx.pool, tables, 'cannot count every row');
     const withState = await stateIsCurrent(ctx.pool);
-    const columns = await countVersions(ctx.pool, tables, target, withState);
+    // One snapshot for the whole count (snapshot-count.ts): no row counted twice or missed as it moves.
+    const counted = await countInOneSnapshot(ctx.pool, tables, target, withState);
+    const columns = counted.columns;
     const remaining = columns.reduce((n, c) => n + c.nonTarget, 0);
-    const openTransactions = await openWriters(ctx.pool, OPEN_TRANSACTION_WAIT_MS);
+    // The transaction rule: those in progress at the snapshot, and those open now, must end first.
+    const { xids: openNow } = await openTransactionsNow(ctx.pool);
+    const { open } = await waitForTransactions(ctx.pool, [...new Set([...counted.inProgress, ...openNow])], { timeoutMs: OPEN_TRANSACTION_WAIT_MS });
+    const openTransactions = open.sort((a, b) => (b.ageSeconds ?? 0) - (a.ageSeconds ?? 0));
     // Once setup has made the publication, a leaf it does not publish is one the stream does not follow.
     const unfollowed = await unfollowedLeaves(ctx.pool, tables, withState ? ctx.config.replication.publication : undefined);
     const outside = await findOutsideRelations(ctx.pool, tables, target, ctx.config.ignore);

@@ -91,10 +91,3 @@ export async function waitForTransactions(
   }
 }
 
-/** Open transactions of this database (and unknown ones) holding an xid, oldest first: for verify and status. */
-export async function openWriters(db: pg.Pool, waitMs: number, signal?: AbortSignal): Promise<OpenTransaction[]> {
-  const { xids } = await openTransactionsNow(db);
-  const { open } = await waitForTransactions(db, xids, { timeoutMs: waitMs, signal });
-  return open.sort((a, b) => (b.ageSeconds ?? 0) - (a.ageSeconds ?? 0));
-}
-

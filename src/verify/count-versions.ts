@@ -30,7 +30,7 @@ const NOT_OURS_CODE = 0;
  * Counts values per version for every configured column, reading each
  * relation in ctid block ranges, one short statement each.
  */
-export async function countVersions(db: pg.Pool, tables: TableInfo[], target: number, withQuarantine: boolean): Promise<ColumnCounts[]> {
+export async function countVersions(db: pg.Pool | pg.ClientBase, tables: TableInfo[], target: number, withQuarantine: boolean): Promise<ColumnCounts[]> {
   const out: ColumnCounts[] = [];
   for (const table of tables) {
     // Unlogged leaves too: run does not follow them, but what they hold is not converged.
@@ -46,7 +46,7 @@ export async function countVersions(db: pg.Pool, tables: TableInfo[], target: nu
 }
 
 /** Counts per column over the given relations, reported under `label` (a configured table, or a relation outside them). */
-export async function countLeaves(db: pg.Pool, label: string, leaves: readonly QualifiedName[], cols: readonly string[], target: number): Promise<ColumnCounts[]> {
+export async function countLeaves(db: pg.Pool | pg.ClientBase, label: string, leaves: readonly QualifiedName[], cols: readonly string[], target: number): Promise<ColumnCounts[]> {
   const acc: ColumnCounts[] = cols.map((column) => ({ table: label, column, byVersion: {}, notOurs: 0, nulls: 0, nonTarget: 0, quarantined: null, nonTargetByLeaf: {} }));
   for (const leaf of leaves) {
     for (const row of await countRelation(db, leaf, cols)) {
@@ -68,7 +68,7 @@ export async function countLeaves(db: pg.Pool, label: string, leaves: readonly Q
 }
 
 /** Values per (column index, version code) of one relation, `FROM ONLY` it; nothing for a relation that no longer exists. */
-export async function countRelation(db: pg.Pool, leaf: QualifiedName, cols: readonly string[]): Promise<{ col: number; code: number; n: number }[]> {
+export async function countRelation(db: pg.Pool | pg.ClientBase, leaf: QualifiedName, cols: readonly string[]): Promise<{ col: number; code: number; n: number }[]> {
   const rel = quoteQualified(leaf);
   const values = cols.map((c, i) => `(${i}, t.${quoteIdent(c)})`).join(', ');
   const sql = (openEnded: boolean) => `
