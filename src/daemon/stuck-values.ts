@@ -17,11 +17,16 @@ export async function oldValueIdentities(db: pg.Pool, table: TableInfo, leaf: st
   if (!l) return new Set();
   const cols = table.config.columns;
   const values = cols.map((c, i) => `(${i}, t.${quoteIdent(c)})`).join(', ');
+  // Quarantined values stay put by design (they wait for an operator): they are not "stuck".
   const r = await db.query<{ id: string }>(
     `select t.ctid::text || ':' || x.col || ':' || md5(x.val) as id
        from only ${quoteQualified(l)} t cross join lateral (values ${values}) as x(col, val)
-      where ${versionExpr('x.val')} <> $1 limit ${PER_LEAF}`,
-    [target],
+      where ${versionExpr('x.val')} <> $1
+        and not exists (select 1 from pgrekey.quarantine q
+                         where q.table_name = $2 and q.column_name = ($3::text[])[x.col + 1]
+                           and q.value_sha256 = sha256(convert_to(x.val, 'UTF8')))
+      limit ${PER_LEAF}`,
+    [target, table.display, cols],
   );
   return new Set(r.rows.map((x) => x.id));
 }

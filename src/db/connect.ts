@@ -68,6 +68,25 @@ export async function checkout(pool: pg.Pool): Promise<pg.PoolClient> {
   return client;
 }
 
+/**
+ * One transaction on a pool client: `begin` (with its options), `fn`, commit; on any error a
+ * rollback, and the client is discarded (its session state is unknown).
+ */
+export async function inTransaction<T>(pool: pg.Pool, begin: string, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await checkout(pool);
+  try {
+    await client.query(begin);
+    const out = await fn(client);
+    await client.query('commit');
+    client.release();
+    return out;
+  } catch (e) {
+    await client.query('rollback').catch(() => undefined);
+    client.release(true);
+    throw e;
+  }
+}
+
 /** SQLSTATE classes that mean "try again later", never "give up". */
 const RETRYABLE = new Set([
   '40001', // serialization_failure

@@ -5,7 +5,7 @@ import { rewriteValue } from '../crypto/rewrite.js';
 import { parseVersioned } from '../crypto/envelope.js';
 import { displayName, quoteIdent } from '../db/ident.js';
 import { casColumnsSql, versionExpr } from '../backfill/sweep-sql.js';
-import { checkout } from '../db/connect.js';
+import { inTransaction } from '../db/connect.js';
 import type { Logger } from '../logger.js';
 import { backoffMs, sleep } from '../timing.js';
 import { classifyMiss, isolatedByRow, OwnTransactions, rowErrorReason, SanitizedDbError } from './cas-outcome.js';
@@ -157,25 +157,17 @@ export class StreamWriter {
     return result;
   }
 
-  private async inTransaction(fn: (c: pg.PoolClient) => Promise<void>): Promise<void> {
-    const client = await checkout(this.pool);
-    try {
-      // READ COMMITTED whatever default_transaction_isolation says: the CAS argument relies on an
-      // UPDATE that waited for a row lock re-checking the new row version, not failing with 40001.
+  private inTransaction(fn: (c: pg.PoolClient) => Promise<void>): Promise<void> {
+    // READ COMMITTED whatever default_transaction_isolation says: the CAS argument relies on an
+    // UPDATE that waited for a row lock re-checking the new row version, not failing with 40001.
+    return inTransaction(this.pool, 'begin isolation level read committed', async (client) => {
       // Constraints immediate: a deferred one raises in the row's savepoint, not at COMMIT.
-      await client.query('begin isolation level read committed');
       await client.query('set constraints all immediate');
       const xid = await client.query<{ x: string }>(`select pg_current_xact_id()::text as x`);
       this.xid = Number(BigInt(xid.rows[0]!.x) & 0xffffffffn);
       if (this.limits.lockTimeoutMs) await client.query(`select set_config('lock_timeout', $1, true)`, [String(this.limits.lockTimeoutMs)]);
       await fn(client);
-      await client.query('commit');
-      client.release();
-    } catch (e) {
-      await client.query('rollback').catch(() => undefined);
-      client.release(true);
-      throw e;
-    }
+    });
   }
 
   /** Writes one relation's rows; returns those to try again (a miss that nothing explains yet). */

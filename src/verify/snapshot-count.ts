@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { TableInfo } from '../db/catalog.js';
-import { checkout } from '../db/connect.js';
+import { inTransaction } from '../db/connect.js';
 import { openTransactionsNow, describeTransactions } from '../db/open-transactions.js';
 import { parseSnapshot, type Snapshot } from '../db/snapshot.js';
 import { countLiveQuarantine } from '../state/quarantine.js';
@@ -27,21 +27,11 @@ export interface SnapshotCount {
 }
 
 export async function countInOneSnapshot(pool: pg.Pool, tables: TableInfo[], target: number, withQuarantine: boolean): Promise<SnapshotCount> {
-  const client = await checkout(pool);
-  let columns: ColumnCounts[];
-  let snapshot: Snapshot;
-  try {
-    await client.query('begin isolation level repeatable read read only');
+  const { columns, snapshot } = await inTransaction(pool, 'begin isolation level repeatable read read only', async (client) => {
     // The first statement takes the transaction's snapshot.
-    snapshot = parseSnapshot((await client.query<{ s: string }>(`select pg_current_snapshot()::text as s`)).rows[0]!.s);
-    columns = await countVersions(client, tables, target, false);
-    await client.query('commit');
-    client.release();
-  } catch (e) {
-    await client.query('rollback').catch(() => undefined);
-    client.release(true);
-    throw e;
-  }
+    const snap = parseSnapshot((await client.query<{ s: string }>(`select pg_current_snapshot()::text as s`)).rows[0]!.s);
+    return { snapshot: snap, columns: await countVersions(client, tables, target, false) };
+  });
   if (withQuarantine) {
     for (const t of tables) {
       const live = await countLiveQuarantine(pool, t);
