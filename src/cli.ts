@@ -14,8 +14,11 @@ import { SETTING_NAMES } from './throttle/live-settings.js';
 const EXIT_CODES = `
 Exit codes:
   0  ok (verify: converged)
-  1  verify: values of a non-target version remain
-  2  usage or configuration error (flags, config file, keys, tables)
+  1  not converged: verify (old-version values remain, or transactions open at its count), backfill
+     (values left after its passes, quarantined ones included), run --exit-when-converged (only
+     quarantined values left)
+  2  usage or configuration error (flags, config file, keys, a target key that does not open the
+     stored target values, tables, row security hiding rows, unlogged tables, a slot held by another run)
   3  runtime failure (database unreachable, wrong key, interrupted)`;
 
 const KEYS = `
@@ -76,7 +79,7 @@ Typical rotation:
 
   program
     .command('backfill')
-    .description('sweep every configured table once by ctid block ranges, re-encrypting non-target values, then exit')
+    .description('sweep every configured table by ctid block ranges, re-encrypting non-target values; re-check and make further passes over what is left, then exit')
     .option('--dry-run', 'read and decrypt, write nothing, report what would be done (always scans from block 0)')
     .option('--from <versions>', 'only rewrite these versions, e.g. v1 or v1,v3 (default: every non-target version)')
     .option('--restart', 'start over from block 0 instead of resuming from the last checkpoint')
@@ -90,6 +93,12 @@ Typical rotation:
         'table was rewritten meanwhile, e.g. by VACUUM FULL). With sweep.nice_ratio 0 the next chunk\n' +
         'is read while the current one is written.\n' +
         'If the first values of a version all fail to decrypt it stops: wrong key for that version?\n' +
+        'Before any write (--dry-run too) it decrypts a sample of the target-version values already\n' +
+        'stored: if none opens with the target key, it exits 2 (is the target key the application\'s?).\n' +
+        'A row whose UPDATE raises (trigger, CHECK, domain) or whose rewrite does not stick is\n' +
+        'quarantined with its reason; the rest goes on. After its pass it re-counts and sweeps again\n' +
+        '(up to 3 times) the relations that still hold non-quarantined old-version values (rows moved\n' +
+        'behind the sweep by the application), then reports what is left: exit 1 while anything is.\n' +
         'Progress: a bar on a terminal, JSON log lines on stderr otherwise. Ctrl-C finishes the chunk\n' +
         'in flight and exits 3; a second Ctrl-C exits at once.',
     )
@@ -134,7 +143,7 @@ Typical rotation:
     .command('verify')
     .description('count values by key version per table and column; exit 0 only when none but the target remain')
     .option('--json', 'print the report as JSON on stdout')
-    .addHelpText('after', '\nNeeds only LIBSODIUM_ENCRYPTION_KEY_VERSION (no keys), so it still runs after the old key\nhas been removed. Quarantined values count as remaining. Exit 1 when not converged.')
+    .addHelpText('after', '\nNeeds only LIBSODIUM_ENCRYPTION_KEY_VERSION (no keys), so it still runs after the old key\nhas been removed. Quarantined values count as remaining. Counts under one snapshot; the\ntransactions in progress at it (prepared ones included) must end within 5 s, or they are\nlisted and it exits 1. Exit 1 when not converged, 2 when row security would hide rows.')
     .action(run((cmd) => verifyCommand(globals(cmd), cmd.opts())));
 
   program
