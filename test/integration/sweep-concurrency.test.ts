@@ -132,7 +132,8 @@ describe('sweep under concurrent application writes', () => {
       // Rows written as v1 behind the sweep are the stream's job; a restarted sweep stands in for it.
       const second = await sweepTables(db.pool, tables, { settings: sweepSettings(), ring, progress: silentProgress, log: silentLog, restart: true });
       expect(second[0]!.conflicts).toBe(0);
-      expect(second[0]!.rewritten).toBe(mid.byVersion.v1);
+      // (How many were left behind depends on the interleaving: none is a valid outcome too.)
+      expect(second[0]!.rewritten).toBe(mid.byVersion.v1 ?? 0);
       const final = await checkLedger(db.pool, table, 'title', ledger, ring);
       expect(final.mismatched).toEqual([]);
       expect(final.missing).toEqual([]);
