@@ -7,7 +7,7 @@ import { stateIsCurrent } from '../db/migrate.js';
 import { EXIT_NOT_CONVERGED, EXIT_OK } from '../errors.js';
 import { refuseHiddenRows } from '../db/row-security.js';
 import { formatDuration, renderTable } from '../format.js';
-import { openTransactionsNow, waitForTransactions, type OpenTransaction } from '../db/open-transactions.js';
+import { waitForTransactions, type OpenTransaction } from '../db/open-transactions.js';
 import { countInOneSnapshot } from '../verify/snapshot-count.js';
 import type { ColumnCounts } from '../verify/count-versions.js';
 import { blocksConvergence, findOutsideRelations, outsideProblems, type OutsideRelation } from '../verify/outside.js';
@@ -53,8 +53,7 @@ export async function verifyCommand(flags: GlobalFlags, opts: { json?: boolean }
     const columns = counted.columns;
     const remaining = columns.reduce((n, c) => n + c.nonTarget, 0);
     // The transaction rule: those in progress at the snapshot, and those open now, must end first.
-    const { xids: openNow } = await openTransactionsNow(ctx.pool);
-    const { open } = await waitForTransactions(ctx.pool, [...new Set([...counted.inProgress, ...openNow])], { timeoutMs: OPEN_TRANSACTION_WAIT_MS });
+    const { open } = await waitForTransactions(ctx.pool, [...new Set([...counted.inProgress, ...counted.openAfter])], { timeoutMs: OPEN_TRANSACTION_WAIT_MS });
     const openTransactions = open.sort((a, b) => (b.ageSeconds ?? 0) - (a.ageSeconds ?? 0));
     // Once setup has made the publication, a leaf it does not publish is one the stream does not follow.
     const unfollowed = await unfollowedLeaves(ctx.pool, tables, withState ? ctx.config.replication.publication : undefined);

@@ -113,6 +113,16 @@ export class LeaseHeld extends ConfigError {
   }
 }
 
+/** The lease's own connection: named in pg_stat_activity, with TCP keepalive so a dead peer is noticed. */
+function leaseClient(connectionString: string | undefined, connectionTimeoutMillis: number): pg.Client {
+  return new pg.Client({ connectionString, application_name: 'pg-rekey-lease', keepAlive: true, keepAliveInitialDelayMillis: 10_000, connectionTimeoutMillis });
+}
+
+/** The session advisory lock keyed on the slot; false when another session holds it. */
+async function tryLock(client: pg.Client, slot: string): Promise<boolean> {
+  return (await client.query<{ ok: boolean }>(`select pg_try_advisory_lock(hashtext($1), hashtext($2)) as ok`, [NAMESPACE, slot])).rows[0]!.ok;
+}
+
 export interface LeaseOptions {
   connectionString: string | undefined;
   slot: string;
@@ -154,19 +164,12 @@ export class SlotLease extends EventEmitter {
 
   /** Takes the lease of `slot` and records this process as its holder; throws LeaseHeld if another session has it. */
   static async acquire(o: LeaseOptions): Promise<SlotLease> {
-    const client = new pg.Client({
-      connectionString: o.connectionString,
-      application_name: 'pg-rekey-lease',
-      keepAlive: true,
-      keepAliveInitialDelayMillis: 10_000,
-      connectionTimeoutMillis: 15_000,
-    });
+    const client = leaseClient(o.connectionString, 15_000);
     const ignore = () => undefined;
     client.on('error', ignore); // until the lease listens; a failed query still rejects
     await client.connect();
     try {
-      const got = (await client.query<{ ok: boolean }>(`select pg_try_advisory_lock(hashtext($1), hashtext($2)) as ok`, [NAMESPACE, o.slot])).rows[0]!.ok;
-      if (!got) throw new LeaseHeld(await readLeaseHolder(client, o.slot));
+      if (!(await tryLock(client, o.slot))) throw new LeaseHeld(await readLeaseHolder(client, o.slot));
       const token: LeaseToken = { host: hostname(), pid: process.pid, startedAt: '' };
       // A new holder: the row is this process's from now on. Not converged until this daemon has checked.
       token.startedAt = (
@@ -227,12 +230,11 @@ export class SlotLease extends EventEmitter {
   private async regain(cause: unknown): Promise<void> {
     const deadline = Date.now() + REGAIN_MS;
     for (let attempt = 1; this.state === 'regaining'; attempt++) {
-      const client = new pg.Client({ connectionString: this.o.connectionString, application_name: 'pg-rekey-lease', keepAlive: true, keepAliveInitialDelayMillis: 10_000, connectionTimeoutMillis: 5_000 });
+      const client = leaseClient(this.o.connectionString, 5_000);
       client.on('error', () => undefined);
       try {
         await client.connect();
-        const got = (await client.query<{ ok: boolean }>(`select pg_try_advisory_lock(hashtext($1), hashtext($2)) as ok`, [NAMESPACE, this.slot])).rows[0]!.ok;
-        if (!got) throw new LeaseHeld(await readLeaseHolder(client, this.slot));
+        if (!(await tryLock(client, this.slot))) throw new LeaseHeld(await readLeaseHolder(client, this.slot));
         const ours = await client.query(`select 1 from pgrekey.daemon where slot_name = $1 and host = $2 and pid = $3 and started_at = $4::timestamptz`, [this.slot, this.token.host, this.token.pid, this.token.startedAt]);
         if (ours.rowCount === 0) throw new Error('another pg-rekey run held the slot while the lease connection was down (the status row names it)');
         if (this.state !== 'regaining') {

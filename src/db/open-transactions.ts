@@ -23,6 +23,11 @@ export interface OpenTransaction {
   ageSeconds: number | null;
 }
 
+/** A fresh snapshot of the server (in a transaction: that transaction's own, under REPEATABLE READ). */
+export async function currentSnapshot(db: pg.Pool | pg.ClientBase): Promise<Snapshot> {
+  return parseSnapshot((await db.query<{ s: string }>(`select pg_current_snapshot()::text as s`)).rows[0]!.s);
+}
+
 /**
  * Every transaction holding an xid, in the whole cluster, that was open at the
  * moment of the call: an xid is assigned first (so that nothing open is above
@@ -31,7 +36,7 @@ export interface OpenTransaction {
  */
 export async function openTransactionsNow(db: pg.Pool | pg.ClientBase): Promise<{ xids: bigint[]; snapshot: Snapshot }> {
   const mark = BigInt((await db.query<{ x: string }>(`select pg_current_xact_id()::text as x`)).rows[0]!.x);
-  const snapshot = parseSnapshot((await db.query<{ s: string }>(`select pg_current_snapshot()::text as s`)).rows[0]!.s);
+  const snapshot = await currentSnapshot(db);
   const xids = [...snapshot.xip].filter((x) => x < mark);
   return { xids, snapshot };
 }
@@ -79,7 +84,7 @@ export async function waitForTransactions(
   const here = (await db.query<{ d: string }>(`select current_database() as d`)).rows[0]!.d;
   let pending = [...xids];
   for (;;) {
-    const snap = parseSnapshot((await db.query<{ s: string }>(`select pg_current_snapshot()::text as s`)).rows[0]!.s);
+    const snap = await currentSnapshot(db);
     pending = pending.filter((x) => !hasEnded(x, snap));
     if (pending.length === 0) return { open: [] };
     const described = await describeTransactions(db, pending);

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { Logger } from '../logger.js';
-import { parseSnapshot, stillInProgress } from '../db/snapshot.js';
+import { stillInProgress } from '../db/snapshot.js';
+import { currentSnapshot } from '../db/open-transactions.js';
 import { sleep } from '../timing.js';
 
 /** The stream stopped while a batch waited for its transactions: nothing was written, the batch replays. */
@@ -33,7 +34,7 @@ export async function waitUntilVisible(
   let pause = 1;
   let nextWarn = started + (opts.firstWarnMs ?? 3_000);
   for (;;) {
-    const snap = parseSnapshot((await db.query<{ s: string }>(`select pg_current_snapshot()::text as s`)).rows[0]!.s);
+    const snap = await currentSnapshot(db);
     pending = stillInProgress(pending, snap);
     if (pending.length === 0) return Date.now() - started;
     if (opts.signal?.aborted) throw new StopWhileWaiting();

@@ -1,8 +1,8 @@
 import type pg from 'pg';
 import type { TableInfo } from '../db/catalog.js';
 import { inTransaction } from '../db/connect.js';
-import { openTransactionsNow, describeTransactions } from '../db/open-transactions.js';
-import { parseSnapshot, type Snapshot } from '../db/snapshot.js';
+import { currentSnapshot, describeTransactions, openTransactionsNow } from '../db/open-transactions.js';
+import type { Snapshot } from '../db/snapshot.js';
 import { countLiveQuarantine } from '../state/quarantine.js';
 import { countVersions, type ColumnCounts } from './count-versions.js';
 
@@ -24,12 +24,14 @@ export interface SnapshotCount {
    * write only target-version values and state), or of a database not known any more.
    */
   inProgress: bigint[];
+  /** Every transaction holding an xid just after the count (any database): they too must end before the count proves anything. */
+  openAfter: bigint[];
 }
 
 export async function countInOneSnapshot(pool: pg.Pool, tables: TableInfo[], target: number, withQuarantine: boolean): Promise<SnapshotCount> {
   const { columns, snapshot } = await inTransaction(pool, 'begin isolation level repeatable read read only', async (client) => {
     // The first statement takes the transaction's snapshot.
-    const snap = parseSnapshot((await client.query<{ s: string }>(`select pg_current_snapshot()::text as s`)).rows[0]!.s);
+    const snap = await currentSnapshot(client);
     return { snapshot: snap, columns: await countVersions(client, tables, target, false) };
   });
   if (withQuarantine) {
@@ -49,5 +51,5 @@ export async function countInOneSnapshot(pool: pg.Pool, tables: TableInfo[], tar
     if (t.database !== null && t.database !== here) return false;
     return !(t.kind === 'session' && (t.application ?? '').startsWith('pg-rekey'));
   });
-  return { columns, snapshot, inProgress };
+  return { columns, snapshot, inProgress, openAfter: now };
 }
