@@ -1,5 +1,7 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --
 // Thin runner: the compiled CLI lives in dist/ (built by `npm ci` through the `prepare` script).
+// The `--` in the line above stops Node 20 from reading `--env-file` (ours) as its own flag: it would exit 9
+// on a missing file, or load the file into the environment with its own parser.
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 

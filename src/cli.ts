@@ -29,7 +29,7 @@ Keys (environment, or a dotenv file via --env-file; the environment wins):
 
 function globals(cmd: Command): GlobalFlags {
   const o = cmd.optsWithGlobals<GlobalFlags>();
-  return { config: o.config, envFile: o.envFile, databaseUrl: o.databaseUrl, logLevel: o.logLevel };
+  return { config: o.config, envFile: o.envFile, databaseUrl: o.databaseUrl, logLevel: o.logLevel, logFormat: o.logFormat };
 }
 
 export function buildProgram(setExitCode: (code: number) => void): Command {
@@ -43,8 +43,13 @@ export function buildProgram(setExitCode: (code: number) => void): Command {
     .addOption(new Option('-c, --config <file>', 'config file (or PG_REKEY_CONFIG)').default(undefined, './pg-rekey.yaml'))
     .option('--env-file <file>', "dotenv file with the key variables (the application's .env.local)")
     .option('--database-url <url>', 'connection string; overrides DATABASE_URL and `database:` in the config')
-    .addOption(new Option('--log-level <level>', 'log level (logs are JSON lines on stderr)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
+    .addOption(new Option('--log-level <level>', 'log level of the log lines on stderr (or PG_REKEY_LOG_LEVEL)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
+    .addOption(
+      new Option('--log-format <format>', 'pretty (time, level, component, message) or json lines; default pretty on a terminal, json otherwise (or PG_REKEY_LOG_FORMAT)').choices(['pretty', 'json']),
+    )
     .showHelpAfterError('(run with --help for usage)')
+    // Every subcommand's --help also lists -c, --env-file, --database-url, --log-level.
+    .configureHelp({ showGlobalOptions: true })
     .addHelpText(
       'after',
       `${KEYS}

@@ -28,7 +28,7 @@ export interface OpenOptions {
 export async function openContext(flags: GlobalFlags, opts: OpenOptions = {}): Promise<Context> {
   const config = loadConfig(flags);
   // One-shot commands print their result on stdout; their info lines would only repeat it.
-  const log = createLogger(config.logLevel ?? opts.defaultLogLevel ?? 'warn');
+  const log = createLogger(config.logLevel ?? opts.defaultLogLevel ?? 'warn', config.logFormat);
   const pool = createPool({ connectionString: config.connectionString, max: opts.poolSize });
   const stop = new AbortController();
   const onSignal = () => stop.abort();

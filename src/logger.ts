@@ -1,16 +1,25 @@
 import { pino, type Logger, type LevelWithSilent } from 'pino';
+import { prettyChunk } from './terminal/pretty-log.js';
+import { stderrLine } from './terminal/stderr-line.js';
 
 export type { Logger };
 
+export type LogFormat = 'pretty' | 'json';
+
 /**
- * Logs go to stderr as JSON lines (one object per event); stdout stays free
- * for command output (--json, tables). Every component logs through a child:
- * `logger.child({ component: 'sweep', table })`.
+ * Logs go to stderr, as JSON lines (one object per event) or, by default on a
+ * terminal, as pretty lines (ISO time, level name, component, message, fields);
+ * stdout stays free for command output (--json, tables). Both pass through
+ * stderrLine, so they never tear through backfill's progress bar. Every
+ * component logs through a child: `logger.child({ component: 'sweep', table })`.
  *
  * Values, keys and plaintexts are never passed to the logger. `redact` is a
  * second guard in case a future change passes an object that holds one.
  */
-export function createLogger(level: LevelWithSilent = 'info', destination: number = 2): Logger {
+export function createLogger(level: LevelWithSilent = 'info', format?: LogFormat): Logger {
+  const tty = process.stderr.isTTY === true;
+  const pretty = (format ?? (tty ? 'pretty' : 'json')) === 'pretty';
+  const destination = { write: (chunk: string) => stderrLine.log(pretty ? prettyChunk(chunk, { colour: tty }) : chunk) };
   return pino(
     {
       name: 'pg-rekey',
@@ -22,7 +31,7 @@ export function createLogger(level: LevelWithSilent = 'info', destination: numbe
       },
       serializers: { err: serializeError },
     },
-    pino.destination({ fd: destination, sync: true }),
+    destination,
   );
 }
 

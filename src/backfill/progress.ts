@@ -1,4 +1,5 @@
 import type { Logger } from '../logger.js';
+import { stderrLine, type StderrLine } from '../terminal/stderr-line.js';
 import { percentDone } from './chunk-plan.js';
 
 export interface ChunkProgress {
@@ -40,7 +41,13 @@ export class LogProgress implements ProgressSink {
   constructor(
     private readonly log: Logger,
     private readonly intervalMs: number,
+    /** A dry run's lines say what would be rewritten, never "rewritten". */
+    private readonly dryRun = false,
   ) {}
+
+  private counts(p: { rewritten: number; quarantined: number }): Record<string, number> {
+    return this.dryRun ? { wouldRewrite: p.rewritten, wouldQuarantine: p.quarantined } : { rewritten: p.rewritten, quarantined: p.quarantined };
+  }
 
   start(relation: string, nextBlock: number): void {
     this.startBlock.set(relation, nextBlock);
@@ -59,17 +66,18 @@ export class LogProgress implements ProgressSink {
         block: p.nextBlock,
         blocks: p.totalBlocks,
         percent: Number(percentDone(p.nextBlock, p.totalBlocks).toFixed(1)),
-        rewritten: p.rewritten,
+        ...this.counts(p),
         chunkBlocks: p.chunkBlocks,
         rowsPerSec: Math.round(p.rowsPerSec ?? rate(p)),
         etaSec: etaSeconds(this.startBlock.get(relation) ?? 0, p),
       },
-      'sweep progress',
+      this.dryRun ? 'dry run progress' : 'sweep progress',
     );
   }
 
   finish(relation: string, p: Parameters<ProgressSink['finish']>[1]): void {
-    this.log.info({ component: 'sweep', relation, ...p }, 'relation swept');
+    const { rewritten: _r, quarantined: _q, ...rest } = p;
+    this.log.info({ component: 'sweep', relation, ...rest, ...this.counts(p) }, this.dryRun ? 'relation scanned (dry run, nothing written)' : 'relation swept');
   }
 }
 
@@ -78,12 +86,12 @@ function fit(relation: string, width = 32): string {
   return relation.length <= width ? relation.padEnd(width) : `…${relation.slice(relation.length - width + 1)}`;
 }
 
-/** One redrawn line per relation on a terminal (stderr). */
+/** One redrawn line per relation on a terminal (stderr's status line: log lines go above it). */
 export class TtyProgress implements ProgressSink {
   private readonly startBlock = new Map<string, number>();
   constructor(
     private readonly verb = 'rewritten',
-    private readonly out: NodeJS.WriteStream = process.stderr,
+    private readonly out: StderrLine = stderrLine,
   ) {}
 
   start(relation: string, nextBlock: number): void {
@@ -95,14 +103,14 @@ export class TtyProgress implements ProgressSink {
     const width = 24;
     const filled = Math.round((pct / 100) * width);
     const eta = etaSeconds(this.startBlock.get(relation) ?? 0, p);
-    this.out.write(
-      `\r${fit(relation)} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${pct.toFixed(1).padStart(5)}%` +
-        `  ${p.rewritten} ${this.verb}  ${rate(p)}/s  ETA ${eta === null ? '?' : `${eta}s`}   `,
+    this.out.draw(
+      `${fit(relation)} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${pct.toFixed(1).padStart(5)}%` +
+        `  ${p.rewritten} ${this.verb}  ${rate(p)}/s  ETA ${eta === null ? '?' : `${eta}s`}`,
     );
   }
 
   finish(relation: string, p: Parameters<ProgressSink['finish']>[1]): void {
-    this.out.write(`\r${fit(relation)} done: ${p.rewritten} ${this.verb}, ${p.conflicts} CAS conflicts, ${p.quarantined} quarantined${' '.repeat(20)}\n`);
+    this.out.end(`${fit(relation)} done: ${p.rewritten} ${this.verb}, ${p.conflicts} CAS conflicts, ${p.quarantined} quarantined`);
   }
 }
 

@@ -89,7 +89,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
       dryRun: opts.dryRun,
       onlyVersions,
       signal: abort.signal,
-      progress: tty ? new TtyProgress(opts.dryRun ? 'would be rewritten' : 'rewritten') : new LogProgress(ctx.log, ctx.config.sweep.progressIntervalMs),
+      progress: tty ? new TtyProgress(opts.dryRun ? 'would be rewritten' : 'rewritten') : new LogProgress(ctx.log, ctx.config.sweep.progressIntervalMs, opts.dryRun === true),
       log: ctx.log,
     };
     const passes: RelationResult[][] = [await sweepTables(ctx.pool, tables, { ...sweepOpts, restart: opts.restart })];
@@ -169,14 +169,15 @@ export function summarize(results: readonly BackfillRelation[], target: number, 
   const sum = (k: 'scanned' | 'rewritten' | 'conflicts' | 'quarantined') => results.reduce((n, r) => n + r[k], 0);
   const remaining = left ? left.columns.reduce((n, c) => n + c.remaining, 0) : null;
   const remainingQuarantined = left ? left.columns.reduce((n, c) => n + c.quarantined, 0) : null;
+  // A dry run wrote nothing: its counts say what would be done, never "rewritten".
+  const done = dryRun ? { wouldRewrite: sum('rewritten'), wouldQuarantine: sum('quarantined') } : { rewritten: sum('rewritten'), quarantined: sum('quarantined') };
   return {
     target: versionLabel(target),
     dryRun,
     relations: results.length,
     rowsScanned: sum('scanned'),
-    rewritten: sum('rewritten'),
+    ...done,
     conflicts: sum('conflicts'),
-    quarantined: sum('quarantined'),
     passes,
     /** Counted after the last pass (null for a dry run or an interrupted one, which count nothing). */
     converged: remaining === null ? null : remaining === 0,
@@ -194,9 +195,11 @@ export function renderBackfill(results: readonly BackfillRelation[], s: ReturnTy
     ['relation', 'blocks', 'rows read', verb, 'CAS conflicts', s.dryRun ? 'would quarantine' : 'quarantined', 'note'],
     results.map((r) => [r.relation, r.blocks, r.scanned, r.rewritten, r.conflicts, r.quarantined, note(r)]),
   );
-  const lines = [table, `${s.dryRun ? 'dry run, nothing written: ' : ''}${s.rewritten} value(s) ${s.dryRun ? 'would be rewritten' : 'rewritten'} to ${s.target}`];
+  const rewritten = s.rewritten ?? s.wouldRewrite ?? 0;
+  const quarantined = s.quarantined ?? s.wouldQuarantine ?? 0;
+  const lines = [table, `${s.dryRun ? 'dry run, nothing written: ' : ''}${rewritten} value(s) ${s.dryRun ? 'would be rewritten' : 'rewritten'} to ${s.target}`];
   if (s.conflicts) lines.push(`${s.conflicts} row(s) changed under the sweep (CAS conflict): their new versions were left to the stream and to the recount after the pass`);
-  if (s.quarantined) lines.push(`${s.quarantined} value(s) could not be rewritten and were left untouched: see \`pg-rekey status\` and pgrekey.quarantine`);
+  if (quarantined) lines.push(s.dryRun ? `${quarantined} value(s) would not open and would be left untouched (quarantined)` : `${quarantined} value(s) could not be rewritten and were left untouched: see \`pg-rekey status\` and pgrekey.quarantine`);
   if (s.converged === true) {
     lines.push(`no value of an old version remains in the configured tables${s.passes > 1 ? ` (after ${s.passes} passes: the recount found values behind the sweep, and the next pass rewrote them)` : ''}`);
   } else if (s.converged === false) {

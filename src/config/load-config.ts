@@ -10,6 +10,7 @@ export interface GlobalFlags {
   envFile?: string;
   databaseUrl?: string;
   logLevel?: string;
+  logFormat?: string;
 }
 
 export interface TableConfig extends QualifiedName {
@@ -66,6 +67,8 @@ export interface Config {
   daemon: DaemonSettings;
   /** undefined: the command's own default (see schema.ts). */
   logLevel: FileConfig['log_level'];
+  /** undefined: pretty on a terminal, json otherwise (logger.ts). */
+  logFormat: FileConfig['log_format'];
 }
 
 export const DEFAULT_CONFIG_PATH = 'pg-rekey.yaml';
@@ -73,7 +76,7 @@ export const DEFAULT_CONFIG_PATH = 'pg-rekey.yaml';
 /**
  * Environment overrides for tuning, derived from the schema:
  * PG_REKEY_SWEEP_CHUNK_BLOCKS, PG_REKEY_REPLICATION_SLOT, PG_REKEY_DAEMON_HTTP_PORT, ...
- * and PG_REKEY_LOG_LEVEL.
+ * and PG_REKEY_LOG_LEVEL, PG_REKEY_LOG_FORMAT.
  */
 function envOverrides(env: Record<string, string | undefined>): Record<string, unknown> {
   const out: Record<string, Record<string, unknown>> = {};
@@ -164,6 +167,8 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
   const merged = mergeOverrides(raw, envOverrides(env));
   if (env.PG_REKEY_LOG_LEVEL) merged.log_level = env.PG_REKEY_LOG_LEVEL;
   if (flags.logLevel) merged.log_level = flags.logLevel;
+  if (env.PG_REKEY_LOG_FORMAT) merged.log_format = env.PG_REKEY_LOG_FORMAT;
+  if (flags.logFormat) merged.log_format = flags.logFormat;
   const parsed = fileSchema.safeParse(merged);
   if (!parsed.success) {
     throw new ConfigError(
@@ -225,6 +230,7 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
       shutdownTimeoutMs: toMillis(file.daemon.shutdown_timeout),
     },
     logLevel: file.log_level,
+    logFormat: file.log_format,
   });
 }
 

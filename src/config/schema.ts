@@ -102,6 +102,8 @@ export const fileSchema = z.strictObject({
   daemon: daemonSchema.default(() => daemonSchema.parse({})),
   /** Unset: `run` and `backfill` log at info, one-shot commands (setup, verify, status, teardown) at warn. */
   log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
+  /** Unset: `pretty` (ISO time, level name, component, message, fields) when stderr is a terminal, `json` lines otherwise. */
+  log_format: z.enum(['pretty', 'json']).optional(),
 });
 
 export type FileConfig = z.infer<typeof fileSchema>;

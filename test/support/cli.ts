@@ -1,5 +1,6 @@
 // Runs the built CLI (bin/pg-rekey.js -> dist/cli.js) as a child process with a minimal environment.
 import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { guardProcess } from './guard.js';
 
@@ -38,12 +39,14 @@ export interface CliProcess {
 }
 
 // Only PATH and HOME come from the parent, so LIBSODIUM_*, DATABASE_URL, PG* etc. never leak into the CLI.
+// This node's directory comes first on PATH: the bin's shebang (`env -S node --`) finds it.
 function childEnv(extra: Record<string, string> | undefined): Record<string, string> {
-  return { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/', ...extra };
+  return { PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}`, HOME: process.env.HOME ?? '/', ...extra };
 }
 
 export function spawnCli(args: string[], opts: CliOptions = {}): CliProcess {
-  const child = spawn(process.execPath, [bin, ...args], {
+  // Executed as a user runs it: the bin itself, through its shebang (not `node bin/pg-rekey.js`).
+  const child = spawn(bin, args, {
     cwd: opts.cwd ?? repoRoot,
     env: childEnv(opts.env),
     stdio: ['pipe', 'pipe', 'pipe'],

@@ -1,0 +1,35 @@
+/**
+ * stderr on a terminal carries two things: log lines and one redrawn status line (backfill's progress bar).
+ * This module owns that status line, so a log line never tears through it: the bar is cleared, the log
+ * line written, the bar drawn again below it.
+ */
+
+export interface LineWriter {
+  write(text: string): unknown;
+}
+
+export class StderrLine {
+  private status = '';
+  constructor(private readonly out: LineWriter = process.stderr) {}
+
+  /** Writes complete lines (each ending with \n) above the status line. */
+  log(lines: string): void {
+    if (this.status) this.out.write(`\r\x1b[K${lines}${this.status}`);
+    else this.out.write(lines);
+  }
+
+  /** Replaces the status line (no newline). */
+  draw(text: string): void {
+    this.status = text;
+    this.out.write(`\r\x1b[K${text}`);
+  }
+
+  /** Ends the status line with `final` (kept on screen) and forgets it. */
+  end(final: string): void {
+    this.status = '';
+    this.out.write(`\r\x1b[K${final}\n`);
+  }
+}
+
+/** The process's one stderr status line. */
+export const stderrLine = new StderrLine();
