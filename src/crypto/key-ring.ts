@@ -190,7 +190,8 @@ export function loadKeyRing(src: KeySources): KeyRing {
     for (const k of keys.values()) k.fill(0);
     throw new ConfigError(
       'the encryption keys are not usable',
-      `fix the variables above in the environment${src.envFile ? ` or in ${src.envFile}` : ' or pass --env-file'}; \`pg-rekey keygen\` prints a new key`,
+      `fix the variables above in the environment${src.envFile ? ` or in ${src.envFile}` : ' or pass --env-file'}, with the keys the applications use ` +
+        "(copy them from the application's secret store or .env.local: a key made here would open none of the stored values)",
       problems,
     );
   }

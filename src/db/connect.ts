@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import pg from 'pg';
 import { RuntimeFailure } from '../errors.js';
 import { backoffMs, sleep } from '../timing.js';
@@ -12,13 +13,35 @@ export interface ConnectOptions {
   max?: number;
 }
 
+type PgpassLookup = (params: unknown, cb: (password: string | undefined) => void) => void;
+// pg's own dependency, resolved from where pg is installed.
+const pgpass = createRequire(createRequire(import.meta.url).resolve('pg'))('pgpass') as PgpassLookup;
+
+/**
+ * The password from ~/.pgpass (or PGPASSFILE) when neither the connection string nor PGPASSWORD
+ * has one. pg does this lookup itself, but prints a DeprecationWarning each time it finds one;
+ * a password function is its supported way. undefined: the server then says it needs one.
+ */
+export function passwordFromPgpass(params: unknown): Promise<string | undefined> {
+  return new Promise((resolve) => pgpass(params, resolve));
+}
+
+/** For every connection pg-rekey opens (pool, lease, stream): ~/.pgpass unless PGPASSWORD is set (pg would prefer this function). */
+export function pgpassOption(): { password?: () => Promise<string> } {
+  // pg calls it with the connection's parameters and takes undefined as "no password" (its types say neither).
+  return process.env.PGPASSWORD === undefined ? { password: passwordFromPgpass as unknown as () => Promise<string> } : {};
+}
+
 /**
  * A pool for pg-rekey's own work. With no connection string, pg reads the
- * libpq variables (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD, PGSSLMODE).
+ * libpq variables (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD, PGSSLMODE);
+ * ~/.pgpass (PGPASSFILE) as libpq does, when no password is given otherwise.
  */
 export function createPool(opts: ConnectOptions): pg.Pool {
   const pool = new pg.Pool({
     ...withRowSecurityOff(opts.connectionString),
+    // A password in the connection string wins over this (pg parses it over the config).
+    ...pgpassOption(),
     application_name: opts.applicationName ?? APPLICATION_NAME,
     max: opts.max ?? 4,
     idleTimeoutMillis: 30_000,
@@ -110,6 +133,19 @@ export function isRetryable(err: unknown): boolean {
 }
 
 const CONNECT_HINT = 'check --database-url / DATABASE_URL / `database:` in the config (or PGHOST, PGPORT, PGUSER, PGDATABASE), that the server is up, and pg_hba.conf';
+const PASSWORD_HINT =
+  'the server wants a password for this role: put it in ~/.pgpass (host:port:database:user:password, mode 0600; or PGPASSFILE), ' +
+  'or set PGPASSWORD, or add it to the connection string (postgres://user:password@host/db)';
+const SSL_HINT = 'set the TLS mode the server expects: PGSSLMODE=require / verify-full (and PGSSLROOTCERT), or ?sslmode=... in the connection string';
+
+/** The hint for a failed connect: what to set for a missing/wrong password or a TLS mismatch, else the general one. */
+export function connectHint(e: unknown): string {
+  const err = e as { code?: string; message?: string };
+  const msg = err.message ?? '';
+  if (err.code === '28P01' || /password must be a string|password authentication failed|SASL|SCRAM/i.test(msg)) return PASSWORD_HINT;
+  if (/\bSSL\b|certificate|no encryption/i.test(msg)) return `${SSL_HINT}; ${CONNECT_HINT}`;
+  return CONNECT_HINT;
+}
 
 function connectFailureText(e: unknown, source: string): string {
   const err = e as { code?: string; message?: string };
@@ -121,7 +157,7 @@ export async function checkConnection(pool: pg.Pool, source: string): Promise<vo
   try {
     await pool.query('select 1');
   } catch (e) {
-    throw new RuntimeFailure(connectFailureText(e, source), CONNECT_HINT);
+    throw new RuntimeFailure(connectFailureText(e, source), connectHint(e));
   }
 }
 
@@ -162,10 +198,10 @@ export async function waitForConnection(pool: pg.Pool, o: WaitForConnectionOptio
       return;
     } catch (e) {
       const what = connectFailureText(e, o.source);
-      if (!isRetryable(e)) throw new RuntimeFailure(what, `${CONNECT_HINT} (not retried: this error does not go away by waiting)`);
+      if (!isRetryable(e)) throw new RuntimeFailure(what, `${connectHint(e)} (not retried: this error does not go away by waiting)`);
       const waitMs = backoffMs(attempt, o.initialBackoffMs ?? 500, o.maxBackoffMs ?? 30_000);
       if (Date.now() - started + waitMs > o.maxWaitMs) {
-        throw new RuntimeFailure(`${what}; gave up after ${attempt} attempts in ${Math.round((Date.now() - started) / 1000)} s`, CONNECT_HINT);
+        throw new RuntimeFailure(`${what}; gave up after ${attempt} attempts in ${Math.round((Date.now() - started) / 1000)} s`, connectHint(e));
       }
       if (o.signal?.aborted) throw new ConnectWaitInterrupted();
       log.warn({ attempt, retryInSec: waitMs / 1000, code: (e as { code?: string }).code }, `${what}; attempt ${attempt} failed, next attempt in ${waitMs / 1000} s`);
