@@ -177,7 +177,7 @@ Typical rotation:
     .option('--json', 'print overrides and effective settings as JSON')
     .addHelpText(
       'after',
-      `\nSettings: ${SETTING_NAMES.join(', ')}.\n` +
+      `\nSettings: ${SETTING_NAMES.join(', ')} (the config file's spelling, nice_ratio, works too).\n` +
         'Stored in pgrekey.setting; they win over flags, environment and the config file until reset.\n' +
         'Running sweeps pick them up within throttle.check_interval. Without arguments: show what is in effect.\n' +
         'Examples:\n  pg-rekey set nice-ratio=8                     # gentler during business hours\n  pg-rekey set chunk-time=25ms nice-ratio=2     # faster at night\n  pg-rekey set --reset                          # back to the config file',
@@ -215,3 +215,6 @@ process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   throw e;
 });
 process.exitCode = await main(process.argv);
+// The command is done. A socket pg left open (it does after a failed SASL exchange, e.g. no password)
+// must not keep the process alive: exit within a second whatever still holds the event loop.
+setTimeout(() => process.exit(process.exitCode ?? 0), 1000).unref();

@@ -3,7 +3,7 @@ import type { GlobalFlags } from '../config/load-config.js';
 import { openContext, requireState } from '../context.js';
 import { ConfigError, EXIT_OK } from '../errors.js';
 import { renderTable } from '../format.js';
-import { applyOverrides, parseAssignments, readOverrides, SETTING_NAMES, showSetting } from '../throttle/live-settings.js';
+import { applyOverrides, parseAssignments, readOverrides, SETTING_NAMES, settingName, showSetting } from '../throttle/live-settings.js';
 
 const who = () => `${userInfo().username}@${hostname()}`;
 
@@ -39,15 +39,16 @@ export async function resumeCommand(flags: GlobalFlags): Promise<number> {
 /** `set name=value ...`, `set --reset [name ...]`, or no arguments: show effective settings. */
 export async function setCommand(flags: GlobalFlags, assignments: string[], opts: { reset?: boolean; json?: boolean }): Promise<number> {
   const parsed = opts.reset ? [] : parseAssignments(assignments);
+  const resetNames = assignments.map(settingName);
   if (opts.reset) {
-    const unknown = assignments.filter((a) => !(SETTING_NAMES as string[]).includes(a));
+    const unknown = resetNames.filter((a) => !(SETTING_NAMES as string[]).includes(a));
     if (unknown.length) throw new ConfigError(`not runtime settings: ${unknown.join(', ')}`, `with --reset name only settings: ${SETTING_NAMES.join(', ')}`);
   }
   const ctx = await openContext(flags);
   try {
     await requireState(ctx.pool);
     if (opts.reset) {
-      await ctx.pool.query(`delete from pgrekey.setting where cardinality($1::text[]) = 0 or name = any($1::text[])`, [assignments]);
+      await ctx.pool.query(`delete from pgrekey.setting where cardinality($1::text[]) = 0 or name = any($1::text[])`, [resetNames]);
     }
     for (const { name, value } of parsed) {
       await ctx.pool.query(

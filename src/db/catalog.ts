@@ -1,7 +1,8 @@
 import type pg from 'pg';
 import { ConfigError } from '../errors.js';
 import type { TableConfig } from '../config/load-config.js';
-import { displayName, quoteQualified, type QualifiedName } from './ident.js';
+import { didYouMean } from '../config/suggest.js';
+import { displayName, quoteIdent, quoteQualified, type QualifiedName } from './ident.js';
 
 /** A configured table as found in the catalog. */
 export interface TableInfo {
@@ -38,6 +39,20 @@ interface LeafRow { oid: number; schema: string; name: string; relkind: string; 
 // name truncates at 63 bytes: both would corrupt a ciphertext.
 const ACCEPTED_TYPES = new Set(['text', 'varchar', 'citext']);
 
+/** An identifier as the config must write it: quoted when it is not all lower case (YAML needs the quotes inside: '"Note"'). */
+function identText(name: string): string {
+  return /^[a-z_][a-z0-9_$]*$/.test(name) ? name : `'${quoteIdent(name)}'`;
+}
+
+/** " (did you mean public.incidents?)" from the tables and partitioned tables this database has, or ''. */
+async function tableSuggestion(db: pg.Pool | pg.ClientBase, name: string): Promise<string> {
+  const { rows } = await db.query<{ schema: string; name: string }>(
+    `select n.nspname as schema, c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema', 'pgrekey')`,
+  );
+  return didYouMean(name, rows.map((r) => displayName(r)));
+}
+
 /**
  * Resolves every configured table and checks, all at once: it exists, each
  * column exists and is text-like, the table has a primary key or replica
@@ -58,7 +73,7 @@ export async function resolveTables(db: pg.Pool | pg.ClientBase, tables: readonl
       )
     ).rows[0];
     if (!cls) {
-      problems.push(`${name}: no such table (names are case-sensitive when quoted; check the schema)`);
+      problems.push(`${name}: no such table${await tableSuggestion(db, name)} (names are case-sensitive when quoted; check the schema)`);
       continue;
     }
     if (cls.relkind !== 'r' && cls.relkind !== 'p') {
@@ -80,7 +95,7 @@ export async function resolveTables(db: pg.Pool | pg.ClientBase, tables: readonl
     );
     for (const c of t.columns) {
       const col = cols.get(c);
-      if (!col) problems.push(`${name}.${c}: no such column`);
+      if (!col) problems.push(`${name}.${c}: no such column${didYouMean(c, cols.keys(), identText)}`);
       else if (!ACCEPTED_TYPES.has(col.typname)) {
         problems.push(`${name}.${c}: type ${col.shown} is not text-like; pg-rekey rewrites text or varchar columns only`);
       }

@@ -14,8 +14,10 @@ export interface ConnectOptions {
 }
 
 type PgpassLookup = (params: unknown, cb: (password: string | undefined) => void) => void;
-// pg's own dependency, resolved from where pg is installed.
-const pgpass = createRequire(createRequire(import.meta.url).resolve('pg'))('pgpass') as PgpassLookup;
+// pg's own dependencies, resolved from where pg is installed.
+const fromPg = createRequire(createRequire(import.meta.url).resolve('pg'));
+const pgpass = fromPg('pgpass') as PgpassLookup;
+const parseConnectionString = fromPg('pg-connection-string') as { parseIntoClientConfig(s: string): pg.ClientConfig };
 
 /**
  * The password from ~/.pgpass (or PGPASSFILE) when neither the connection string nor PGPASSWORD
@@ -26,10 +28,29 @@ export function passwordFromPgpass(params: unknown): Promise<string | undefined>
   return new Promise((resolve) => pgpass(params, resolve));
 }
 
-/** For every connection pg-rekey opens (pool, lease, stream): ~/.pgpass unless PGPASSWORD is set (pg would prefer this function). */
-export function pgpassOption(): { password?: () => Promise<string> } {
+function pgpassOption(): { password?: () => Promise<string> } {
   // pg calls it with the connection's parameters and takes undefined as "no password" (its types say neither).
   return process.env.PGPASSWORD === undefined ? { password: passwordFromPgpass as unknown as () => Promise<string> } : {};
+}
+
+/**
+ * The connection settings of every connection pg-rekey opens (pool, lease, stream), with the password
+ * from ~/.pgpass when none is given otherwise. pg would parse a connection string over its other
+ * settings (an empty password included, dropping a password function), so a URL without a password
+ * is parsed here, with pg's own parser. `rowSecurityOff`: see withRowSecurityOff.
+ */
+export function connectionConfig(connectionString: string | undefined, opts: { rowSecurityOff?: boolean } = {}): pg.ClientConfig {
+  const base = opts.rowSecurityOff === false ? { connectionString } : withRowSecurityOff(connectionString);
+  if (!base.connectionString) return { ...base, ...pgpassOption() };
+  let parsed: pg.ClientConfig;
+  try {
+    parsed = parseConnectionString.parseIntoClientConfig(base.connectionString);
+  } catch {
+    return base; // pg reports what is wrong with it when it connects
+  }
+  if (parsed.password) return base;
+  const { password: _empty, ...rest } = parsed;
+  return { ...rest, ...pgpassOption() };
 }
 
 /**
@@ -39,9 +60,7 @@ export function pgpassOption(): { password?: () => Promise<string> } {
  */
 export function createPool(opts: ConnectOptions): pg.Pool {
   const pool = new pg.Pool({
-    ...withRowSecurityOff(opts.connectionString),
-    // A password in the connection string wins over this (pg parses it over the config).
-    ...pgpassOption(),
+    ...connectionConfig(opts.connectionString),
     application_name: opts.applicationName ?? APPLICATION_NAME,
     max: opts.max ?? 4,
     idleTimeoutMillis: 30_000,

@@ -1,4 +1,4 @@
-import { pgpassOption } from '../db/connect.js';
+import { connectionConfig } from '../db/connect.js';
 import { LogicalReplicationService, PgoutputPlugin, type Pgoutput } from 'pg-logical-replication';
 import type { Logger } from '../logger.js';
 import type { KeyRing } from '../crypto/key-ring.js';
@@ -143,7 +143,7 @@ export class ReplicationStream {
     this.o.writer.discard(); // anything unacknowledged replays from the slot
     this.inTxn = false;
     const svc = new LogicalReplicationService(
-      { connectionString: this.o.connectionString, ...pgpassOption(), application_name: 'pg-rekey-stream' },
+      { ...connectionConfig(this.o.connectionString, { rowSecurityOff: false }), application_name: 'pg-rekey-stream' },
       { acknowledge: { auto: false, timeoutSeconds: 0 }, flowControl: { enabled: true } },
     );
     this.service = svc;

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { ConfigError } from '../errors.js';
+import { didYouMean } from '../config/suggest.js';
 import type { Config, SweepSettings, ThrottleSettings } from '../config/load-config.js';
 import { duration, size, sweepSchema, throttleSchema, toBytes, toMillis } from '../config/schema.js';
 import type { Logger } from '../logger.js';
@@ -41,19 +42,25 @@ function parseValue(name: SettingName, raw: string): unknown {
   return undefined;
 }
 
-/** Parses `name=value` arguments; every problem reported at once. */
+/** `nice_ratio`, `Nice-Ratio` -> `nice-ratio`. */
+export function settingName(text: string): string {
+  return text.toLowerCase().replace(/_/g, '-');
+}
+
+/** Parses `name=value` arguments (names as in `--help` or as in the config file); every problem reported at once. */
 export function parseAssignments(args: string[]): { name: SettingName; value: string }[] {
   const problems: string[] = [];
   const out: { name: SettingName; value: string }[] = [];
   for (const a of args) {
-    const m = /^([a-z-]+)=(.+)$/.exec(a.trim());
+    const m = /^([a-zA-Z_-]+)=(.+)$/.exec(a.trim());
     if (!m) {
       problems.push(`${JSON.stringify(a)}: expected name=value, e.g. chunk-time=50ms`);
       continue;
     }
-    const name = m[1] as SettingName;
+    // The config file's spelling (nice_ratio) names the same setting as nice-ratio.
+    const name = settingName(m[1]!) as SettingName;
     if (!(name in SETTABLE)) {
-      problems.push(`${name}: not a runtime setting; one of ${SETTING_NAMES.join(', ')}`);
+      problems.push(`${m[1]}: not a runtime setting${didYouMean(name, SETTING_NAMES)}; one of ${SETTING_NAMES.join(', ')}`);
       continue;
     }
     if (parseValue(name, m[2]!) === undefined) problems.push(`${name}=${m[2]}: invalid value (durations like 50ms or 2s, sizes like 64MB, numbers)`);

@@ -1,0 +1,140 @@
+// A DBA's first hour (issue 12): the CLI as a user runs it (the bin through its shebang, an installed
+// package), its help, its hints and its logs.
+import { execFileSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { repoRoot, runCli, type CliResult } from '../support/cli.js';
+import { createTestDatabase, type TestDatabase } from '../support/db.js';
+import { createIncidentsTable, fillIncidents, keyEnv, testRing, writeCliFiles, type CliFiles } from '../support/fixtures.js';
+
+const dbs: TestDatabase[] = [];
+afterAll(async () => {
+  for (const db of dbs) await db.drop();
+});
+async function database(prefix: string): Promise<TestDatabase> {
+  const db = await createTestDatabase(prefix);
+  dbs.push(db);
+  return db;
+}
+const output = (r: CliResult) => r.stdout + r.stderr;
+
+describe('the CLI as a user runs it', () => {
+  it('a mistyped --env-file is pg-rekey\'s error (exit 2), not Node\'s (exit 9)', async () => {
+    const f = writeCliFiles({ tables: [{ name: 'incidents', columns: ['title'] }] });
+    const r = await runCli(['-c', f.configPath, '--env-file', path.join(f.dir, '.env.locl'), 'backfill']);
+    expect(r.code, output(r)).toBe(2);
+    expect(r.stderr).toMatch(/cannot read env file .*\.env\.locl: ENOENT/);
+    expect(r.stderr).not.toMatch(/^node:/m);
+  });
+
+  it('every subcommand --help lists the global options', async () => {
+    for (const cmd of ['setup', 'backfill', 'run', 'verify', 'status', 'teardown', 'set']) {
+      const r = await runCli([cmd, '--help']);
+      expect(r.code, cmd).toBe(0);
+      for (const flag of ['-c, --config', '--env-file', '--database-url', '--log-level', '--log-format']) expect(r.stdout, `${cmd} --help`).toContain(flag);
+    }
+  });
+
+  it('`set` takes the config file spelling and says "did you mean" for a near miss', async () => {
+    const f = writeCliFiles({ databaseUrl: 'postgres://postgres@127.0.0.1:1/nowhere', tables: [{ name: 'incidents', columns: ['title'] }] });
+    const near = await runCli(['-c', f.configPath, 'set', 'nice-ration=8']);
+    expect(near.code).toBe(2);
+    expect(near.stderr).toContain('nice-ration: not a runtime setting (did you mean nice-ratio?)');
+    // Parsed fine: it gets as far as connecting (and fails there, exit 3), not "expected name=value".
+    const snake = await runCli(['-c', f.configPath, 'set', 'nice_ratio=8']);
+    expect(snake.code, output(snake)).toBe(3);
+    expect(snake.stderr).toContain('cannot connect to PostgreSQL');
+  });
+});
+
+describe('against PostgreSQL', () => {
+  let db: TestDatabase;
+  let f: CliFiles;
+  beforeAll(async () => {
+    db = await database('operator_cli');
+    await createIncidentsTable(db.pool, 'incidents');
+    await db.pool.query(`alter table incidents add column "Note" text`);
+    await fillIncidents(db.pool, 'incidents', await testRing(), { rows: 300, mix: { v1: 0.5, v2: 0.5, null: 0, notOurs: 0 } });
+    f = writeCliFiles({ databaseUrl: db.url, tables: [{ name: 'incidents', columns: ['title', 'raw_xml'] }], replication: { slot: db.name } });
+  });
+
+  it('names that are not found say "did you mean", quoted when the case needs it', async () => {
+    const bad = writeCliFiles({ databaseUrl: db.url, tables: [{ name: 'incident', columns: ['title'] }, { name: 'incidents', columns: ['titel', 'note'] }], replication: { slot: db.name } });
+    const r = await runCli(['-c', bad.configPath, '--env-file', bad.envPath, 'backfill', '--dry-run']);
+    expect(r.code, output(r)).toBe(2);
+    expect(r.stderr).toContain('public.incident: no such table (did you mean public.incidents?)');
+    expect(r.stderr).toContain('public.incidents.titel: no such column (did you mean title?)');
+    expect(r.stderr).toContain(`public.incidents.note: no such column (did you mean '"Note"'?)`);
+  });
+
+  it('--log-format: pretty lines (ISO time, level name, component) or JSON lines', async () => {
+    const pretty = await runCli(['-c', f.configPath, '--env-file', f.envPath, '--log-format', 'pretty', 'backfill', '--dry-run']);
+    expect(pretty.code, output(pretty)).toBe(0);
+    const lines = pretty.stderr.split('\n').filter(Boolean);
+    expect(lines.length).toBeGreaterThan(0);
+    for (const l of lines) expect(l).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (TRACE|DEBUG|INFO |WARN |ERROR|FATAL) /);
+    expect(pretty.stderr).toMatch(/INFO  sweep +relation scanned \(dry run, nothing written\) .*wouldRewrite=\d+/);
+    expect(pretty.stderr).not.toMatch(/\brewritten=/);
+
+    const json = await runCli(['-c', f.configPath, '--env-file', f.envPath, '--log-format', 'json', 'backfill', '--dry-run']);
+    expect(json.code).toBe(0);
+    const objs = json.stderr.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; time: number; msg: string });
+    expect(objs.some((o) => o.msg === 'relation scanned (dry run, nothing written)')).toBe(true);
+    for (const o of objs) expect(typeof o.time).toBe('number');
+  });
+
+  it('a password the server asks for: read from ~/.pgpass without a DeprecationWarning; without one, a hint naming .pgpass and PGPASSWORD', async (ctx) => {
+    if (inject('pgBackend') !== 'embedded binaries') ctx.skip(); // it edits the server's pg_hba.conf
+    const role = `pw_${db.name}`.slice(0, 60);
+    const password = `pw-${Date.now()}`;
+    const hbaFile = (await db.pool.query<{ f: string }>(`select current_setting('hba_file') as f`)).rows[0]!.f;
+    await db.pool.query(`create role ${role} login superuser password '${password}'`);
+    // First match wins: this role, and only it, must give a password.
+    writeFileSync(hbaFile, `host all ${role} 127.0.0.1/32 scram-sha-256\n${readFileSync(hbaFile, 'utf8')}`);
+    await db.pool.query('select pg_reload_conf()');
+    const url = new URL(db.url);
+    url.username = role;
+    const home = mkdtempSync(path.join(os.tmpdir(), 'pg-rekey-home-'));
+    const noPass = await runCli(['-c', f.configPath, '--database-url', url.toString(), 'verify'], { env: { ...keyEnv(), HOME: home } });
+    expect(noPass.code, output(noPass)).toBe(3);
+    expect(noPass.stderr).toMatch(/^hint: .*~\/\.pgpass.*PGPASSWORD/m);
+
+    const pgpass = path.join(home, '.pgpass');
+    writeFileSync(pgpass, `127.0.0.1:${url.port}:*:${role}:${password}\n`);
+    chmodSync(pgpass, 0o600);
+    const withPass = await runCli(['-c', f.configPath, '--database-url', url.toString(), 'verify'], { env: { ...keyEnv(), HOME: home } });
+    expect([0, 1], output(withPass)).toContain(withPass.code);
+    expect(withPass.stdout).toContain('public.incidents');
+    expect(output(withPass)).not.toMatch(/DeprecationWarning|pgpass support is deprecated/);
+  });
+
+  it('installs from `npm pack` into a fresh prefix and runs from another directory', async () => {
+    const work = mkdtempSync(path.join(os.tmpdir(), 'pg-rekey-install-'));
+    // The package as published: dist/, sql/, bin/ (npm pack runs the build).
+    const tarball = execFileSync('npm', ['pack', '--silent', '--pack-destination', work], { cwd: repoRoot, encoding: 'utf8' }).trim().split('\n').pop()!;
+    const prefix = path.join(work, 'prefix');
+    execFileSync('npm', ['install', '--global', '--prefix', prefix, '--no-audit', '--no-fund', path.join(work, tarball)], { cwd: work, encoding: 'utf8', stdio: 'pipe' });
+    const bin = path.join(prefix, 'bin', 'pg-rekey');
+    expect(existsSync(bin)).toBe(true);
+    const elsewhere = mkdtempSync(path.join(os.tmpdir(), 'pg-rekey-elsewhere-'));
+    const env = { PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}`, HOME: elsewhere };
+    const help = execFileSync(bin, ['--help'], { cwd: elsewhere, env, encoding: 'utf8' });
+    expect(help).toContain('Usage: pg-rekey');
+    // setup applies the migrations shipped in the package (sql/), then verify counts.
+    const installed = (args: string[]) => {
+      try {
+        return { code: 0, out: execFileSync(bin, ['-c', f.configPath, '--env-file', f.envPath, ...args], { cwd: elsewhere, env, encoding: 'utf8', stdio: 'pipe' }) };
+      } catch (e) {
+        const err = e as { status: number; stdout: string; stderr: string };
+        return { code: err.status, out: `${err.stdout}${err.stderr}` };
+      }
+    };
+    const setup = installed(['setup']);
+    expect(setup.code, setup.out).toBe(0);
+    const verify = installed(['verify']);
+    expect(verify.code, verify.out).toBe(1);
+    expect(verify.out).toMatch(/public\.incidents/);
+  });
+});
