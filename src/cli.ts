@@ -8,6 +8,7 @@ import { statusCommand } from './commands/status.js';
 import { keygenCommand } from './commands/keygen.js';
 import { runCommand } from './commands/run.js';
 import { teardownCommand } from './commands/teardown.js';
+import { grantsCommand } from './commands/grants.js';
 import { pauseCommand, resumeCommand, setCommand } from './commands/control.js';
 import { SETTING_NAMES } from './throttle/live-settings.js';
 
@@ -81,6 +82,23 @@ Typical rotation:
         'Creating a slot restarts the sweep from block 0.',
     )
     .action(run((cmd) => setupCommand(globals(cmd))));
+
+  program
+    .command('grants')
+    .description('print the SQL (a psql script) that gives a role exactly what pg-rekey needs for this config')
+    .option('--role <name>', 'the role pg-rekey will run as', 'rekey_worker')
+    .addHelpText(
+      'after',
+      '\nRun it as an administrator (it reads the catalog, changes nothing), review the output, then apply it\n' +
+        'as a superuser (or the tables\' owner plus a role that may grant REPLICATION):\n' +
+        '  pg-rekey grants --database-url postgres://admin@db/cad > grants.sql\n' +
+        '  psql -d cad -v pw=secret -f grants.sql\n' +
+        'It creates the role (LOGIN REPLICATION) if missing, the pgrekey schema owned by it, SELECT on every\n' +
+        'relation holding the configured tables\' rows and UPDATE on the encrypted columns only, pg_monitor,\n' +
+        'BYPASSRLS where row level security is on, and the publication. ON_ERROR_STOP and one transaction: all\n' +
+        'or nothing; running it twice changes nothing. Then `pg-rekey setup` as that role passes.',
+    )
+    .action(run((cmd) => grantsCommand(globals(cmd), cmd.opts())));
 
   program
     .command('backfill')

@@ -1,5 +1,6 @@
 // The whole flow as the role from sql/roles.sql, with exactly the privileges it grants.
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
 import { insertBatched, testRing } from '../support/fixtures.js';
@@ -13,11 +14,9 @@ let files: DaemonFiles;
 let worker: pg.Pool;
 const PASSWORD = 'rekey-test-password';
 
-/** sql/roles.sql as psql would run it with -v db=... -v pw=... */
-function rolesSql(dbName: string): string {
-  return readFileSync(new URL('../../sql/roles.sql', import.meta.url), 'utf8')
-    .replace(/:"db"/g, `"${dbName}"`)
-    .replace(/:pw/g, `'${PASSWORD}'`);
+/** Runs sql/roles.sql with psql, as its header says, as the superuser of the test cluster. */
+function applyRolesSql(url: string): void {
+  execFileSync('psql', ['-X', '-q', '-v', `pw=${PASSWORD}`, '-f', fileURLToPath(new URL('../../sql/roles.sql', import.meta.url)), url], { stdio: 'pipe' });
 }
 
 beforeAll(async () => {
@@ -33,7 +32,7 @@ beforeAll(async () => {
   await insertBatched(db.pool, 'incident_communications', ['id', 'body'], ['bigint', 'text'], rows(1000, 'message'));
   await insertBatched(db.pool, 'cfs_incidents', ['id', 'raw_xml'], ['bigint', 'text'], rows(500, '<call/>'));
   await db.pool.query(`drop role if exists rekey_worker`);
-  await db.pool.query(rolesSql(db.name));
+  applyRolesSql(db.url);
   const url = new URL(db.url);
   url.username = 'rekey_worker';
   url.password = PASSWORD;

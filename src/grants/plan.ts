@@ -1,0 +1,125 @@
+/**
+ * The SQL that gives a role exactly what pg-rekey needs for a config: a psql script, all or
+ * nothing (ON_ERROR_STOP and one transaction), idempotent (a second run changes nothing and
+ * fails on nothing). Pure: the catalog facts come in, the text goes out.
+ */
+import { quoteIdent } from '../db/ident.js';
+
+export interface GrantTable {
+  /** schema.table for comments. */
+  display: string;
+  /** "schema"."table" of the configured table. */
+  quoted: string;
+  partitioned: boolean;
+  columns: readonly string[];
+  /** Every relation that holds its rows (itself, partitions, INHERITS children): each is read and updated on its own. */
+  leaves: readonly { quoted: string; schema: string; rowSecurity: boolean }[];
+}
+
+export interface GrantFacts {
+  role: string;
+  tables: readonly GrantTable[];
+  publication: string;
+  /** null: the publication does not exist yet; else the leaves (quoted) it does not publish. */
+  unpublished: readonly string[] | null;
+  stateSchema: string;
+  /** For the header. */
+  database: string;
+  serverVersion: string;
+  configPath: string;
+}
+
+const lit = (s: string) => `'${s.replace(/'/g, "''")}'`;
+
+/** `select '<stmt>' where <cond> \gexec`: psql runs the statement only when the condition holds. */
+function gexecIf(statement: string, condition: string): string {
+  return `select ${lit(statement)} where ${condition} \\gexec`;
+}
+
+export function renderGrants(f: GrantFacts): string {
+  const role = quoteIdent(f.role);
+  const leaves = f.tables.flatMap((t) => t.leaves.map((l) => ({ ...l, table: t })));
+  const schemas = [...new Set([...f.tables.map((t) => t.quoted.split('.')[0]!), ...leaves.map((l) => quoteIdent(l.schema))])];
+  const rls = leaves.filter((l) => l.rowSecurity);
+  const out: string[] = [
+    `-- pg-rekey grants: what role ${f.role} needs for ${f.configPath}`,
+    `-- generated from database ${f.database} (PostgreSQL ${f.serverVersion}); run it again after changing tables: in the config or adding partitions`,
+    '-- Run as a superuser (or as the tables\' owner together with a role that may grant REPLICATION):',
+    '--   psql -d <database> -v pw=<password> -f grants.sql',
+    `-- Without -v pw the role gets no password (set one later with \\password ${f.role}, or use ~/.pgpass and pg_hba.conf).`,
+    '-- All or nothing: the first error stops psql and rolls everything back. Running it twice changes nothing.',
+    '\\set ON_ERROR_STOP on',
+    'begin;',
+    '',
+    '-- LOGIN to connect; REPLICATION to create the logical slot (setup) and stream from it (run).',
+    '-- On managed services grant the provider\'s role instead (RDS/Aurora: GRANT rds_replication).',
+    gexecIf(`create role ${role} login replication`, `not exists (select from pg_roles where rolname = ${lit(f.role)})`),
+    `alter role ${role} login replication;`,
+    '\\if :{?pw}',
+    `alter role ${role} password :'pw';`,
+    '\\endif',
+    `grant connect on database :"DBNAME" to ${role};`,
+    '',
+    `-- pg-rekey's state (progress, quarantine, history; never values or keys), owned by the role.`,
+    `create schema if not exists ${quoteIdent(f.stateSchema)} authorization ${role};`,
+    '',
+    '-- SELECT on each relation (the sweep reads ctid, which column grants do not cover), UPDATE only on',
+    '-- the encrypted columns. No INSERT, no DELETE, no DDL.',
+    ...schemas.map((s) => `grant usage on schema ${s} to ${role};`),
+  ];
+  for (const t of f.tables) {
+    out.push(`-- ${t.display}${t.leaves.length > 1 || t.leaves[0]?.quoted !== t.quoted ? ` and the ${t.leaves.length} relation(s) that hold its rows` : ''}`);
+    const rels = [...new Set([t.quoted, ...t.leaves.map((l) => l.quoted)])];
+    out.push(`grant select on ${rels.join(', ')} to ${role};`);
+    for (const r of rels) out.push(`grant update (${t.columns.map(quoteIdent).join(', ')}) on ${r} to ${role};`);
+  }
+  out.push(
+    '',
+    '-- The load throttle reads other sessions in pg_stat_activity; the monitoring role shows their state. No data access.',
+    `grant pg_monitor to ${role};`,
+    '',
+    '-- PostgreSQL 14 and older let every role create objects in schema public (15+ do not): consider',
+    '-- REVOKE CREATE ON SCHEMA public FROM PUBLIC there (check your applications first).',
+  );
+  if (rls.length) {
+    out.push(
+      '',
+      `-- Row level security is on for ${rls.map((l) => l.quoted).join(', ')}: pg-rekey must see every row`,
+      '-- (its sessions run with row_security = off, so a hidden row is an error, never a silent skip). Needs a superuser.',
+      `alter role ${role} bypassrls;`,
+    );
+  }
+  out.push('', `-- The publication the stream decodes (inserts and updates; deletes and truncates need no rewrite).`);
+  if (f.unpublished === null) {
+    const roots = f.tables.map((t) => t.quoted).join(', ');
+    out.push(
+      gexecIf(
+        `create publication ${quoteIdent(f.publication)} for table ${roots} with (publish = 'insert, update')`,
+        `not exists (select from pg_publication where pubname = ${lit(f.publication)})`,
+      ),
+    );
+  } else {
+    for (const t of f.tables) {
+      const missing = t.leaves.filter((l) => f.unpublished!.includes(l.quoted));
+      if (missing.length === 0) continue;
+      // A partition is published through its root; an INHERITS child only through its own entry.
+      const add = t.partitioned ? [{ rel: t.quoted, sql: t.quoted }] : missing.map((l) => ({ rel: l.quoted, sql: `only ${l.quoted}` }));
+      for (const a of add) {
+        out.push(
+          gexecIf(
+            `alter publication ${quoteIdent(f.publication)} add table ${a.sql}`,
+            `not exists (select from pg_publication_rel pr join pg_publication p on p.oid = pr.prpubid where p.pubname = ${lit(f.publication)} and pr.prrelid = ${lit(a.rel)}::regclass)`,
+          ),
+        );
+      }
+    }
+  }
+  out.push(
+    '',
+    'commit;',
+    '',
+    `-- Afterwards (after \`pg-rekey teardown --drop-state\`): DROP PUBLICATION ${quoteIdent(f.publication)}; DROP OWNED BY ${role}; DROP ROLE ${role};`,
+    '',
+  );
+  return out.join('\n');
+}

@@ -1,0 +1,56 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { renderGrants, type GrantFacts } from '../../src/grants/plan.js';
+
+const leaf = (quoted: string, rowSecurity = false) => ({ quoted, schema: 'public', rowSecurity });
+
+/** The sample CAD schema of the README (what sql/roles.sql documents). */
+export const SAMPLE: GrantFacts = {
+  role: 'rekey_worker',
+  tables: [
+    { display: 'public.incidents', quoted: '"public"."incidents"', partitioned: false, columns: ['title'], leaves: [leaf('"public"."incidents"')] },
+    { display: 'public.incident_communications', quoted: '"public"."incident_communications"', partitioned: false, columns: ['body'], leaves: [leaf('"public"."incident_communications"')] },
+    { display: 'public.cfs_incidents', quoted: '"public"."cfs_incidents"', partitioned: false, columns: ['raw_xml'], leaves: [leaf('"public"."cfs_incidents"')] },
+  ],
+  publication: 'pg_rekey',
+  unpublished: null,
+  stateSchema: 'pgrekey',
+  database: 'cad',
+  serverVersion: '18',
+  configPath: 'pg-rekey.yaml',
+};
+
+describe('pg-rekey grants', () => {
+  it('sql/roles.sql is the output for the sample schema (UPDATE_ROLES_SQL=1 rewrites it)', () => {
+    const file = new URL('../../sql/roles.sql', import.meta.url);
+    const text = renderGrants(SAMPLE);
+    if (process.env.UPDATE_ROLES_SQL === '1') writeFileSync(file, text);
+    expect(readFileSync(file, 'utf8')).toBe(text);
+  });
+
+  it('all or nothing, idempotent, values never interpolated unquoted', () => {
+    const text = renderGrants({ ...SAMPLE, role: `o'neil "x"` });
+    expect(text).toMatch(/^\\set ON_ERROR_STOP on\nbegin;$/m);
+    expect(text).toMatch(/\ncommit;\n/);
+    expect(text).toContain(`select 'create role "o''neil ""x""" login replication' where not exists (select from pg_roles where rolname = 'o''neil "x"') \\gexec`);
+    expect(text).toContain(`alter role "o'neil ""x""" password :'pw';`);
+  });
+
+  it('partitions and INHERITS children get their own grants; row security asks for BYPASSRLS; an existing publication gets what it misses', () => {
+    const text = renderGrants({
+      ...SAMPLE,
+      tables: [
+        { display: 'public.calls', quoted: '"public"."calls"', partitioned: true, columns: ['notes'], leaves: [leaf('"public"."calls_2025"'), leaf('"public"."calls_2026"', true)] },
+        { display: 'public.legacy', quoted: '"public"."legacy"', partitioned: false, columns: ['c'], leaves: [leaf('"public"."legacy"'), { quoted: '"arch"."legacy_old"', schema: 'arch', rowSecurity: false }] },
+      ],
+      unpublished: ['"public"."calls_2026"', '"arch"."legacy_old"'],
+    });
+    expect(text).toContain('grant select on "public"."calls", "public"."calls_2025", "public"."calls_2026" to "rekey_worker";');
+    expect(text).toContain('grant update ("notes") on "public"."calls_2026" to "rekey_worker";');
+    expect(text).toContain('grant usage on schema "arch" to "rekey_worker";');
+    expect(text).toContain('alter role "rekey_worker" bypassrls;');
+    expect(text).toContain(`'alter publication "pg_rekey" add table "public"."calls"'`);
+    expect(text).toContain(`'alter publication "pg_rekey" add table only "arch"."legacy_old"'`);
+    expect(text).not.toContain('create publication');
+  });
+});
