@@ -1,4 +1,5 @@
 # pg-rekey daemon image. Build: docker build -t pg-rekey .
+# (Not built in CI: the machines running the tests have no Docker engine.)
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json tsconfig.json ./
@@ -15,5 +16,7 @@ COPY bin ./bin
 COPY sql ./sql
 USER node
 EXPOSE 9187
-ENTRYPOINT ["node", "/app/bin/pg-rekey.js"]
+# `--` ends node's own options: Node 20 would otherwise take pg-rekey's --env-file for its own
+# (and exit 9 on a path it cannot read).
+ENTRYPOINT ["node", "--", "/app/bin/pg-rekey.js"]
 CMD ["run", "-c", "/config/pg-rekey.yaml", "--env-file", "/run/secrets/pg-rekey.env"]

@@ -1,4 +1,36 @@
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics, type GaugeConfiguration, type LabelValues } from 'prom-client';
+
+/**
+ * A gauge with no sample until its value is known. prom-client prints an
+ * unlabelled gauge that was never set as 0, and for pg-rekey a 0 reads as
+ * "done" (no values remaining, no WAL retained): before the first slot check
+ * or convergence count these gauges are declared (HELP, TYPE) but absent.
+ */
+export class KnownGauge extends Gauge {
+  private known = false;
+
+  constructor(config: Omit<GaugeConfiguration<string>, 'labelNames' | 'collect'>) {
+    super(config);
+  }
+
+  /** Unlabelled: set(value) only. */
+  override set(value: number | LabelValues<string>, labelled?: number): void {
+    if (typeof value !== 'number' || labelled !== undefined) throw new Error('a KnownGauge has no labels: set(value)');
+    this.known = true;
+    super.set(value);
+  }
+
+  /** Back to unknown (no sample), e.g. when the slot it describes is gone. */
+  forget(): void {
+    this.known = false;
+    super.reset();
+  }
+
+  override async get(): ReturnType<Gauge['get']> {
+    const m = await super.get();
+    return this.known ? m : { ...m, values: [] };
+  }
+}
 
 /**
  * Everything `pg-rekey run` exposes on /metrics. One registry per daemon so
@@ -16,22 +48,25 @@ export class Metrics {
   readonly sweepThrottled = new Gauge({ name: 'pg_rekey_sweep_throttled', help: '1 while the sweep is held back for this reason', labelNames: ['reason'] as const, registers: [this.registry] });
   readonly sweepThrottledSeconds = new Counter({ name: 'pg_rekey_sweep_throttled_seconds_total', help: 'Time the sweep spent held back, by reason', labelNames: ['reason'] as const, registers: [this.registry] });
   readonly sweepLockTimeouts = new Counter({ name: 'pg_rekey_sweep_lock_timeouts_total', help: 'Sweep chunks that hit lock_timeout and were retried later', registers: [this.registry] });
-  readonly streamLagBytes = new Gauge({ name: 'pg_rekey_stream_lag_bytes', help: "Bytes of WAL between the server's current position and the last position the stream applied", registers: [this.registry] });
-  readonly streamAppliedLsn = new Gauge({ name: 'pg_rekey_stream_applied_lsn', help: 'Last WAL position whose rewrites are committed, as a number', registers: [this.registry] });
+  readonly streamLagBytes = new KnownGauge({ name: 'pg_rekey_stream_lag_bytes', help: "Bytes of WAL between the server's current position and the last position the stream applied", registers: [this.registry] });
+  readonly streamAppliedLsn = new KnownGauge({ name: 'pg_rekey_stream_applied_lsn', help: 'Last WAL position whose rewrites are committed, as a number', registers: [this.registry] });
   readonly streamConnected = new Gauge({ name: 'pg_rekey_stream_connected', help: '1 while the replication connection is streaming', registers: [this.registry] });
   readonly streamReconnects = new Counter({ name: 'pg_rekey_stream_reconnects_total', help: 'Replication connection attempts after an error', registers: [this.registry] });
-  readonly slotRetainedWalBytes = new Gauge({ name: 'pg_rekey_slot_retained_wal_bytes', help: "WAL the server keeps for the slot (current position - restart_lsn), at the last slot check", registers: [this.registry] });
+  readonly slotRetainedWalBytes = new KnownGauge({ name: 'pg_rekey_slot_retained_wal_bytes', help: "WAL the server keeps for the slot (current position - restart_lsn), at the last slot check", registers: [this.registry] });
   readonly slotRetainedWalMaxBytes = new Gauge({ name: 'pg_rekey_slot_retained_wal_max_bytes', help: 'replication.max_retained_wal: the warning threshold for retained WAL (0 = off)', registers: [this.registry] });
-  readonly slotRetainedWalExceeded = new Gauge({ name: 'pg_rekey_slot_retained_wal_exceeded', help: '1 while the slot retains more WAL than replication.max_retained_wal', registers: [this.registry] });
+  readonly slotRetainedWalExceeded = new KnownGauge({ name: 'pg_rekey_slot_retained_wal_exceeded', help: '1 while the slot retains more WAL than replication.max_retained_wal', registers: [this.registry] });
   readonly slotRecreations = new Counter({ name: 'pg_rekey_slot_recreations_total', help: 'Times the replication slot was found lost or missing and recreated (the sweep restarts)', registers: [this.registry] });
   readonly streamRows = new Counter({ name: 'pg_rekey_stream_rows_total', help: 'Stream rewrites that did not simply apply, by outcome: superseded (a newer write or a delete came first), retried, given_up (quarantined with a reason)', labelNames: ['outcome'] as const, registers: [this.registry] });
   readonly streamVisibilityWait = new Counter({ name: 'pg_rekey_stream_visibility_wait_seconds_total', help: 'Time the stream waited for decoded transactions to become visible before rewriting (synchronous replication makes it grow)', registers: [this.registry] });
   readonly resweeps = new Counter({ name: 'pg_rekey_resweeps_total', help: 'Relations swept again because a convergence check found old-version values after a complete sweep, by reason', labelNames: ['reason'] as const, registers: [this.registry] });
-  readonly openTransactions = new Gauge({ name: 'pg_rekey_convergence_open_transactions', help: 'Transactions open at the last convergence check that hold it back (they may commit old-version writes)', registers: [this.registry] });
-  readonly remaining = new Gauge({ name: 'pg_rekey_remaining_values', help: 'Values of a non-target version when last counted', registers: [this.registry] });
-  readonly converged = new Gauge({ name: 'pg_rekey_converged', help: '1 when the last convergence check passed', registers: [this.registry] });
+  readonly openTransactions = new KnownGauge({ name: 'pg_rekey_convergence_open_transactions', help: 'Transactions open at the last convergence check that hold it back (they may commit old-version writes)', registers: [this.registry] });
+  readonly remaining = new KnownGauge({ name: 'pg_rekey_remaining_values', help: 'Values of a non-target version when last counted', registers: [this.registry] });
+  readonly converged = new Gauge({ name: 'pg_rekey_converged', help: '1 when the last convergence check passed (0 before the first one)', registers: [this.registry] });
+  readonly lastCheck = new KnownGauge({ name: 'pg_rekey_last_check_timestamp_seconds', help: 'When the last convergence check ended (Unix time); absent before the first one', registers: [this.registry] });
+  readonly info = new Gauge({ name: 'pg_rekey_info', help: 'Always 1: the target key version, the replication slot and the pg-rekey version of this daemon', labelNames: ['target_version', 'slot', 'version'] as const, registers: [this.registry] });
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: 'pg_rekey_process_' });
+    // One prefix for everything: pg_rekey_process_cpu_seconds_total, pg_rekey_nodejs_heap_size_used_bytes, ...
+    collectDefaultMetrics({ register: this.registry, prefix: 'pg_rekey_' });
   }
 }

@@ -1,5 +1,6 @@
 import { inspect } from 'node:util';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
+import { isAbsolute, relative } from 'node:path';
 import { parse as parseDotenv } from 'dotenv';
 import { ConfigError } from '../errors.js';
 import { parseVersionLabel, versionLabel } from './envelope.js';
@@ -107,7 +108,7 @@ export function readKeyVariables(src: KeySources): Record<string, string> {
         problems.push(`both ${name} and ${name}_FILE are set; keep one`);
         continue;
       }
-      const read = readSecretFile(`${name}_FILE`, file);
+      const read = readSecretFile(`${name}_FILE`, file, src.env.CREDENTIALS_DIRECTORY);
       if (typeof read === 'string') out[name] = read;
       else problems.push(read.problem);
     } else if (v !== undefined && v !== '') out[name] = v;
@@ -117,24 +118,41 @@ export function readKeyVariables(src: KeySources): Record<string, string> {
 }
 
 /**
- * A key mounted as a file (Docker/Kubernetes secrets, Vault agent): its
- * content, trimmed. Refused when group or others may read it: a key file
- * must be private to the user pg-rekey runs as.
+ * A key mounted as a file (Docker/Kubernetes secrets, Vault agent, systemd
+ * credentials): its content, trimmed. Refused when group or others may read
+ * it: a key file must be private to the user pg-rekey runs as.
+ *
+ * One exception: a file inside $CREDENTIALS_DIRECTORY (systemd's LoadCredential=,
+ * with `%d/...` in the unit). systemd makes that directory private to the
+ * service and read-only, and grants the service's user read access with an
+ * ACL where the file system has them (tmpfs): the ACL mask then shows as group
+ * bits (mode 440) although no group may read the file. The real path must be
+ * inside the directory (a symbolic link out of it is checked like any file).
  */
-function readSecretFile(variable: string, path: string): string | { problem: string } {
+function readSecretFile(variable: string, path: string, credentialsDirectory: string | undefined): string | { problem: string } {
   let mode: number;
   try {
     mode = statSync(path).mode;
   } catch (e) {
     return { problem: `${variable}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? 'error'})` };
   }
-  if ((mode & 0o077) !== 0) {
+  if ((mode & 0o077) !== 0 && !insideCredentialsDirectory(path, credentialsDirectory)) {
     return { problem: `${variable}: ${path} is readable or writable by group or others (mode ${(mode & 0o777).toString(8)}); run chmod 600 ${path}` };
   }
   try {
     return readFileSync(path, 'utf8').trim();
   } catch (e) {
     return { problem: `${variable}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? 'error'})` };
+  }
+}
+
+function insideCredentialsDirectory(path: string, dir: string | undefined): boolean {
+  if (!dir || !isAbsolute(dir)) return false;
+  try {
+    const rel = relative(realpathSync(dir), realpathSync(path));
+    return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel);
+  } catch {
+    return false;
   }
 }
 

@@ -5,6 +5,8 @@ import type { TableInfo } from '../db/catalog.js';
 import { displayName } from '../db/ident.js';
 import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, exitCodeOf, RuntimeFailure } from '../errors.js';
 import { Metrics } from '../metrics.js';
+import { versionLabel } from '../crypto/envelope.js';
+import { PG_REKEY_VERSION } from '../version.js';
 import { LogProgress, type ProgressSink } from '../backfill/progress.js';
 import { sweepTables } from '../backfill/sweep.js';
 import { sleep } from '../timing.js';
@@ -21,6 +23,9 @@ import { oldValueIdentities, StuckValues } from './stuck-values.js';
 import { LiveSettings } from '../throttle/live-settings.js';
 import { Throttle } from '../throttle/throttle.js';
 import { startHttp } from './http.js';
+import { readStatus } from '../commands/status.js';
+import type { LiveView } from './status-page.js';
+import { CheckHistory, StatusPageSource } from './status-view.js';
 import type { SlotLease } from './lease.js';
 import type { ShutdownBound } from './shutdown-bound.js';
 
@@ -62,6 +67,9 @@ export class Daemon {
   private lastCheckAt: Date | null = null;
   private rateSample = { at: Date.now(), rewrites: 0, perSec: 0 };
   private retainedWalHigh = false;
+  /** The last convergence checks, for the status page. */
+  private readonly checks = new CheckHistory();
+  private readonly page: StatusPageSource;
 
   constructor(
     private readonly ctx: Context,
@@ -70,6 +78,8 @@ export class Daemon {
     private readonly opts: DaemonOptions,
   ) {
     this.log = ctx.log.child({ component: 'daemon' });
+    this.metrics.info.set({ target_version: versionLabel(ring.target), slot: ctx.config.replication.slot, version: PG_REKEY_VERSION }, 1);
+    this.metrics.slotRetainedWalMaxBytes.set(ctx.config.replication.maxRetainedWalBytes);
     const onLost = (cause: unknown) => {
       const slot = ctx.config.replication.slot;
       this.log.fatal(
@@ -79,6 +89,10 @@ export class Daemon {
       );
       this.stop(EXIT_RUNTIME);
     };
+    this.page = new StatusPageSource(
+      () => readStatus(ctx.pool, ctx.config.replication.slot, ctx.config.replication.maxRetainedWalBytes),
+      () => this.liveView(),
+    );
     opts.lease.on('lost', onLost);
     if (!opts.lease.held) onLost(new Error('the lease was lost before the daemon started'));
   }
@@ -129,7 +143,7 @@ export class Daemon {
     try {
       return await startHttp(httpHost, httpPort, this.metrics, {
         ready: () => (this.stream?.connected ? { ok: true, reason: 'streaming' } : { ok: false, reason: 'replication stream not connected' }),
-      });
+      }, () => this.page.html());
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       const fix = 'set daemon.http_port in the config (or PG_REKEY_DAEMON_HTTP_PORT) to a free port, or 0 to pick one (logged at start)';
@@ -209,6 +223,21 @@ export class Daemon {
     this.inFlight.add(p);
     void p.finally(() => this.inFlight.delete(p)).catch(() => undefined);
     return p;
+  }
+
+  /** What the status page shows next to the state tables: the daemon's own view. */
+  private liveView(): LiveView {
+    const stream = this.stream as ReplicationStream | undefined; // undefined until startup got that far
+    return {
+      slot: this.ctx.config.replication.slot,
+      targetVersion: versionLabel(this.ring.target),
+      version: PG_REKEY_VERSION,
+      streamConnected: (stream?.connected ?? false) && !this.stopping,
+      appliedLsn: stream && stream.appliedLsn > 0n ? formatLsn(stream.appliedLsn) : null,
+      sweepDone: this.sweepDone,
+      convergedAt: this.convergedAt,
+      checks: this.checks.list,
+    };
   }
 
   /** True when the last convergence check passed. */
@@ -327,6 +356,7 @@ export class Daemon {
   private async watchSlot(): Promise<void> {
     const info = await readSlot(this.ctx.pool, this.ctx.config.replication.slot);
     if (info.lagBytes !== null) this.metrics.streamLagBytes.set(info.lagBytes);
+    else this.metrics.streamLagBytes.forget();
     this.noteRetainedWal(info);
     if (slotUnusable(info)) await this.ensureSlot('periodic slot check');
     if (info.activePid) await this.refuseSynchronousRole(info.activePid);
@@ -354,10 +384,15 @@ export class Daemon {
   /** Metrics of the WAL the slot holds back; one warning per crossing of replication.max_retained_wal. */
   private noteRetainedWal(info: SlotInfo): void {
     const max = this.ctx.config.replication.maxRetainedWalBytes;
-    this.metrics.slotRetainedWalMaxBytes.set(max);
-    if (info.retainedBytes !== null) this.metrics.slotRetainedWalBytes.set(info.retainedBytes);
     const high = retainedWalExceeded(info, max);
-    this.metrics.slotRetainedWalExceeded.set(high ? 1 : 0);
+    // A slot that is missing (or has no restart_lsn) retains nothing we can measure: no sample, not 0.
+    if (info.retainedBytes !== null) {
+      this.metrics.slotRetainedWalBytes.set(info.retainedBytes);
+      this.metrics.slotRetainedWalExceeded.set(high ? 1 : 0);
+    } else {
+      this.metrics.slotRetainedWalBytes.forget();
+      this.metrics.slotRetainedWalExceeded.forget();
+    }
     const fields = { slot: this.ctx.config.replication.slot, retainedBytes: info.retainedBytes, maxRetainedWalBytes: max, streamConnected: this.stream.connected };
     if (high && !this.retainedWalHigh) {
       this.log.warn(
@@ -488,8 +523,9 @@ export class Daemon {
 
   private async check(): Promise<void> {
     const generation = this.invalidations;
+    const tables = this.tables;
     const waitMs = Math.max(1_000, Math.min(20_000, this.ctx.config.daemon.checkIntervalMs));
-    const c = await checkConvergence(this.ctx.pool, this.tables, this.ring.target, this.stream, {
+    const c = await checkConvergence(this.ctx.pool, tables, this.ring.target, this.stream, {
       transactionsMs: waitMs,
       streamMs: 10_000,
       signal: this.sweepAbort.signal,
@@ -499,10 +535,13 @@ export class Daemon {
     if (this.stopping || this.sweepStale || !this.sweepDone || generation !== this.invalidations) return;
     this.lastCheck = c;
     this.lastCheckAt = new Date();
+    const unlogged = new Set(tables.flatMap((t) => t.unlogged.map(displayName)));
+    this.checks.record(c, this.lastCheckAt, tables.flatMap((t) => t.leaves.map(displayName)).filter((l) => !unlogged.has(l)));
     if (c.pruned > 0) this.log.info({ pruned: c.pruned, quarantined: c.quarantined }, 'dropped quarantine entries whose values the application has since overwritten or deleted');
     if (c.remaining !== null) this.metrics.remaining.set(c.remaining);
     this.metrics.converged.set(c.converged ? 1 : 0);
     this.metrics.openTransactions.set(c.openTransactions.length);
+    this.metrics.lastCheck.set(this.lastCheckAt.getTime() / 1000);
     const wasConverged = this.convergedAt !== null;
     if (c.converged && !wasConverged) {
       this.convergedAt = new Date();
