@@ -1,0 +1,81 @@
+import { describe, expect, it } from 'vitest';
+import type { StatusReport } from '../../src/commands/status.js';
+import { escapeHtml, renderStatusPage, type CheckRecord, type StatusPageView } from '../../src/daemon/status-page.js';
+
+const EVIL = `<script>alert("x&y")</script>`;
+const EVIL_TABLE = `public."${EVIL}"`;
+
+function segment(over: Partial<StatusReport['sweep'][number]> = {}): StatusReport['sweep'][number] {
+  return {
+    tableName: EVIL_TABLE, relation: EVIL_TABLE, segmentStart: 0, segmentEnd: null, nextBlock: 30, totalBlocks: 120, state: 'running', generation: 1, chunks: 3,
+    rowsScanned: 100, rowsRewritten: 90, rowsConflict: 0, rowsQuarantined: 0, startedAt: new Date(0), updatedAt: new Date(1000), finishedAt: null,
+    chunkBlocks: 8, rowsPerSec: 1234, lockTimeouts: 0, relfilenode: '1', percent: 25, etaSeconds: 90, ...over,
+  };
+}
+
+function report(over: Partial<StatusReport> = {}): StatusReport {
+  return {
+    replication: {
+      slot: 'pg_rekey',
+      info: { exists: true, active: true, walStatus: 'reserved', confirmedFlushLsn: '0/1', currentLsn: '0/2', lagBytes: 2048, retainedBytes: 4096, activePid: 1 } as StatusReport['replication']['info'],
+      lagSeconds: 1.5, slotRecreations: 0, retainedWal: { bytes: 4096, maxBytes: 0, exceeded: false }, daemon: null, converged: false,
+    },
+    throttle: { paused: false, pauseReason: null, pausedBy: null, pausedAt: null, reason: null, detail: null, since: null, overrides: {} },
+    sweep: [segment(), segment({ tableName: 'public.incidents', relation: 'public.incidents', nextBlock: 50, totalBlocks: 50, state: 'done', percent: 100, etaSeconds: null })],
+    quarantine: { total: 1, byColumn: [{ table: EVIL_TABLE, column: `"<b>c</b>"`, version: 1, reason: 'decrypt failed', count: 1 }] },
+    lastRuns: [{ id: 1, command: 'run', startedAt: new Date(0), finishedAt: null, outcome: null }],
+    openTransactions: [{ xid: '7', kind: 'session', pid: 42, database: 'd', application: `<img src=x onerror=alert(1)>`, state: 'idle in transaction', ageSeconds: 30 }],
+    ...over,
+  };
+}
+
+function check(over: Partial<CheckRecord> = {}): CheckRecord {
+  return { at: new Date(5000), sweepDone: true, streamCaughtUp: true, remaining: 7, quarantined: 1, openTransactions: 0, converged: false, blockers: [`${EVIL_TABLE} is UNLOGGED`], counted: [EVIL_TABLE, 'public.incidents'], remainingByLeaf: { [EVIL_TABLE]: 7 }, ...over };
+}
+
+function view(over: Partial<StatusPageView> = {}, live: Partial<StatusPageView['live']> = {}): StatusPageView {
+  return {
+    now: new Date(10_000), report: report(), error: null, refreshSeconds: 5,
+    live: { slot: 'pg_rekey', targetVersion: 'v2', version: '0.1.0', streamConnected: true, appliedLsn: '0/2', sweepDone: true, convergedAt: null, checks: [check()], ...live },
+    ...over,
+  };
+}
+
+describe('status page', () => {
+  it('escapes every name: no markup from a table, column, application name or blocker reaches the page', () => {
+    expect(escapeHtml(`<a href="x">'&'</a>`)).toBe('&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;');
+    const html = renderStatusPage(view());
+    expect(html).not.toContain('<script');
+    expect(html).not.toContain('<img');
+    expect(html).not.toContain('<b>');
+    expect(html).toContain(escapeHtml(EVIL_TABLE));
+    expect(html).toContain('&lt;img src=x onerror=alert(1)&gt;');
+  });
+
+  it('shows per-relation progress, the remaining values of the last check, and "not counted yet" for a relation it did not count', () => {
+    const html = renderStatusPage(view({}, { checks: [check({ counted: [EVIL_TABLE] })] }));
+    expect(html).toMatch(/aria-valuenow="25\.0"/);
+    const row = (rel: string) => new RegExp(`<tr><td><code>${escapeHtml(rel).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}</code></td>.*?</tr>`).exec(html)?.[0] ?? '';
+    expect(row(EVIL_TABLE)).toMatch(/<td>7<\/td><\/tr>$/);
+    expect(row('public.incidents')).toMatch(/not counted yet<\/span><\/td><\/tr>$/);
+    expect(html).toContain('NOT CONVERGED: 7 old-version value(s) at the last check; 1 quarantined value(s)');
+    expect(html).toContain('<meta http-equiv="refresh" content="5">');
+  });
+
+  it('says CONVERGED only with a converged last check; says paused when paused; no check yet before the sweep is done', () => {
+    expect(renderStatusPage(view({}, { convergedAt: new Date(1), checks: [check({ converged: true, remaining: 0, quarantined: 0, blockers: [] })] }))).toContain('CONVERGED since');
+    // A convergedAt without a converged last check (state changed meanwhile) is not shown as converged.
+    expect(renderStatusPage(view({}, { convergedAt: new Date(1) }))).toContain('NOT CONVERGED');
+    const paused = renderStatusPage(view({ report: report({ throttle: { ...report().throttle, paused: true, pausedBy: 'dba@host', pauseReason: '<i>peak</i>' } }) }));
+    expect(paused).toMatch(/PAUSED<\/span> by dba@host .*: &lt;i&gt;peak&lt;\/i&gt;/);
+    const early = renderStatusPage(view({}, { sweepDone: false, checks: [] }));
+    expect(early).toContain('the sweep has not covered every table yet; no convergence check yet');
+    expect(early).toContain('not counted yet');
+  });
+
+  it('still renders when the state cannot be read, with the error escaped', () => {
+    const html = renderStatusPage(view({ report: null, error: 'connect ECONNREFUSED <x>' }));
+    expect(html).toContain('cannot read the state from the database: connect ECONNREFUSED &lt;x&gt;');
+    expect(html).toContain('no sweep state yet');
+  });
+});
