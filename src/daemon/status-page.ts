@@ -59,7 +59,9 @@ function bar(percent: number): string {
 function table(header: string[], rows: string[][], cls = ''): string {
   if (rows.length === 0) return '';
   const head = header.map((h) => `<th>${e(h)}</th>`).join('');
-  return `<table${cls ? ` class="${cls}"` : ''}><thead><tr>${head}</tr></thead><tbody>${rows.map((r) => `<tr>${r.map((c) => `<td>${c}</td>`).join('')}</tr>`).join('')}</tbody></table>`;
+  // A cell holding a progress bar stays on one line.
+  const td = (c: string) => (c.startsWith('<div class="bar"') ? `<td class="nowrap">${c}</td>` : `<td>${c}</td>`);
+  return `<table${cls ? ` class="${cls}"` : ''}><thead><tr>${head}</tr></thead><tbody>${rows.map((r) => `<tr>${r.map(td).join('')}</tr>`).join('')}</tbody></table>`;
 }
 
 /** The one-line verdict at the top: converged, or why not (never "converged" without a check that said so). */
@@ -171,7 +173,7 @@ function otherSections(r: StatusReport): string {
 const CSS = `body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:75em}
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.15em;margin:1.4em 0 .4em;border-bottom:1px solid #ddd}h3{font-size:1em;margin:1em 0 .3em}
 table{border-collapse:collapse;margin:.3em 0}th,td{padding:.2em .6em;text-align:left;border-bottom:1px solid #eee;vertical-align:middle}
-th{font-weight:600;background:#f6f6f6}table.kv thead{display:none}code{font-size:.95em;word-break:break-all}
+th{font-weight:600;background:#f6f6f6}table.kv thead{display:none}code{font-size:.95em;overflow-wrap:break-word}td.nowrap{white-space:nowrap}
 .bar{display:inline-block;width:12em;height:.9em;background:#e4e4e4;border-radius:3px;overflow:hidden;vertical-align:middle}
 .bar>div{height:100%;background:#3b7dd8}.pct{margin-left:.5em;font-variant-numeric:tabular-nums}
 td{font-variant-numeric:tabular-nums}.ok{color:#17752c;font-weight:600}.bad{color:#b3261e;font-weight:600}.warn{color:#a55c00;font-weight:600}
