@@ -13,7 +13,8 @@ import { ALERT_RULES, ALERT_TESTS, dashboardExprs, ruleExprs, selectedMetrics } 
 import { requiredTool, runTool } from '../support/tools.js';
 
 const promtool = requiredTool('promtool', 'apt-get install prometheus');
-const systemdAnalyze = requiredTool('systemd-analyze', 'apt-get install systemd');
+// Not every CI image has systemd: its tests are skipped (with the reason) where it is missing.
+const systemdAnalyze = requiredTool('systemd-analyze', 'apt-get install systemd', { optionalInCi: true });
 const UNIT = path.join(repoRoot, 'deploy/systemd/pg-rekey.service');
 
 function tmp(): string {
