@@ -137,7 +137,7 @@ Typical rotation:
         'old-version value as soon as it commits, while the sweep covers rows written before the slot.\n' +
         'Converged = every table swept since the slot was created, the stream caught up with the server,\n' +
         'and no old-version value left. It keeps running after that (stale writers may still appear).\n' +
-        'HTTP: /healthz, /readyz (stream connected), /metrics (Prometheus) on daemon.http_host:http_port\n' +
+        'HTTP: / (status page), /healthz, /readyz (stream connected), /metrics (Prometheus) on daemon.http_host:http_port\n' +
         '(a port in use: exit 2; set daemon.http_port, or 0 for a free one).\n' +
         'One daemon per slot: run holds a lease on its slot (an advisory lock on a connection of its own) for its\n' +
         'whole life; a second run on the same slot exits 2 at once, naming the first (pid, host, start time).\n' +

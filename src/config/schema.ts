@@ -67,7 +67,7 @@ export const replicationSchema = z.strictObject({
 });
 
 export const daemonSchema = z.strictObject({
-  /** Address of the HTTP endpoint (/healthz, /readyz, /metrics). */
+  /** Address of the HTTP endpoint (/ status page, /healthz, /readyz, /metrics). */
   http_host: z.string().min(1).default('127.0.0.1'),
   /** Port of the HTTP endpoint; 0 = pick a free port (logged at start). */
   http_port: z.number().int().min(0).max(65535).default(9187),

@@ -118,7 +118,7 @@ export class Daemon {
     if (!started) return this.shutdown(await this.finished, http.server, Promise.resolve(), []);
     this.log.info(
       { http: `http://${config.daemon.httpHost}:${http.port}`, slot: config.replication.slot, tables: this.tables.map((t) => t.display), exitWhenConverged: this.opts.exitWhenConverged },
-      'pg-rekey run started: /healthz /readyz /metrics',
+      'pg-rekey run started: / (status page) /healthz /readyz /metrics',
     );
     this.stream.start();
     const sweeping = this.sweepLoop();
