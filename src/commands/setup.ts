@@ -233,27 +233,15 @@ export async function planPublication(db: pg.ClientBase | pg.Pool, name: string,
 
   const issues: Issue[] = [];
   // Every leaf of every configured table, published through itself, an ancestor, or (15+) a schema.
-  const missing: TableInfo[] = [];
-  for (const t of tables) {
-    const leaves = t.leaves.map(quoteQualified);
-    const covered = await db.query<{ covered: boolean }>(
-      `with leaf as (select to_regclass(q)::oid as relid from unnest($2::text[]) q),
-            up as (select leaf.relid, leaf.relid as rel from leaf
-                    union select leaf.relid, a.relid from leaf, pg_partition_ancestors(leaf.relid) a)
-       select leaf.relid is not null
-              and ($3 or exists (select 1 from up join pg_publication_rel pr on pr.prrelid = up.rel and pr.prpubid = $1 where up.relid = leaf.relid)
-              ${pg15 ? 'or exists (select 1 from up join pg_class c on c.oid = up.rel join pg_publication_namespace pn on pn.pnnspid = c.relnamespace and pn.pnpubid = $1 where up.relid = leaf.relid)' : ''}) as covered
-         from leaf`,
-      [p.oid, leaves, p.allTables],
-    );
-    if (covered.rows.some((r) => !r.covered)) missing.push(t);
-  }
+  const missing = await missingLeaves(db, p.oid, p.allTables, tables, pg15);
   if (missing.length) {
-    const names = missing.map((t) => rowOf(t).sql);
+    const names = missing.map((m) => m.leaves.map((l) => l.sql).join(', '));
     issues.push({
-      problem: `publication ${name} does not publish ${names.join(', ')} (configured${missing.some((t) => t.partitioned) ? '; a partitioned table needs every leaf published' : ''}): their changes would never reach the stream`,
-      fix: [`ALTER PUBLICATION ${nameSql} ADD TABLE ${names.join(', ')}`],
-      needsTables: missing.map(rowOf),
+      problem:
+        `publication ${name} does not publish ${names.join(', ')} (configured${missing.some((m) => m.table.partitioned) ? '; a partitioned table needs every leaf published' : ''}` +
+        `${missing.some((m) => m.only) ? '; FOR TABLE / ADD TABLE of an inheritance parent publishes the children of that moment only, never later ones' : ''}): their changes would never reach the stream`,
+      fix: [`ALTER PUBLICATION ${nameSql} ADD TABLE ${missing.map((m) => m.entries.join(', ')).join(', ')}`],
+      needsTables: missing.flatMap((m) => m.owners),
     });
   }
   if (pg15) {
@@ -326,6 +314,60 @@ export async function planPublication(db: pg.ClientBase | pg.Pool, name: string,
     return `${i.problem}; to fix it, ${who}, run ${i.fix.map((s) => `${s};`).join(' ')}`;
   });
   return { state: 'unchanged', statements: [], problems, changes: [], summary: publishes };
+}
+
+interface MissingLeaves {
+  table: TableInfo;
+  /** What is unpublished: the table when it is added whole, else the leaves no entry, ancestor entry or schema entry publishes. */
+  leaves: TableRow[];
+  /** What ADD TABLE takes for them. */
+  entries: string[];
+  /** True when they are added ONLY (each on its own, not with its descendants). */
+  only: boolean;
+  /** Whose ownership ADD TABLE needs besides the publication's. */
+  owners: TableRow[];
+}
+
+/**
+ * The unpublished leaves of each table, and the ADD TABLE entries that publish them. `ADD TABLE
+ * parent` adds a legacy-inheritance parent with the descendants it has then (and fails on one
+ * already a member); a partitioned table is published whole through its root. So: a table of
+ * which nothing is published yet, or a partitioned one, is added by its name; otherwise each
+ * missing leaf (an INHERITS child created after the publication, say) is added ONLY by itself.
+ */
+async function missingLeaves(db: pg.ClientBase | pg.Pool, pubOid: number, allTables: boolean, tables: readonly TableInfo[], pg15: boolean): Promise<MissingLeaves[]> {
+  const out: MissingLeaves[] = [];
+  for (const t of tables) {
+    const leaves = await db.query<TableRow & { covered: boolean }>(
+      `with leaf as (select ord, to_regclass(q)::oid as relid from unnest($2::text[]) with ordinality x(q, ord)),
+            up as (select leaf.relid, leaf.relid as rel from leaf
+                    union select leaf.relid, a.relid from leaf, pg_partition_ancestors(leaf.relid) a)
+       select c.oid::int as oid, format('%I.%I', n.nspname, c.relname) as sql, pg_get_userbyid(c.relowner) as owner,
+              quote_ident(pg_get_userbyid(c.relowner)) as "ownerSql", pg_has_role(c.relowner, 'USAGE') as mine,
+              ($3 or exists (select 1 from up join pg_publication_rel pr on pr.prrelid = up.rel and pr.prpubid = $1 where up.relid = leaf.relid)
+              ${pg15 ? 'or exists (select 1 from up join pg_class k on k.oid = up.rel join pg_publication_namespace pn on pn.pnnspid = k.relnamespace and pn.pnpubid = $1 where up.relid = leaf.relid)' : ''}) as covered
+         from leaf join pg_class c on c.oid = leaf.relid join pg_namespace n on n.oid = c.relnamespace
+        order by leaf.ord`,
+      [pubOid, t.leaves.map(quoteQualified), allTables],
+    );
+    const absent = leaves.rows.filter((l) => !l.covered);
+    if (absent.length === 0) continue;
+    const root = (
+      await db.query<TableRow>(
+        `select c.oid::int as oid, format('%I.%I', n.nspname, c.relname) as sql, pg_get_userbyid(c.relowner) as owner,
+                quote_ident(pg_get_userbyid(c.relowner)) as "ownerSql", pg_has_role(c.relowner, 'USAGE') as mine
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = $1`,
+        [t.oid],
+      )
+    ).rows[0]!;
+    const whole = t.partitioned || absent.length === leaves.rows.length;
+    out.push(
+      whole
+        ? { table: t, leaves: [root], entries: [root.sql], only: false, owners: t.partitioned ? [root] : absent }
+        : { table: t, leaves: absent, entries: absent.map((l) => `ONLY ${l.sql}`), only: true, owners: absent },
+    );
+  }
+  return out;
 }
 
 /**

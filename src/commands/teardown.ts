@@ -7,6 +7,7 @@ import { stateIsCurrent, STATE_SCHEMA } from '../db/migrate.js';
 import { ConfigError, EXIT_OK } from '../errors.js';
 import { sleep } from '../timing.js';
 import { countVersions } from '../verify/count-versions.js';
+import { findOutsideRelations, outsideProblems } from '../verify/outside.js';
 import { dropSlot, readSlot } from '../replication/slot.js';
 import { describeHolder, readLeaseHolder, terminateLeaseHolder } from '../daemon/lease.js';
 
@@ -32,6 +33,15 @@ export async function teardownCommand(flags: GlobalFlags, opts: { force?: boolea
         throw new ConfigError(
           `refusing to tear down: ${remaining} value(s) are not at the target version yet (verify is not converged)`,
           'let `pg-rekey run` converge (or handle the quarantined values), check with `pg-rekey verify`, then teardown; --force drops the slot anyway (old-key writes are then no longer caught)',
+        );
+      }
+      // A partition detached or a child unlinked still holding old-version values: their loss is not a convergence.
+      const outside = outsideProblems(await findOutsideRelations(ctx.pool, tables, target, ctx.config.ignore));
+      if (outside.length) {
+        throw new ConfigError(
+          `refusing to tear down: ${outside.length} relation(s) that left the configured tables still hold old-version values (verify is not converged)`,
+          'rotate them (add them to `tables:`, `pg-rekey setup`, let `pg-rekey run` converge) or accept their values as they are in `ignore:`, check with `pg-rekey verify`, then teardown; --force drops the slot anyway',
+          outside,
         );
       }
       if (holder.held) {

@@ -83,11 +83,16 @@ export async function resolveTables(db: pg.Pool | pg.ClientBase, tables: readonl
     const cols = new Map(
       (
         await db.query<ColumnRow>(
-          `select a.attname, coalesce(bt.typname, t.typname)::text as typname, t.typcategory::text as category,
+          // The type under every level of domain (a domain over a domain over text is text-like).
+          `select a.attname, b.typname::text as typname, t.typcategory::text as category,
                   format_type(a.atttypid, a.atttypmod) as shown
              from pg_attribute a
              join pg_type t on t.oid = a.atttypid
-             left join pg_type bt on t.typtype = 'd' and bt.oid = t.typbasetype
+             cross join lateral (
+               with recursive chain(oid, depth) as (
+                 select a.atttypid, 0
+                 union all select d.typbasetype, c.depth + 1 from chain c join pg_type d on d.oid = c.oid where d.typtype = 'd')
+               select k.typname from chain c join pg_type k on k.oid = c.oid order by c.depth desc limit 1) b
             where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped`,
           [cls.oid],
         )
