@@ -35,6 +35,10 @@ grant update ("raw_xml") on "public"."cfs_incidents" to "rekey_worker";
 -- The load throttle reads other sessions in pg_stat_activity; the monitoring role shows their state. No data access.
 grant pg_monitor to "rekey_worker";
 
+-- With `triggers: skip` (README "Triggers") rewrites run with session_replication_role = replica, so that
+-- ordinary triggers (updated_at, audit) do not fire: a superuser, or from PostgreSQL 15 on this grant.
+-- grant set on parameter session_replication_role to "rekey_worker";
+
 -- PostgreSQL 14 and older let every role create objects in schema public (15+ do not): consider
 -- REVOKE CREATE ON SCHEMA public FROM PUBLIC there (check your applications first).
 

@@ -78,6 +78,12 @@ Typical rotation:
       '\nChecks PostgreSQL >= 14, wal_level=logical, slot headroom, the REPLICATION attribute, privileges,\n' +
         'and that every configured column exists, is text-like, and its table has a primary key or replica\n' +
         'identity index. Reports every problem at once and changes nothing until all are fixed.\n' +
+        'Lists the user triggers that fire on an UPDATE of a configured column (timing, level, ENABLE /\n' +
+        'ENABLE ALWAYS / ENABLE REPLICA, function) and refuses until the config says `triggers: fire`\n' +
+        'or `triggers: skip` (per table or top-level); skip needs a superuser or, on 15+, GRANT SET ON\n' +
+        'PARAMETER session_replication_role (checked; the GRANT is printed), and setup names the\n' +
+        'triggers that still fire under it. Warns about CHECK and domain constraints on the columns\n' +
+        '(a rewrite that violates one is quarantined) and nondeterministic collations.\n' +
         'Then applies migrations, creates the publication (insert, update) and the slot (pgoutput).\n' +
         'Creating a slot restarts the sweep from block 0.',
     )
@@ -118,6 +124,7 @@ Typical rotation:
         'If the first values of a version all fail to decrypt it stops: wrong key for that version?\n' +
         'Before any write (--dry-run too) it decrypts a sample of the target-version values already\n' +
         'stored: if none opens with the target key, it exits 2 (is the target key the application\'s?).\n' +
+        'Refuses (exit 2) a table with UPDATE triggers and no `triggers:` decision (see setup --help).\n' +
         'A row whose UPDATE raises (trigger, CHECK, domain) or whose rewrite does not stick is\n' +
         'quarantined with its reason; the rest goes on. After its pass it re-counts and sweeps again\n' +
         '(up to 3 times) the relations that still hold non-quarantined old-version values (rows moved\n' +
@@ -158,7 +165,9 @@ Typical rotation:
       'after',
       '\nA forgotten slot makes the server retain WAL until its disk fills: tear down when done.\n' +
         'Without --force it refuses while values of old versions remain or while a `run` holds the slot\n' +
-        "(it names that daemon's pid and host). --force ends the daemon's lease session first: it stops.",
+        "(it names that daemon's pid and host), or while a relation that left a configured table (a\n" +
+        'detached partition, a NO INHERIT child) holds old-version values and is not in `ignore:`.\n' +
+        "--force ends the daemon's lease session first: it stops.",
     )
     .action(run((cmd) => teardownCommand(globals(cmd), cmd.opts())));
 

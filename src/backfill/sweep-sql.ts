@@ -10,9 +10,12 @@ import type { ChunkRange } from './chunk-plan.js';
  * The key version of a stored value as an int, or NULL when it is not ours.
  * substr() reads a TOASTed value by slice, so a 10 MB value is not fetched
  * whole just to look at its prefix (regexp or left() would detoast it all).
+ * COLLATE "C" everywhere pg-rekey matches or compares a stored value: bytes, whatever the
+ * column's collation (a nondeterministic one refuses regular expressions and starts_with, and
+ * its equality could match a value that differs in bytes).
  */
 export function versionExpr(columnSql: string): string {
-  return `substring(substr(${columnSql}, 1, 12) from '^v([1-9][0-9]{0,8}):')::int`;
+  return `substring(substr(${columnSql}, 1, 12) collate "C" from '^v([1-9][0-9]{0,8}):')::int`;
 }
 
 /**
@@ -38,7 +41,7 @@ export function selectChunkSql(leaf: QualifiedName, columns: readonly string[], 
   const target = `'v' || $${p}::int || ':'`;
   const wanted = columns
     .map((c) => {
-      const head = `substr(t.${quoteIdent(c)}, 1, 12)`;
+      const head = `substr(t.${quoteIdent(c)}, 1, 12) collate "C"`;
       return `(${head} ~ ${ours} and not starts_with(${head}, ${target}))`;
     })
     .join(' or ');
@@ -119,6 +122,6 @@ returning v.tid::text as tid, ${kept.join(', ')}${key}`;
 export function casColumnsSql(columns: readonly string[]): { sets: string; guards: string } {
   return {
     sets: columns.map((c, i) => `${quoteIdent(c)} = coalesce(v.n${i}, t.${quoteIdent(c)})`).join(', '),
-    guards: columns.map((c, i) => `(v.n${i} is null or t.${quoteIdent(c)} = v.o${i})`).join(' and '),
+    guards: columns.map((c, i) => `(v.n${i} is null or t.${quoteIdent(c)}::text = v.o${i} collate "C")`).join(' and '),
   };
 }

@@ -6,6 +6,7 @@ import type { SweepSettings } from '../config/load-config.js';
 import { relationSize, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { checkout, isRetryable } from '../db/connect.js';
+import { skipsTriggers, withTriggersSkipped } from '../db/triggers.js';
 import { RuntimeFailure } from '../errors.js';
 import { backoffMs, sleep } from '../timing.js';
 import { ensureSegment, advanceSegment, recordFilenode, restartSegments, rewindSegment, type ChunkCounts } from '../state/segments.js';
@@ -292,7 +293,8 @@ async function sweepRelation(
       // Values whose rewrite did not stick earlier in this pass (their rows moved ahead): not again.
       const { plan } = withoutGivenUp(r.plan, columns, givenUp);
       if (plan.ctids.length > 0) {
-        const cas = await compareAndSwap(client, plan, range, rowByRow);
+        // `triggers: skip`: the CAS alone runs in replica mode (db/triggers.ts), not the state writes below.
+        const cas = await withTriggersSkipped(client, skipsTriggers(table), () => compareAndSwap(client, plan, range, rowByRow));
         judged = judgeCas(plan, columns, cas.returned, cas.raised);
         // A row that raised was rolled back: it is still at its ctid, with the value that failed.
         for (const f of await withRowKeys(client, judged.failures)) failures.push({ ...f, table: table.display });

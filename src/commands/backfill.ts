@@ -5,6 +5,7 @@ import { parseVersionLabel, versionLabel } from '../crypto/envelope.js';
 import { initSodium, memzero } from '../crypto/secretbox.js';
 import { proveTargetKey } from '../crypto/target-proof.js';
 import { refuseHiddenRows } from '../db/row-security.js';
+import { refuseTriggerSurprises } from '../db/triggers.js';
 import { unloggedBackfillWarning } from '../db/unlogged.js';
 import { resolveTables } from '../db/catalog.js';
 import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK, RuntimeFailure } from '../errors.js';
@@ -71,6 +72,8 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     if (!opts.dryRun) await requireState(ctx.pool);
     const tables = await resolveTables(ctx.pool, ctx.config.tables);
     await refuseHiddenRows(ctx.pool, tables);
+    // Triggers a rewrite would fire without a decision (one created since setup), or a `skip` this role may not do.
+    await refuseTriggerSurprises(ctx.pool, tables);
     // backfill alone may rewrite an UNLOGGED relation, but nothing follows its writes afterwards.
     const unlogged = unloggedBackfillWarning(tables);
     if (unlogged) log.warn({ relations: unlogged.relations }, unlogged.message);

@@ -39,6 +39,7 @@ export async function grantsCommand(flags: GlobalFlags, opts: { role?: string })
       publication,
       unpublished: unpublished === null ? null : unpublished.map((d) => quotedOf.get(d) ?? d),
       stateSchema: STATE_SCHEMA,
+      skipTriggers: tables.filter((t) => t.config.triggers === 'skip').map((t) => t.display),
       database: facts.db,
       serverVersion: facts.version,
       configPath: ctx.config.configPath,

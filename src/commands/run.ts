@@ -7,6 +7,7 @@ import { loadKeyRing, type KeyRing } from '../crypto/key-ring.js';
 import { initSodium, memzero } from '../crypto/secretbox.js';
 import { resolveTables } from '../db/catalog.js';
 import { refuseHiddenRows } from '../db/row-security.js';
+import { refuseTriggerSurprises } from '../db/triggers.js';
 import { proveTargetKey } from '../crypto/target-proof.js';
 import { Daemon } from '../daemon/daemon.js';
 import { SlotLease } from '../daemon/lease.js';
@@ -73,6 +74,8 @@ async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, stat
     // Before the first rewrite: every row must be visible to this role, and the target key must
     // open the target-version values the applications already wrote (exit 2 otherwise).
     await refuseHiddenRows(ctx.pool, tables);
+    // Triggers a rewrite would fire without a decision (one created since setup), or a `skip` this role may not do.
+    await refuseTriggerSurprises(ctx.pool, tables);
     await proveTargetKey(ctx.pool, tables, ring, ctx.log);
     if (state.signalled) return EXIT_OK;
     const daemon = new Daemon(ctx, ring, tables, { exitWhenConverged, lease, bound });

@@ -3,6 +3,9 @@ import type { GlobalFlags } from '../config/load-config.js';
 import { openContext } from '../context.js';
 import { rowSecurityProblems } from '../db/row-security.js';
 import { unloggedProblems } from '../db/unlogged.js';
+import { triggerProblems } from '../db/triggers.js';
+import { decisionReport } from '../db/trigger-decision.js';
+import { constraintNotes } from '../db/constraints.js';
 import { resolveTables, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified } from '../db/ident.js';
 import { migrate, lockMigrations, pendingMigrations } from '../db/migrate.js';
@@ -36,12 +39,13 @@ export async function setupCommand(flags: GlobalFlags): Promise<number> {
     let tables: TableInfo[];
     let applied: string[];
     let pub: PublicationPlan;
+    let notes: string[];
     try {
       await client.query('begin');
       try {
         // Serializes setups (and migrations): a second setup checks what the first one made.
         await lockMigrations(client);
-        ({ facts, tables, pub } = await check(client, ctx.config.tables, slot, publication));
+        ({ facts, tables, pub, notes } = await check(client, ctx.config.tables, slot, publication));
         applied = await migrate(client, { inTransaction: true });
         for (const sql of pub.statements) await client.query(sql);
         for (const t of tables) for (const leaf of t.leaves) await ensureSegment(client, t.display, displayName(leaf));
@@ -65,6 +69,7 @@ export async function setupCommand(flags: GlobalFlags): Promise<number> {
             `table ${t.display}: columns ${t.config.columns.join(', ')}; row key ${t.keyColumns.join(', ')} (${t.keySource})` +
             (t.partitioned ? `; ${t.leaves.length} leaf partition(s)` : ''),
         ),
+        ...notes,
         `publication ${publication}: ${pub.state} (${pub.summary})`,
         ...pub.changes.map((c) => `  ${c}`),
         slotLine,
@@ -83,7 +88,7 @@ async function check(
   configured: Parameters<typeof resolveTables>[1],
   slot: string,
   publication: string,
-): Promise<{ facts: ServerFacts; tables: TableInfo[]; pub: PublicationPlan }> {
+): Promise<{ facts: ServerFacts; tables: TableInfo[]; pub: PublicationPlan; notes: string[] }> {
   const facts = await readServerFacts(db);
   const slotInfo = await readSlot(db, slot);
   const problems = [...serverProblems(facts), ...replicationProblems(facts, slotInfo.exists)];
@@ -104,13 +109,18 @@ async function check(
   if (tablesOk) problems.push(...(await rowSecurityProblems(db, tables)).map((h) => h.problem));
   // Logical decoding never sees an UNLOGGED relation: its writes would never be streamed.
   if (tablesOk) problems.push(...unloggedProblems(tables));
+  // Triggers a rewrite would fire are a decision of the config (triggers: fire | skip), and skip needs a privilege.
+  const triggers = tablesOk ? await triggerProblems(db, tables) : { problems: [], found: [] };
+  problems.push(...triggers.problems);
   // The publication is judged against the tables as configured: only once they all resolve.
   const pub = tablesOk && tables.length ? await planPublication(db, publication, tables, facts) : { state: 'unchanged' as const, statements: [], problems: [], changes: [], summary: '' };
   problems.push(...pub.problems);
   if (problems.length) {
     throw new ConfigError(`setup found ${problems.length} problem(s); nothing was changed`, 'fix each problem listed, then run `pg-rekey setup` again', problems);
   }
-  return { facts, tables, pub };
+  // Constraints that can reject a rewrite: warnings (such a row is quarantined), said before anything runs.
+  const constraints = (await constraintNotes(db, tables)).map((c) => `warning: ${c.note}`);
+  return { facts, tables, pub, notes: [...decisionReport(triggers.found), ...constraints] };
 }
 
 export interface PublicationPlan {

@@ -13,8 +13,12 @@ export interface GlobalFlags {
   logFormat?: string;
 }
 
+export type TriggerDecision = 'fire' | 'skip';
+
 export interface TableConfig extends QualifiedName {
   columns: string[];
+  /** What rewrites do about the table's UPDATE triggers: the table's `triggers:`, else the top-level one; unset = undecided. */
+  triggers?: TriggerDecision;
 }
 
 export interface SweepSettings {
@@ -115,7 +119,7 @@ function readYaml(path: string): unknown {
   return doc.toJS() ?? {};
 }
 
-function parseTables(tables: FileConfig['tables'], problems: string[]): TableConfig[] {
+function parseTables(tables: FileConfig['tables'], problems: string[], triggers: TriggerDecision | undefined): TableConfig[] {
   const seen = new Set<string>();
   return tables.flatMap((t, i) => {
     const parts = parseIdentifierPath(t.name);
@@ -136,7 +140,8 @@ function parseTables(tables: FileConfig['tables'], problems: string[]): TableCon
       return p[0]!;
     });
     if (new Set(columns).size !== columns.length) problems.push(`tables[${i}].columns: a column is listed twice`);
-    return [{ schema: schema!, name: name!, columns }];
+    const decision = t.triggers ?? triggers;
+    return [{ schema: schema!, name: name!, columns, ...(decision ? { triggers: decision } : {}) }];
   });
 }
 
@@ -179,7 +184,7 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
   }
   const file = parsed.data;
   const problems: string[] = [];
-  const tables = parseTables(file.tables, problems);
+  const tables = parseTables(file.tables, problems, file.triggers);
   const ignore = parseIgnore(file.ignore, problems);
   if (problems.length) throw new ConfigError(`${configPath} has ${problems.length} problem(s)`, 'fix the fields named above', problems);
 

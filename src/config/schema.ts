@@ -13,6 +13,8 @@ export const tableSchema = z.strictObject({
   name: z.string().min(1),
   /** Text columns holding `v<N>:` values. */
   columns: z.array(z.string().min(1)).min(1),
+  /** What pg-rekey's rewrites do about this table's UPDATE triggers (overrides the top-level `triggers:`). */
+  triggers: z.enum(['fire', 'skip']).optional(),
 });
 
 export const sweepSchema = z.strictObject({
@@ -90,6 +92,13 @@ export const fileSchema = z.strictObject({
   /** Connection string; else DATABASE_URL; else libpq PG* variables. */
   database: z.string().min(1).optional(),
   tables: z.array(tableSchema).min(1),
+  /**
+   * User triggers that fire on an UPDATE of a configured column: `fire` (pg-rekey's rewrites fire
+   * them like any UPDATE) or `skip` (rewrites run with session_replication_role = replica, so only
+   * ENABLE ALWAYS and ENABLE REPLICA triggers fire). Unset: setup, run and backfill refuse a table
+   * that has such triggers until this (or the table's own `triggers:`) decides.
+   */
+  triggers: z.enum(['fire', 'skip']).optional(),
   /**
    * Relations that were leaves of a configured table (a partition detached, an INHERITS child
    * unlinked with NO INHERIT) and that may keep their old-version values: `table` (schema public)

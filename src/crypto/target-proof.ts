@@ -41,9 +41,9 @@ export async function sampleTargetValues(db: pg.Pool, tables: readonly TableInfo
         const c = quoteIdent(column);
         // Head and tail block ranges (TID range scans, PostgreSQL 14+): bounded work on any table size.
         const r = await db.query<{ v: string }>(
-          `(select t.${c} as v from only ${rel} t where t.ctid < format('(%s,0)', $2::bigint)::tid and starts_with(t.${c}, $1) limit $3)
+          `(select t.${c} as v from only ${rel} t where t.ctid < format('(%s,0)', $2::bigint)::tid and starts_with(t.${c}::text collate "C", $1) limit $3)
            union all
-           (select t.${c} as v from only ${rel} t where t.ctid >= format('(%s,0)', greatest($4::bigint - $2::bigint, $2::bigint))::tid and starts_with(t.${c}, $1) limit $3)`,
+           (select t.${c} as v from only ${rel} t where t.ctid >= format('(%s,0)', greatest($4::bigint - $2::bigint, $2::bigint))::tid and starts_with(t.${c}::text collate "C", $1) limit $3)`,
           [prefix, SAMPLE_BLOCKS, SAMPLE_PER_COLUMN, blocks],
         );
         for (const { v } of r.rows) {

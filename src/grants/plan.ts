@@ -23,6 +23,8 @@ export interface GrantFacts {
   /** null: the publication does not exist yet; else the leaves (quoted) it does not publish. */
   unpublished: readonly string[] | null;
   stateSchema: string;
+  /** Configured tables with `triggers: skip` (rewrites set session_replication_role = replica). */
+  skipTriggers?: readonly string[];
   /** For the header. */
   database: string;
   serverVersion: string;
@@ -34,6 +36,24 @@ const lit = (s: string) => `'${s.replace(/'/g, "''")}'`;
 /** `select '<stmt>' where <cond> \gexec`: psql runs the statement only when the condition holds. */
 function gexecIf(statement: string, condition: string): string {
   return `select ${lit(statement)} where ${condition} \\gexec`;
+}
+
+/**
+ * `triggers: skip` runs rewrites with session_replication_role = replica: a superuser, or (15+) a
+ * role granted SET on the parameter. PostgreSQL 14 has no such grant: a comment only there.
+ */
+function skipTriggersGrant(f: GrantFacts, role: string): string[] {
+  const skip = f.skipTriggers ?? [];
+  const grant = `grant set on parameter session_replication_role to ${role};`;
+  const head = [
+    '-- With `triggers: skip` (README "Triggers") rewrites run with session_replication_role = replica, so that',
+    '-- ordinary triggers (updated_at, audit) do not fire: a superuser, or from PostgreSQL 15 on this grant.',
+  ];
+  if (skip.length === 0) return [...head, `-- ${grant}`];
+  if (Number.parseInt(f.serverVersion, 10) < 15) {
+    return [...head, `-- ${skip.join(', ')} say triggers: skip, and PostgreSQL ${f.serverVersion} cannot grant it: run pg-rekey as a superuser, or use triggers: fire.`];
+  }
+  return [...head, `-- ${skip.join(', ')} say triggers: skip.`, grant];
 }
 
 export function renderGrants(f: GrantFacts): string {
@@ -77,6 +97,8 @@ export function renderGrants(f: GrantFacts): string {
     '',
     '-- The load throttle reads other sessions in pg_stat_activity; the monitoring role shows their state. No data access.',
     `grant pg_monitor to ${role};`,
+    '',
+    ...skipTriggersGrant(f, role),
     '',
     '-- PostgreSQL 14 and older let every role create objects in schema public (15+ do not): consider',
     '-- REVOKE CREATE ON SCHEMA public FROM PUBLIC there (check your applications first).',

@@ -2,6 +2,7 @@ import type pg from 'pg';
 import type { TableInfo } from '../db/catalog.js';
 import { displayName, quoteIdent, quoteQualified, type QualifiedName } from '../db/ident.js';
 import type { StreamTarget } from './rewrite-plan.js';
+import { skipsTriggers } from '../db/triggers.js';
 
 /** A relation the stream writes to: a configured table or one of its leaf partitions. */
 export interface StreamRelation extends StreamTarget {
@@ -10,6 +11,8 @@ export interface StreamRelation extends StreamTarget {
   quoted: string;
   /** SQL type of each key column (format_type), to cast text parameters back. */
   keyTypes: string[];
+  /** `triggers: skip`: rewrites run with session_replication_role = replica (db/triggers.ts). */
+  skipTriggers?: boolean;
 }
 
 /**
@@ -37,6 +40,7 @@ export class RelationMap {
           keyTypes: t.keyColumns.map((k) => typeOf.get(k) ?? 'text'),
           leaf,
           quoted: quoteQualified(leaf),
+          skipTriggers: skipsTriggers(t),
         });
       }
     }

@@ -6,6 +6,7 @@ import { parseVersioned } from '../crypto/envelope.js';
 import { displayName, quoteIdent } from '../db/ident.js';
 import { casColumnsSql, versionExpr } from '../backfill/sweep-sql.js';
 import { inTransaction } from '../db/connect.js';
+import { withTriggersSkipped } from '../db/triggers.js';
 import type { Logger } from '../logger.js';
 import { backoffMs, sleep } from '../timing.js';
 import { classifyMiss, isolatedByRow, OwnTransactions, rowErrorReason, SanitizedDbError } from './cas-outcome.js';
@@ -205,7 +206,8 @@ export class StreamWriter {
     }
     const retry: RowWork[] = [];
     const written: { column: string; rowKey: Record<string, string | null> }[] = [];
-    const outcome = cas.length ? await this.compareAndSwap(client, rel, cas) : { applied: new Map<number, boolean>(), raised: new Map<number, unknown>() };
+    // `triggers: skip`: the CAS alone runs in replica mode (db/triggers.ts), not the state writes below.
+    const outcome = cas.length ? await withTriggersSkipped(client, rel.skipTriggers === true, () => this.compareAndSwap(client, rel, cas)) : { applied: new Map<number, boolean>(), raised: new Map<number, unknown>() };
     const misses: number[] = [];
     cas.forEach((c, i) => {
       const rewrittenCols = cols.filter((_, j) => c.news[j] !== null);
@@ -294,7 +296,7 @@ export class StreamWriter {
     rel.columns.forEach((_, j) => params.push(rows.map((r) => r.olds[j])));
     const arrays = [...rel.keyColumns.map((_, i) => `$${i + 1}::text[]`), ...rel.columns.map((_, j) => `$${k + 1 + j}::text[]`)];
     const names = [...rel.keyColumns.map((_, i) => `k${i}`), ...rel.columns.map((_, j) => `o${j}`)];
-    const same = rel.columns.map((c, j) => `(v.o${j} is null or t.${quoteIdent(c)} is not distinct from v.o${j})`).join(' and ');
+    const same = rel.columns.map((c, j) => `(v.o${j} is null or t.${quoteIdent(c)}::text collate "C" is not distinct from v.o${j})`).join(' and ');
     const r = await client.query<{ ord: number; still_old: boolean }>(
       `select v.ord::int as ord, ${same} as still_old from unnest(${arrays.join(', ')}) with ordinality as v(${names.join(', ')}, ord) join only ${rel.quoted} t on ${keyMatchSql(rel)}`,
       params,
@@ -342,7 +344,7 @@ export function casByKeySql(rel: StreamRelation): string {
   const names = [...rel.keyColumns.map((_, i) => `k${i}`), ...cols.flatMap((_, i) => [`o${i}`, `n${i}`])];
   const { sets, guards } = casColumnsSql(cols);
   // In RETURNING, t is the row as stored (after BEFORE triggers): did the new values stick?
-  const sticks = cols.map((c, i) => `(v.n${i} is null or t.${quoteIdent(c)} is not distinct from v.n${i})`).join(' and ');
+  const sticks = cols.map((c, i) => `(v.n${i} is null or t.${quoteIdent(c)}::text collate "C" is not distinct from v.n${i})`).join(' and ');
   return `update only ${rel.quoted} as t set ${sets}
   from unnest(${arrays.join(', ')}) with ordinality as v(${names.join(', ')}, ord)
  where ${keyMatchSql(rel)} and ${guards}

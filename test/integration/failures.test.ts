@@ -248,7 +248,7 @@ describe('statement_timeout and lock_timeout on sweep chunks', () => {
     await db.pool.query(`create function slow_down() returns trigger language plpgsql as $$ begin if exists (select 1 from slow_switch) then perform pg_sleep(0.2); end if; return new; end $$`);
     await db.pool.query(`create trigger slow before update on incidents for each row execute function slow_down()`);
     await db.pool.query(`insert into slow_switch values (true)`);
-    const files = writeDaemonFiles(db.url, [{ name: 'incidents', columns: ['title'] }], { sweep: { chunk_time: 0, chunk_blocks: 8, nice_ratio: 0, statement_timeout: '150ms', lock_timeout: '100ms' } });
+    const files = writeDaemonFiles(db.url, [{ name: 'incidents', columns: ['title'] }], { triggers: 'fire', sweep: { chunk_time: 0, chunk_blocks: 8, nice_ratio: 0, statement_timeout: '150ms', lock_timeout: '100ms' } });
     expect((await cli(files, 'setup')).code).toBe(0);
 
     const t0 = Date.now();

@@ -130,7 +130,8 @@ describe('sweep failure isolation: rows whose rewrite raises or does not stick',
     files = writeDaemonFiles(
       db.url,
       [
-        { name: 'guarded', columns: ['title', 'note'] },
+        // Its triggers are the point: rewrites fire them (issue 9: a decision of the config).
+        { name: 'guarded', columns: ['title', 'note'], triggers: 'fire' },
         { name: 'plain', columns: ['title', 'raw_xml'] },
       ],
       { sweep: { chunk_time: 0, chunk_blocks: 1, nice_ratio: 0 } },

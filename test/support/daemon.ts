@@ -15,7 +15,7 @@ export interface DaemonFiles {
   args: string[];
 }
 
-export function writeDaemonFiles(databaseUrl: string, tables: { name: string; columns: string[] }[], extra: Record<string, unknown> = {}): DaemonFiles {
+export function writeDaemonFiles(databaseUrl: string, tables: { name: string; columns: string[]; triggers?: 'fire' | 'skip' }[], extra: Record<string, unknown> = {}): DaemonFiles {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'pg-rekey-run-'));
   const doc = {
     tables,

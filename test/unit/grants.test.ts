@@ -53,4 +53,14 @@ describe('pg-rekey grants', () => {
     expect(text).toContain(`'alter publication "pg_rekey" add table only "arch"."legacy_old"'`);
     expect(text).not.toContain('create publication');
   });
+
+  it('triggers: skip gets GRANT SET ON PARAMETER on 15+, a comment on 14 (no such grant there), a commented example otherwise', () => {
+    const grant = 'grant set on parameter session_replication_role to "rekey_worker";';
+    expect(renderGrants(SAMPLE)).toContain(`\n-- ${grant}\n`);
+    const on15 = renderGrants({ ...SAMPLE, serverVersion: '15.4', skipTriggers: ['public.incidents'] });
+    expect(on15).toContain(`-- public.incidents say triggers: skip.\n${grant}\n`);
+    const on14 = renderGrants({ ...SAMPLE, serverVersion: '14.12', skipTriggers: ['public.incidents'] });
+    expect(on14).not.toMatch(/^grant set on parameter/m);
+    expect(on14).toMatch(/PostgreSQL 14\.12 cannot grant it: run pg-rekey as a superuser/);
+  });
 });

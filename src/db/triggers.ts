@@ -1,0 +1,120 @@
+import type pg from 'pg';
+import { ConfigError } from '../errors.js';
+import type { TableInfo } from './catalog.js';
+import { displayName, quoteQualified } from './ident.js';
+import { decodeTgtype, undecidedProblems, type TableTriggers, type TriggerState, type UpdateTrigger } from './trigger-decision.js';
+
+/**
+ * Triggers are a decision, not a surprise (README "Triggers"): each configured table's user
+ * triggers that fire on pg-rekey's UPDATE of its configured columns, and whether this role may run
+ * rewrites with session_replication_role = replica (`triggers: skip`). setup lists them and
+ * refuses while a table has some and no decision; run and backfill refuse the same way before
+ * their first rewrite (a trigger created since setup). The rule of what fires is in
+ * trigger-decision.ts.
+ */
+
+/**
+ * The triggers of every leaf (the relations pg-rekey's UPDATEs write): a statement trigger of a
+ * partitioned or inheritance parent does not fire on an UPDATE of a leaf, a row trigger of a
+ * partitioned table is cloned onto each partition (PostgreSQL 14 marks the clone internal, with
+ * tgparentid set). Left out: disabled triggers, internal ones (foreign keys, deferred unique
+ * checks), UPDATE OF lists without a configured column (pg-rekey's UPDATE sets only those).
+ */
+export async function findUpdateTriggers(db: pg.Pool | pg.ClientBase, tables: readonly TableInfo[]): Promise<TableTriggers[]> {
+  const out: TableTriggers[] = [];
+  for (const t of tables) {
+    const leaves = t.leaves.map(quoteQualified);
+    const r = await db.query<{ ord: number; name: string; tgtype: number; state: TriggerState; function: string; columns: string[] | null; when: boolean }>(
+      `select x.ord::int as ord, tg.tgname as name, tg.tgtype::int as tgtype, tg.tgenabled::text as state, tg.tgfoid::regproc::text as function,
+              case when cardinality(tg.tgattr::int2[]) = 0 then null
+                   else array(select a.attname::text from pg_attribute a where a.attrelid = tg.tgrelid and a.attnum = any(tg.tgattr::int2[]) order by a.attnum) end as columns,
+              tg.tgqual is not null as when
+         from unnest($1::text[]) with ordinality x(rel, ord)
+         join pg_trigger tg on tg.tgrelid = to_regclass(x.rel)
+        where tg.tgtype::int & 16 <> 0
+          and tg.tgenabled <> 'D'
+          and (not tg.tgisinternal or tg.tgparentid <> 0)
+          and (tg.tgconstraint = 0 or exists (select 1 from pg_constraint c where c.oid = tg.tgconstraint and c.contype = 't'))
+          and (cardinality(tg.tgattr::int2[]) = 0
+               or exists (select 1 from pg_attribute a where a.attrelid = tg.tgrelid and a.attnum = any(tg.tgattr::int2[]) and a.attname = any($2::text[])))
+        order by x.ord, tg.tgname`,
+      [leaves, t.config.columns],
+    );
+    const triggers: UpdateTrigger[] = r.rows.map((row) => ({
+      relation: displayName(t.leaves[row.ord - 1]!),
+      name: row.name,
+      ...decodeTgtype(row.tgtype),
+      state: row.state,
+      function: row.function,
+      columns: row.columns,
+      when: row.when,
+    }));
+    out.push({ table: t.display, columns: t.config.columns, decision: t.config.triggers, triggers });
+  }
+  return out;
+}
+
+/** Whether rewrites of this table run with session_replication_role = replica. */
+export function skipsTriggers(t: Pick<TableInfo, 'config'>): boolean {
+  return t.config.triggers === 'skip';
+}
+
+/**
+ * Why this role may not run rewrites with session_replication_role = replica (null when it may,
+ * or no table says `triggers: skip`): a superuser may; from PostgreSQL 15 on, so may a role
+ * granted SET on the parameter.
+ */
+export async function skipPrivilegeProblem(db: pg.Pool | pg.ClientBase, tables: readonly TableInfo[]): Promise<string | null> {
+  const skipping = tables.filter(skipsTriggers).map((t) => t.display);
+  if (skipping.length === 0) return null;
+  const me = (
+    await db.query<{ superuser: boolean; role: string; pg15: boolean }>(
+      `select rolsuper as superuser, quote_ident(current_user) as role, current_setting('server_version_num')::int >= 150000 as pg15 from pg_roles where rolname = current_user`,
+    )
+  ).rows[0]!;
+  if (me.superuser) return null;
+  const what = `\`triggers: skip\` (${skipping.join(', ')}) runs rewrites with session_replication_role = replica`;
+  if (!me.pg15) {
+    return `${what}, which only a superuser may set on PostgreSQL 14 (GRANT SET ON PARAMETER exists from 15 on): run pg-rekey as a superuser, or choose \`triggers: fire\``;
+  }
+  const granted = (await db.query<{ ok: boolean }>(`select has_parameter_privilege('session_replication_role', 'SET') as ok`)).rows[0]!.ok;
+  if (granted) return null;
+  return `${what}, which role ${me.role} may not set: as a superuser run GRANT SET ON PARAMETER session_replication_role TO ${me.role}; (see sql/roles.sql), or choose \`triggers: fire\``;
+}
+
+/** Every trigger problem of the tables: undecided tables, and a `skip` this role may not do. */
+export async function triggerProblems(db: pg.Pool | pg.ClientBase, tables: readonly TableInfo[]): Promise<{ problems: string[]; found: TableTriggers[] }> {
+  const found = await findUpdateTriggers(db, tables);
+  const problems = undecidedProblems(found);
+  const privilege = await skipPrivilegeProblem(db, tables);
+  if (privilege) problems.push(privilege);
+  return { problems, found };
+}
+
+/** For run and backfill, before their first rewrite: refuse (exit 2) what setup refuses. */
+export async function refuseTriggerSurprises(db: pg.Pool | pg.ClientBase, tables: readonly TableInfo[]): Promise<void> {
+  const { problems } = await triggerProblems(db, tables);
+  if (problems.length === 0) return;
+  throw new ConfigError(
+    `${problems.length} trigger problem(s): a rewrite would fire triggers nobody decided about, or cannot skip them`,
+    'decide with `triggers: fire` or `triggers: skip` (per table or top-level) and grant what each line says; nothing was written',
+    problems,
+  );
+}
+
+/**
+ * Runs `fn` (statements of the current transaction) with session_replication_role = replica
+ * when `skip`, and sets it back afterwards: SET LOCAL (set_config(..., true)), so a pooled
+ * connection never leaves the transaction in replica mode, and the state writes of the same
+ * transaction run in the mode they had. On an error the transaction (or its savepoint) is rolled
+ * back, which undoes the setting too.
+ */
+export async function withTriggersSkipped<T>(client: pg.ClientBase, skip: boolean, fn: () => Promise<T>): Promise<T> {
+  if (!skip) return fn();
+  const prior = (
+    await client.query<{ prior: string }>(`select current_setting('session_replication_role') as prior, set_config('session_replication_role', 'replica', true) as now`)
+  ).rows[0]!.prior;
+  const out = await fn();
+  await client.query(`select set_config('session_replication_role', $1, true)`, [prior]);
+  return out;
+}
