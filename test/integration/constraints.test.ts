@@ -10,11 +10,13 @@ import type { KeyRing } from '../../src/crypto/key-ring.js';
 import { decryptValue, encryptValue } from '../../src/crypto/rewrite.js';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
 import { insertBatched, testRing } from '../support/fixtures.js';
+import { createWorkerRole, type WorkerRole } from '../support/worker-role.js';
 import { cli, eventually, startDaemon, writeDaemonFiles, type DaemonFiles } from '../support/daemon.js';
 
 let ring: KeyRing;
 let db: TestDatabase;
 let files: DaemonFiles;
+let worker: WorkerRole;
 const ROLE = `con_worker_${process.pid}`;
 const PUB = 'pgrekey_con';
 const v1 = (text: string) => encryptValue(Buffer.from(text), 1, ring);
@@ -37,6 +39,7 @@ const range = (from: number, n: number) => Array.from({ length: n }, (_, i) => f
 beforeAll(async () => {
   ring = await testRing();
   db = await createTestDatabase('constraints');
+  worker = await createWorkerRole(db, ROLE, PUB);
   await db.pool.query(`
     -- Only v1 values pass for rows 1..10 (a check written for the old key's values).
     create table checked (id bigint primary key, secret text, constraint secret_is_v1 check (secret like 'v1:%' or id > 10));
@@ -45,31 +48,21 @@ beforeAll(async () => {
     create table domained (id bigint primary key, secret enc_v1);
     create collation ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
     create table ci_notes (id bigint primary key, secret text collate ci);
-    drop role if exists ${ROLE};
-    create role ${ROLE} login replication password 'pw';
-    grant connect on database "${db.name}" to ${ROLE};
-    create schema pgrekey authorization ${ROLE};
     grant select, update (secret) on checked, domained, ci_notes to ${ROLE};
     create publication ${PUB} for table checked, domained, ci_notes with (publish = 'insert, update');
   `);
   await fill('checked', range(1, 30));
   await fill('domained', range(1, 5));
   await fill('ci_notes', range(1, 20));
-  const url = new URL(db.url);
-  url.username = ROLE;
-  url.password = 'pw';
   files = writeDaemonFiles(
-    url.toString(),
+    worker.url,
     ['checked', 'domained', 'ci_notes'].map((name) => ({ name, columns: ['secret'] })),
     { replication: { publication: PUB }, sweep: { chunk_time: 0, chunk_blocks: 4, nice_ratio: 0 } },
   );
 });
 
 afterAll(async () => {
-  await db.pool.query(`select pg_terminate_backend(pid) from pg_stat_activity where usename = $1`, [ROLE]).catch(() => undefined);
-  await db.pool
-    .query(`drop publication if exists ${PUB}; drop schema if exists pgrekey cascade; drop owned by ${ROLE}; drop role if exists ${ROLE}`)
-    .catch((e) => console.log(`cleanup of ${ROLE}: ${(e as Error).message}`));
+  await worker?.drop();
   await db.drop();
 });
 

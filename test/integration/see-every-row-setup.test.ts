@@ -7,11 +7,13 @@ import type { KeyRing } from '../../src/crypto/key-ring.js';
 import { encryptValue } from '../../src/crypto/rewrite.js';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
 import { insertBatched, testRing } from '../support/fixtures.js';
+import { createWorkerRole, type WorkerRole } from '../support/worker-role.js';
 import { cli, writeDaemonFiles } from '../support/daemon.js';
 
 let ring: KeyRing;
 const dbs: TestDatabase[] = [];
 const ROLE = `inhpub_worker_${process.pid}`;
+let worker: WorkerRole | undefined;
 const v1 = (text: string) => encryptValue(Buffer.from(text), 1, ring);
 
 async function newDb(prefix: string): Promise<TestDatabase> {
@@ -25,35 +27,23 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  const db = dbs.find((d) => d.name.startsWith('inh_pubfix'));
-  if (db) {
-    await db.pool.query(`select pg_terminate_backend(pid) from pg_stat_activity where usename = $1`, [ROLE]).catch(() => undefined);
-    await db.pool
-      .query(`drop publication if exists pgrekey_inh; drop schema if exists pgrekey cascade; drop owned by ${ROLE}; drop role if exists ${ROLE}`)
-      .catch((e) => console.log(`cleanup of ${ROLE}: ${(e as Error).message}`));
-  }
+  await worker?.drop();
   for (const d of dbs) await d.drop();
 });
 
 describe('setup and a publication of an inheritance parent', () => {
   it('a child created after the publication: setup names ADD TABLE ONLY <child> (not ADD TABLE <parent>), and that statement fixes it', async () => {
     const db = await newDb('inh_pubfix');
+    worker = await createWorkerRole(db, ROLE, 'pgrekey_inh');
     await db.pool.query(`
       create table memos (id bigint primary key, secret text);
       create table memos_a (primary key (id)) inherits (memos);
-      drop role if exists ${ROLE};
-      create role ${ROLE} login replication password 'pw';
-      grant connect on database "${db.name}" to ${ROLE};
-      create schema pgrekey authorization ${ROLE};
       create publication pgrekey_inh for table memos with (publish = 'insert, update');
       create table memos_b (primary key (id)) inherits (memos);
       grant select, update (secret) on memos, memos_a, memos_b to ${ROLE};
     `);
     await insertBatched(db.pool, 'memos_b', ['id', 'secret'], ['bigint', 'text'], [[1, v1('memo 1')]]);
-    const url = new URL(db.url);
-    url.username = ROLE;
-    url.password = 'pw';
-    const files = writeDaemonFiles(url.toString(), [{ name: 'memos', columns: ['secret'] }], { replication: { publication: 'pgrekey_inh' } });
+    const files = writeDaemonFiles(worker.url, [{ name: 'memos', columns: ['secret'] }], { replication: { publication: 'pgrekey_inh' } });
     const refused = await cli(files, 'setup');
     expect(refused.code, refused.stdout + refused.stderr).toBe(2);
     expect(refused.stderr).toMatch(/publication pgrekey_inh does not publish public\.memos_b/);

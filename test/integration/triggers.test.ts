@@ -10,11 +10,13 @@ import type { KeyRing } from '../../src/crypto/key-ring.js';
 import { encryptValue } from '../../src/crypto/rewrite.js';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
 import { insertBatched, testRing } from '../support/fixtures.js';
+import { createWorkerRole, type WorkerRole } from '../support/worker-role.js';
 import { cli, eventually, startDaemon, writeDaemonFiles, type DaemonFiles } from '../support/daemon.js';
 
 let ring: KeyRing;
 let db: TestDatabase;
 let workerUrl: string;
+let worker: WorkerRole;
 const ROLE = `trg_worker_${process.pid}`;
 const PUB = 'pgrekey_trg';
 const STAMP = '2000-01-01 00:00:00+00';
@@ -38,28 +40,19 @@ async function addRows(from: number, n: number): Promise<void> {
 beforeAll(async () => {
   ring = await testRing();
   db = await createTestDatabase('triggers');
+  worker = await createWorkerRole(db, ROLE, PUB);
   await db.pool.query(`
     create table calls (id bigint primary key, secret text, note text, updated_at timestamptz not null default '${STAMP}');
     create table calls_audit (id bigint, old_secret text);
-    drop role if exists ${ROLE};
-    create role ${ROLE} login replication password 'pw';
-    grant connect on database "${db.name}" to ${ROLE};
-    create schema pgrekey authorization ${ROLE};
     grant select, update (secret) on calls to ${ROLE};
     create publication ${PUB} for table calls with (publish = 'insert, update');
   `);
   await addRows(1, 50);
-  const url = new URL(db.url);
-  url.username = ROLE;
-  url.password = 'pw';
-  workerUrl = url.toString();
+  workerUrl = worker.url;
 });
 
 afterAll(async () => {
-  await db.pool.query(`select pg_terminate_backend(pid) from pg_stat_activity where usename = $1`, [ROLE]).catch(() => undefined);
-  await db.pool
-    .query(`drop publication if exists ${PUB}; drop schema if exists pgrekey cascade; drop owned by ${ROLE}; drop role if exists ${ROLE}`)
-    .catch((e) => console.log(`cleanup of ${ROLE}: ${(e as Error).message}`));
+  await worker?.drop();
   await db.drop();
 });
 
