@@ -11,6 +11,7 @@ import { readOverrides } from '../throttle/live-settings.js';
 import { describeTransactions, openTransactionsNow, type OpenTransaction } from '../db/open-transactions.js';
 import { renderOpenTransactions } from './verify.js';
 import { readLeaseHolder } from '../daemon/lease.js';
+import { describeNewerBackfill, liveFigures, newerBackfill, shownState, sweepOverall, type RunRow, type SweepOverall, type SweepState } from './status-truth.js';
 
 export interface ReplicationStatus {
   slot: string;
@@ -42,6 +43,8 @@ export interface ReplicationStatus {
     stoppedAt: Date | null;
   } | null;
   converged: boolean;
+  /** A `run` holds the slot's lease but has not written its own daemon row yet (its first seconds). */
+  starting: { backendPid: number | null } | null;
 }
 
 export interface ThrottleStatus {
@@ -60,9 +63,14 @@ export interface ThrottleStatus {
 export interface StatusReport {
   replication: ReplicationStatus;
   throttle: ThrottleStatus;
-  sweep: (Segment & { percent: number; etaSeconds: number | null })[];
+  /** `state` as stored; `shown`: paused or throttled while the sweep is held back (no rate, no ETA then). */
+  sweep: (Segment & { percent: number; etaSeconds: number | null; shown: SweepState })[];
+  /** Every relation together: blocks swept against blocks known now. */
+  overall: SweepOverall;
   quarantine: { total: number; byColumn: QuarantineSummary[] };
-  lastRuns: { id: number; command: string; startedAt: Date; finishedAt: Date | null; outcome: string | null }[];
+  lastRuns: RunRow[];
+  /** A backfill that finished after the daemon's last count: that count is stale. */
+  newerBackfill: RunRow | null;
   /**
    * Transactions of this database (prepared ones included) holding an xid for 10 s or more: they
    * may commit old-version writes no count sees yet, so they hold convergence back while open.
@@ -95,6 +103,7 @@ async function readReplication(db: Parameters<typeof listSegments>[0], slot: str
   );
   const lease = await readLeaseHolder(db, slot);
   const daemon = d.rows[0] ? ({ ...d.rows[0], leaseHeld: lease.held } as NonNullable<ReplicationStatus['daemon']>) : null;
+  const starting = lease.held && (!daemon || daemon.stoppedAt) ? { backendPid: lease.backendPid } : null;
   return {
     slot,
     info,
@@ -102,7 +111,8 @@ async function readReplication(db: Parameters<typeof listSegments>[0], slot: str
     slotRecreations: await slotRecreations(db, slot),
     retainedWal: { bytes: info.retainedBytes, maxBytes: maxRetainedWalBytes, exceeded: retainedWalExceeded(info, maxRetainedWalBytes) },
     daemon,
-    converged: daemon?.convergedAt != null,
+    converged: daemon?.convergedAt != null && !starting,
+    starting,
   };
 }
 
@@ -110,7 +120,7 @@ export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], sl
   const segments = await listSegments(ctxPool);
   const byColumn = await summarizeQuarantine(ctxPool);
   const runs = await ctxPool.query(
-    `select id::float8 as id, command, started_at as "startedAt", finished_at as "finishedAt", outcome from pgrekey.run order by id desc limit 5`,
+    `select id::float8 as id, command, started_at as "startedAt", finished_at as "finishedAt", outcome, summary from pgrekey.run order by id desc limit 5`,
   );
   const c = (
     await ctxPool.query(
@@ -119,12 +129,17 @@ export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], sl
     )
   ).rows[0];
   const overrides = Object.fromEntries(await readOverrides(ctxPool));
+  const replication = await readReplication(ctxPool, slot, maxRetainedWalBytes);
+  const shown = (s: Segment) => shownState(s, c);
+  const sweep = segments.map((s) => liveFigures({ ...s, percent: Number(percentDone(s.nextBlock, s.totalBlocks ?? 0).toFixed(1)), etaSeconds: eta(s), shown: shown(s) }, shown(s)));
   return {
-    replication: await readReplication(ctxPool, slot, maxRetainedWalBytes),
+    replication,
     throttle: { ...c, overrides },
-    sweep: segments.map((s) => ({ ...s, percent: Number(percentDone(s.nextBlock, s.totalBlocks ?? 0).toFixed(1)), etaSeconds: eta(s) })),
+    sweep,
+    overall: sweepOverall(sweep, shown),
     quarantine: { total: byColumn.reduce((n, q) => n + q.count, 0), byColumn },
     lastRuns: runs.rows,
+    newerBackfill: newerBackfill(runs.rows, replication.daemon?.lastCheckAt ?? null),
     openTransactions: await longOpenTransactions(ctxPool),
   };
 }
@@ -167,7 +182,7 @@ function mb(bytes: number | null): string {
   return bytes === null ? '?' : `${(bytes / 1048576).toFixed(1)} MB`;
 }
 
-function renderReplication(r: ReplicationStatus): string {
+function renderReplication(r: ReplicationStatus, newer: RunRow | null): string {
   const i = r.info;
   if (!i.exists) return `replication slot ${r.slot}: MISSING (run \`pg-rekey setup\`, or \`pg-rekey run\` recreates it and re-sweeps)`;
   const lines = [
@@ -181,7 +196,9 @@ function renderReplication(r: ReplicationStatus): string {
     );
   }
   const d = r.daemon;
-  if (d) {
+  if (r.starting) {
+    lines.push(`daemon: \`pg-rekey run\` is STARTING (it holds the slot's lease, backend pid ${r.starting.backendPid ?? '?'}; its first heartbeat follows within seconds)`);
+  } else if (d) {
     lines.push(
       d.stoppedAt
         ? `daemon: STOPPED cleanly at ${d.stoppedAt.toISOString()} (pid ${d.pid} on ${d.host}); sweep ${d.sweepDone ? 'was complete' : 'resumes at the next start'}`
@@ -189,9 +206,13 @@ function renderReplication(r: ReplicationStatus): string {
           ? `daemon: pid ${d.pid} on ${d.host}, running since ${d.startedAt?.toISOString() ?? '?'} (holds the slot's lease), last heartbeat ${d.heartbeatAt.toISOString()}${staleHeartbeat(d.heartbeatAt) ? ' (STALE: hung, or cut off from the database?)' : ''}, stream ${d.streamConnected ? 'connected' : 'not connected'}, sweep ${d.sweepDone ? 'complete' : 'running'}`
           : `daemon: pid ${d.pid} on ${d.host} is NOT RUNNING: it did not stop cleanly (killed, crashed, or lost its lease connection); last heartbeat ${d.heartbeatAt.toISOString()}; start \`pg-rekey run\` again (the sweep resumes, the stream replays)`,
       `  stream rewrites: ${d.streamRewrites ?? 0} (${(d.streamRewritesPerSec ?? 0).toFixed(1)}/s recently)`,
-      `  ${d.convergedAt ? `${d.stoppedAt ? 'was CONVERGED' : 'CONVERGED'} since ${d.convergedAt.toISOString()}` : 'not converged'}${d.lastCheckAt ? ` (last check ${d.lastCheckAt.toISOString()}: ${d.remaining ?? '?'} remaining, ${d.quarantined ?? 0} quarantined)` : ''}`,
+      `  ${d.convergedAt ? `${d.stoppedAt ? 'was CONVERGED' : 'CONVERGED'} since ${d.convergedAt.toISOString()}` : 'not converged'}${d.lastCheckAt ? ` (last check ${d.lastCheckAt.toISOString()}: ${d.remaining ?? '?'} remaining, ${d.quarantined ?? 0} quarantined)` : ' (no check yet)'}`,
     );
-  } else lines.push('daemon: `pg-rekey run` has not run yet');
+    if (newer) lines.push(`  that check is older than the latest backfill: ${describeNewerBackfill(newer)}`);
+  } else {
+    lines.push('daemon: `pg-rekey run` has not run yet');
+    if (newer) lines.push(`  ${describeNewerBackfill(newer)}`);
+  }
   return lines.join('\n');
 }
 
@@ -218,7 +239,7 @@ function renderStatus(r: StatusReport): string {
   const sweep = renderTable(
     ['relation', 'state', 'gen', 'blocks done', 'total', '%', 'chunk', 'rows/s', 'ETA', 'rewritten', 'conflicts', 'quarantined', 'lock waits'],
     r.sweep.map((s) => [
-      s.relation, s.state, s.generation, s.nextBlock, s.totalBlocks ?? 0, s.percent,
+      s.relation, s.shown, s.generation, s.nextBlock, s.totalBlocks ?? 0, s.percent,
       s.chunkBlocks ?? '-', s.rowsPerSec === null ? '-' : Math.round(s.rowsPerSec), s.etaSeconds === null ? '-' : formatDuration(s.etaSeconds),
       s.rowsRewritten, s.rowsConflict, s.rowsQuarantined, s.lockTimeouts,
     ]),
@@ -233,5 +254,9 @@ function renderStatus(r: StatusReport): string {
   const open = r.openTransactions.length
     ? `\n\nOPEN TRANSACTIONS holding convergence back (they may commit old-version writes; COMMIT/ROLLBACK PREPARED a forgotten prepared one)\n${renderOpenTransactions(r.openTransactions)}`
     : '';
-  return `${renderReplication(r.replication)}\n\n${renderThrottle(r.throttle)}\nsweep\n${sweep}\n\n${q}\n\n${runs}${open}`;
+  const o = r.overall;
+  const overall =
+    `sweep: ${o.done} of ${o.relations} relation(s) done, ${o.blocksDone} of ${o.blocksTotal} blocks (${o.percent}%)` +
+    (o.etaSeconds !== null ? `, ETA ~${formatDuration(o.etaSeconds)}` : r.throttle.paused ? ', PAUSED: no ETA' : r.throttle.reason ? ', THROTTLED: no ETA' : '');
+  return `${renderReplication(r.replication, r.newerBackfill)}\n\n${renderThrottle(r.throttle)}\n${overall}\n${sweep}\n\n${q}\n\n${runs}${open}`;
 }

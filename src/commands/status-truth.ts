@@ -1,0 +1,83 @@
+/**
+ * What status may claim, decided from state alone (pure): a sweep that is paused or throttled is not
+ * "running" at some rate with an ETA; a daemon that holds the slot's lease but has not written its
+ * first heartbeat is starting, not absent; a daemon's last count is stale once a backfill finished
+ * after it; one overall line sums the sweep.
+ */
+import type { Segment } from '../state/segments.js';
+
+export type SweepState = Segment['state'] | 'paused' | 'throttled';
+
+/** The state to show for a segment, given the sweep-wide pause and throttle. */
+export function shownState(s: Pick<Segment, 'state'>, t: { paused: boolean; reason: string | null }): SweepState {
+  if (s.state !== 'running') return s.state;
+  if (t.paused) return 'paused';
+  if (t.reason) return 'throttled';
+  return 'running';
+}
+
+/** A rate and an ETA only for a segment that is sweeping right now. */
+export function liveFigures<T extends { rowsPerSec: number | null; etaSeconds: number | null }>(s: T, state: SweepState): T {
+  return state === 'running' ? s : { ...s, rowsPerSec: null, etaSeconds: null };
+}
+
+export interface RunRow {
+  id: number;
+  command: string;
+  startedAt: Date;
+  finishedAt: Date | null;
+  outcome: string | null;
+  summary?: { converged?: boolean | null; remaining?: number | null } | null;
+}
+
+/** The newest backfill that finished after `since` (the daemon's last count), if any: its count is newer. */
+export function newerBackfill(runs: readonly RunRow[], since: Date | null): RunRow | null {
+  const done = runs.filter((r) => r.command === 'backfill' && r.finishedAt && (!since || r.finishedAt > since) && r.summary && r.summary.converged != null);
+  return done.sort((a, b) => b.finishedAt!.getTime() - a.finishedAt!.getTime())[0] ?? null;
+}
+
+export function describeNewerBackfill(r: RunRow): string {
+  const s = r.summary!;
+  return s.converged
+    ? `a backfill (run ${r.id}) finished after it, at ${r.finishedAt!.toISOString()}: no old-version value left then (the daemon's next check confirms; \`pg-rekey verify\` counts now)`
+    : `a backfill (run ${r.id}) finished after it, at ${r.finishedAt!.toISOString()}: ${s.remaining ?? '?'} old-version value(s) left then`;
+}
+
+export interface SweepOverall {
+  relations: number;
+  done: number;
+  blocksDone: number;
+  blocksTotal: number;
+  percent: number;
+  /** null when nothing is sweeping now (paused, throttled, done, or not started). */
+  etaSeconds: number | null;
+}
+
+/** Blocks swept against the blocks known now, over every relation; an ETA only while one sweeps. */
+export function sweepOverall(segments: readonly (Segment & { etaSeconds: number | null })[], state: (s: Segment) => SweepState): SweepOverall {
+  let blocksDone = 0;
+  let blocksTotal = 0;
+  let eta: number | null = null;
+  let pendingBlocks = 0;
+  let pace: number | null = null; // seconds per block of the relation sweeping now
+  for (const s of segments) {
+    const total = s.totalBlocks ?? 0;
+    blocksTotal += total;
+    blocksDone += s.state === 'done' ? total : Math.min(s.nextBlock, total);
+    if (s.state === 'pending') pendingBlocks += total;
+    if (state(s) === 'running' && s.etaSeconds !== null) {
+      eta = (eta ?? 0) + s.etaSeconds;
+      const left = total - s.nextBlock;
+      if (left > 0) pace = s.etaSeconds / left;
+    }
+  }
+  if (eta !== null && pace !== null) eta += pendingBlocks * pace;
+  return {
+    relations: segments.length,
+    done: segments.filter((s) => s.state === 'done').length,
+    blocksDone,
+    blocksTotal,
+    percent: blocksTotal > 0 ? Number(((100 * blocksDone) / blocksTotal).toFixed(1)) : segments.length ? 100 : 0,
+    etaSeconds: eta,
+  };
+}
