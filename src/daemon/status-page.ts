@@ -127,7 +127,7 @@ function tablesSection(v: StatusPageView): string {
     const allDone = segs.every((s) => s.state === 'done');
     const rows = segs.map((s) => [
       `<code>${e(s.relation)}</code>`,
-      e(s.state),
+      e(s.shown),
       bar(s.state === 'done' ? 100 : s.percent),
       `${num(s.nextBlock)} / ${num(s.totalBlocks)}`,
       s.rowsPerSec === null ? '-' : num(s.rowsPerSec),
