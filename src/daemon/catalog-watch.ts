@@ -3,6 +3,8 @@ import type { TableConfig } from '../config/load-config.js';
 import { resolveTables, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { followedView, unloggedProblems } from '../db/unlogged.js';
+import { findUpdateTriggers } from '../db/triggers.js';
+import { undecidedProblems } from '../db/trigger-decision.js';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { publishLeaves, unpublishedLeaves } from '../replication/publication.js';
@@ -47,7 +49,7 @@ export interface CatalogChanges {
   unlogged: LeafRef[];
   /** Leaves the publication does not publish, that this role could not add to it (their writes are not streamed). */
   unpublished: LeafRef[];
-  /** Changes run cannot follow: a configured column or the key gone, a table created again. */
+  /** Changes run cannot follow: a configured column or the key gone, a table created again, an UPDATE trigger nobody decided about. */
   problems: string[];
   changed: boolean;
   /** File node per leaf, applied by accept(). */
@@ -152,6 +154,8 @@ export class CatalogWatch {
       }
       const now = new Set(info.leaves.map(displayName));
       for (const relation of was) if (!now.has(relation)) out.removed.push({ table: name, relation, ...(await this.leftWith(relation, info)) });
+      // A trigger created under run on a table without a `triggers:` decision (on a new leaf too): stop, as the start would refuse.
+      out.problems.push(...undecidedProblems(await findUpdateTriggers(this.db, [info])));
       out.full.push(info);
       out.tables.push(followedView(info));
       for (const f of fresh) if (f.table === name) out.added.push({ table: name, relation: displayName(f.leaf), why: kind.get(displayName(f.leaf)) ?? 'new leaf' });

@@ -420,7 +420,8 @@ export class Daemon {
    * left out; a new partition is streamed and swept; a rewritten relation is
    * swept again from block 0, since its rows moved, maybe behind the sweep's
    * checkpoint; anything else (a configured column or the key gone, a table
-   * created again) stops run with the problem. True when something changed.
+   * created again, an UPDATE trigger without a `triggers:` decision) stops run
+   * with the problem. True when something changed.
    */
   private refreshCatalog(trigger: string): Promise<boolean> {
     const run = async (): Promise<boolean> => {

@@ -85,6 +85,28 @@ describe('UPDATE triggers on a configured table', () => {
     expect(await stamped()).toBe(0);
   });
 
+  it('a trigger created while run is running (no decision): run stops (exit 3) naming it; the next start refuses (exit 2)', async () => {
+    const other = await createTestDatabase('triggers_run');
+    try {
+      await other.pool.query(`create table memo (id bigint primary key, secret text, seen int not null default 0)`);
+      const f = writeDaemonFiles(other.url, [{ name: 'memo', columns: ['secret'] }]);
+      expect((await cli(f, 'setup')).code).toBe(0);
+      const daemon = await startDaemon(f);
+      await other.pool.query(`
+        create function count_row() returns trigger language plpgsql as $$ begin new.seen := old.seen + 1; return new; end $$;
+        create trigger counter before update on memo for each row execute function count_row();`);
+      const line = await daemon.proc.waitForLine(/a configured table changed in a way run cannot follow; stopping: .*public\.memo: trigger\(s\) fire on an UPDATE of secret/, { timeoutMs: 20_000 });
+      expect(JSON.parse(line.text).msg).toContain('"counter" BEFORE ROW (ENABLE, function count_row)');
+      const r = await daemon.proc.exited;
+      expect(r.code, r.stderr.slice(-2000)).toBe(3);
+      const again = await cli(f, 'run');
+      expect(again.code, again.stderr.slice(-2000)).toBe(2);
+      expect(again.stderr).toMatch(/"counter" BEFORE ROW \(ENABLE, function count_row\)/);
+    } finally {
+      await other.drop();
+    }
+  });
+
   it('a row trigger of a partitioned table (cloned onto each partition; internal on PostgreSQL 14) is found on the leaves', async () => {
     await db.pool.query(`
       create table zones (id bigint primary key, secret text, updated_at timestamptz) partition by range (id);
