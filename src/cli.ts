@@ -4,6 +4,7 @@ import { describeError, exitCodeOf, EXIT_USAGE } from './errors.js';
 import { setupCommand } from './commands/setup.js';
 import { backfillCommand } from './commands/backfill.js';
 import { verifyCommand } from './commands/verify.js';
+import { discoverCommand } from './commands/discover.js';
 import { statusCommand } from './commands/status.js';
 import { keygenCommand } from './commands/keygen.js';
 import { runCommand } from './commands/run.js';
@@ -15,7 +16,9 @@ import { SETTING_NAMES } from './throttle/live-settings.js';
 const EXIT_CODES = `
 Exit codes:
   0  ok (verify: converged)
-  1  not converged: verify (old-version values remain, or transactions open at its count), backfill
+  1  not converged: verify (old-version values remain, or transactions open at its count; with
+     --decrypt target values that do not open; with --strict old-version values outside the
+     configuration), discover (old-version values outside the configured columns), backfill
      (values left after its passes, quarantined ones included), run --exit-when-converged (only
      quarantined values left)
   2  usage or configuration error (flags, config file, keys, a target key that does not open the
@@ -61,6 +64,8 @@ Typical rotation:
   pg-rekey setup -c pg-rekey.yaml      # checks, state schema, publication, slot (idempotent)
   pg-rekey backfill --dry-run          # what would be rewritten, nothing written
   pg-rekey run --exit-when-converged   # stream + sweep until converged (or run it as a service)
+  pg-rekey verify --decrypt --strict   # every value opens; nothing outside the configuration
+  pg-rekey discover --full             # exact: no old-version value anywhere else
   pg-rekey verify && echo "old key can go"
   pg-rekey teardown                    # drop slot + publication`,
     )
@@ -175,8 +180,54 @@ Typical rotation:
     .command('verify')
     .description('count values by key version per table and column; exit 0 only when none but the target remain')
     .option('--json', 'print the report as JSON on stdout')
-    .addHelpText('after', '\nNeeds only LIBSODIUM_ENCRYPTION_KEY_VERSION (no keys), so it still runs after the old key\nhas been removed. Quarantined values count as remaining. Counts under one snapshot; the\ntransactions in progress at it (prepared ones included) must end within 5 s, or they are\nlisted and it exits 1. Exit 1 when not converged, 2 when row security would hide rows.')
+    .option('--decrypt', 'also open every v<N>: value with the key of its version (needs the target key; old keys optional)')
+    .option('--sample <n>', 'with --decrypt: only n values of each column of each relation, from random block ranges (a quick pass)')
+    .option('--strict', 'count what is found outside the configuration (and what could not be checked there) toward the exit code')
+    .addHelpText(
+      'after',
+      '\nNeeds only LIBSODIUM_ENCRYPTION_KEY_VERSION (no keys), so it still runs after the old key\n' +
+        'has been removed. Quarantined values count as remaining. Counts under one snapshot; the\n' +
+        'transactions in progress at it (prepared ones included) must end within 5 s, or they are\n' +
+        'listed and it exits 1. Exit 1 when not converged, 2 when row security would hide rows.\n' +
+        '\nIt counts prefixes; it does not decrypt. --decrypt also opens every value (ctid chunks, throttled\n' +
+        'like the sweep: sweep.chunk_time, nice_ratio, pause and load signals; progress on stderr) and\n' +
+        'reports, per table and column, target-version values that do not open with the target key (an\n' +
+        'application instance writing with another key: exit 1) and old-version values that do not open\n' +
+        'with their own key (the rotation would quarantine them). Never a value; the first few by ctid.\n' +
+        '  pg-rekey verify --decrypt --sample 200    # quick: 200 values per column, random blocks\n' +
+        '  pg-rekey verify --decrypt                 # every value (as long as a sweep without writes)\n' +
+        '\n"outside the configuration": the sampled check of `pg-rekey discover` (other columns and tables,\n' +
+        'materialized views, json) for v<N>: values nothing rotates. It is a sample and does not change the\n' +
+        'exit code unless --strict, which also counts columns it could not read. Distinct from "outside the\n' +
+        'configured tables" (relations that were leaves of a configured table), which always counts.\n' +
+        'Results of --decrypt and of the check are kept in pgrekey.check_result (after setup).',
+    )
     .action(run((cmd) => verifyCommand(globals(cmd), cmd.opts())));
+
+  program
+    .command('discover')
+    .description('find v<N>: values outside the configuration: every text-like and json column of every schema; prints a tables: snippet')
+    .option('--full', 'read every row (ctid chunks) instead of a sample')
+    .option('--rows <n>', 'sampled: at most n rows of each relation (default 5000)')
+    .option('--json', 'print the findings as JSON on stdout')
+    .addHelpText(
+      'after',
+      '\nBefore the old key goes, nothing may still need it. discover reads every relation that stores rows\n' +
+        '(tables, partitions, INHERITS children, materialized views) in every schema but pgrekey and the system\n' +
+        'ones, and looks in each text, varchar, char, citext column (and domains over them) for values in the\n' +
+        'exact stored format (v<N>: then padded base64 of at least nonce + MAC; "v1: see ticket" is not one),\n' +
+        'and in json/jsonb columns for such strings (reported: pg-rekey cannot rewrite inside JSON).\n' +
+        'Sampled by default: about 64 random blocks of each relation (TABLESAMPLE SYSTEM; smaller relations\n' +
+        'whole), at most --rows rows, 10 s per relation, so a huge table stays cheap; --full reads every row.\n' +
+        'It lists: unconfigured columns holding old-version values, configured columns with their counts,\n' +
+        'materialized views whose definition reads a configured column (they keep old ciphertexts until\n' +
+        'REFRESH MATERIALIZED VIEW), and what it could not read (schema USAGE, SELECT, row security,\n' +
+        'foreign tables, timeouts) as NOT CHECKED. Then a `tables:` snippet for pg-rekey.yaml.\n' +
+        'Exit 1 when old-version values are found outside the configured columns, 0 otherwise\n' +
+        '(a sample finding none is not proof: run --full before removing the old key).\n' +
+        'Needs only LIBSODIUM_ENCRYPTION_KEY_VERSION. Results are kept in pgrekey.check_result (after setup).',
+    )
+    .action(run((cmd) => discoverCommand(globals(cmd), cmd.opts())));
 
   program
     .command('status')

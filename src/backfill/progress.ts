@@ -34,19 +34,38 @@ export function etaSeconds(startBlock: number, p: ChunkProgress): number | null 
   return Math.max(0, Math.round(((p.totalBlocks - p.nextBlock) * p.elapsedMs) / done / 1000));
 }
 
+/** What the log lines call things: a sweep's, a dry run's, verify --decrypt's. */
+export interface ProgressLabels {
+  component: string;
+  /** Field names of the `rewritten` and `quarantined` counts. */
+  rewritten: string;
+  quarantined: string;
+  progress: string;
+  done: string;
+  /** Report CAS conflicts (nothing is written by a check, so it has none). */
+  conflicts: boolean;
+}
+
+const SWEEP_LABELS: ProgressLabels = { component: 'sweep', rewritten: 'rewritten', quarantined: 'quarantined', progress: 'sweep progress', done: 'relation swept', conflicts: true };
+// A dry run's lines say what would be rewritten, never "rewritten".
+const DRY_RUN_LABELS: ProgressLabels = { ...SWEEP_LABELS, rewritten: 'wouldRewrite', quarantined: 'wouldQuarantine', progress: 'dry run progress', done: 'relation scanned (dry run, nothing written)' };
+
 /** Structured lines, at most one per interval per relation, plus one at the end. */
 export class LogProgress implements ProgressSink {
   private readonly last = new Map<string, number>();
   private readonly startBlock = new Map<string, number>();
+  private readonly labels: ProgressLabels;
+  /** `labels`: true for a dry run, or the names of another kind of pass. */
   constructor(
     private readonly log: Logger,
     private readonly intervalMs: number,
-    /** A dry run's lines say what would be rewritten, never "rewritten". */
-    private readonly dryRun = false,
-  ) {}
+    labels: boolean | ProgressLabels = false,
+  ) {
+    this.labels = labels === true ? DRY_RUN_LABELS : labels === false ? SWEEP_LABELS : labels;
+  }
 
   private counts(p: { rewritten: number; quarantined: number }): Record<string, number> {
-    return this.dryRun ? { wouldRewrite: p.rewritten, wouldQuarantine: p.quarantined } : { rewritten: p.rewritten, quarantined: p.quarantined };
+    return { [this.labels.rewritten]: p.rewritten, [this.labels.quarantined]: p.quarantined };
   }
 
   start(relation: string, nextBlock: number): void {
@@ -60,7 +79,7 @@ export class LogProgress implements ProgressSink {
     this.last.set(relation, now);
     this.log.info(
       {
-        component: 'sweep',
+        component: this.labels.component,
         relation,
         chunk: p.chunks,
         block: p.nextBlock,
@@ -71,13 +90,13 @@ export class LogProgress implements ProgressSink {
         rowsPerSec: Math.round(p.rowsPerSec ?? rate(p)),
         etaSec: etaSeconds(this.startBlock.get(relation) ?? 0, p),
       },
-      this.dryRun ? 'dry run progress' : 'sweep progress',
+      this.labels.progress,
     );
   }
 
   finish(relation: string, p: Parameters<ProgressSink['finish']>[1]): void {
-    const { rewritten: _r, quarantined: _q, ...rest } = p;
-    this.log.info({ component: 'sweep', relation, ...rest, ...this.counts(p) }, this.dryRun ? 'relation scanned (dry run, nothing written)' : 'relation swept');
+    const { rewritten: _r, quarantined: _q, conflicts, ...rest } = p;
+    this.log.info({ component: this.labels.component, relation, ...rest, ...(this.labels.conflicts ? { conflicts } : {}), ...this.counts(p) }, this.labels.done);
   }
 }
 
@@ -92,6 +111,7 @@ export class TtyProgress implements ProgressSink {
   constructor(
     private readonly verb = 'rewritten',
     private readonly out: StderrLine = stderrLine,
+    private readonly finishDetail = (p: Parameters<ProgressSink['finish']>[1]) => `${p.conflicts} CAS conflicts, ${p.quarantined} quarantined`,
   ) {}
 
   start(relation: string, nextBlock: number): void {
@@ -110,7 +130,7 @@ export class TtyProgress implements ProgressSink {
   }
 
   finish(relation: string, p: Parameters<ProgressSink['finish']>[1]): void {
-    this.out.end(`${fit(relation)} done: ${p.rewritten} ${this.verb}, ${p.conflicts} CAS conflicts, ${p.quarantined} quarantined`);
+    this.out.end(`${fit(relation)} done: ${p.rewritten} ${this.verb}, ${this.finishDetail(p)}`);
   }
 }
 

@@ -1,10 +1,11 @@
 import type { GlobalFlags } from '../config/load-config.js';
 import { openContext } from '../context.js';
-import { loadTargetVersion } from '../crypto/key-ring.js';
+import { loadKeyRing, loadTargetVersion, type KeyRing } from '../crypto/key-ring.js';
+import { initSodium, memzero } from '../crypto/secretbox.js';
 import { versionLabel } from '../crypto/envelope.js';
 import { resolveTables } from '../db/catalog.js';
 import { stateIsCurrent } from '../db/migrate.js';
-import { EXIT_NOT_CONVERGED, EXIT_OK } from '../errors.js';
+import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK, RuntimeFailure } from '../errors.js';
 import { refuseHiddenRows } from '../db/row-security.js';
 import { formatDuration, renderTable } from '../format.js';
 import { waitForTransactions, type OpenTransaction } from '../db/open-transactions.js';
@@ -13,6 +14,18 @@ import type { ColumnCounts } from '../verify/count-versions.js';
 import { blocksConvergence, findOutsideRelations, outsideProblems, type OutsideRelation } from '../verify/outside.js';
 import { unfollowedLeaves } from '../daemon/convergence.js';
 import { displayName } from '../db/ident.js';
+import { DEFAULT_SCAN, discover } from '../discover/discover.js';
+import type { DiscoverResult } from '../discover/findings.js';
+import { runDeepVerify, type DeepVerifyResult } from '../verify/deep-verify.js';
+import { renderDeepVerify, renderOutsideConfiguration } from '../verify/render-checks.js';
+import { recordCheck } from '../state/check-results.js';
+import { LogProgress, TtyProgress } from '../backfill/progress.js';
+import { stderrLine } from '../terminal/stderr-line.js';
+import { LiveSettings } from '../throttle/live-settings.js';
+import { Throttle } from '../throttle/throttle.js';
+import { onShutdownSignals } from '../signals.js';
+import type { Context } from '../context.js';
+import type { TableInfo } from '../db/catalog.js';
 
 export interface VerifyReport {
   target: string;
@@ -34,15 +47,41 @@ export interface VerifyReport {
   outside: OutsideRelation[];
   /** `ignore:` of the config. */
   ignore: string[];
+  /**
+   * discover's sampled check of everything outside the configuration (other columns, other
+   * tables, materialized views, json); null when it could not run (`outsideConfigurationError`).
+   * Counts toward the exit code only with --strict.
+   */
+  outsideConfiguration: DiscoverResult | null;
+  outsideConfigurationError: string | null;
+  /** verify --decrypt: what opened and what did not (null without --decrypt). */
+  decrypt: DeepVerifyResult | null;
+  /** The exit code's reasons beyond `converged`: --decrypt failures, --strict findings. */
+  problems: string[];
+}
+
+export interface VerifyOptions {
+  json?: boolean;
+  /** Decrypt the values (needs the target key; old keys optional). */
+  decrypt?: boolean;
+  /** With --decrypt: N values per column of each relation, from random blocks. */
+  sample?: string;
+  /** Count what discover finds outside the configuration (and what it could not check) toward the exit code. */
+  strict?: boolean;
 }
 
 /** How long verify waits for the transactions open at the end of its count before it reports them. */
 const OPEN_TRANSACTION_WAIT_MS = 5_000;
 
 /** Counts values by version per column; exit 0 only when nothing but the target remains. */
-export async function verifyCommand(flags: GlobalFlags, opts: { json?: boolean }): Promise<number> {
+export async function verifyCommand(flags: GlobalFlags, opts: VerifyOptions): Promise<number> {
   const target = loadTargetVersion({ env: process.env, envFile: flags.envFile });
-  const ctx = await openContext(flags);
+  const sample = parseSample(opts);
+  // --decrypt needs the target key; the old keys are optional (their values are then "not checked").
+  const ring = opts.decrypt ? loadKeyRing({ env: process.env, envFile: flags.envFile }, { targetOnly: true }) : null;
+  if (ring) await initSodium();
+  // --decrypt reports progress on stderr (info lines), as backfill does.
+  const ctx = await openContext(flags, { defaultLogLevel: opts.decrypt ? 'info' : 'warn', poolSize: 3 });
   try {
     const tables = await resolveTables(ctx.pool, ctx.config.tables);
     // A count of part of a table is worse than none: refuse rather than print it.
@@ -58,6 +97,17 @@ export async function verifyCommand(flags: GlobalFlags, opts: { json?: boolean }
     // Once setup has made the publication, a leaf it does not publish is one the stream does not follow.
     const unfollowed = await unfollowedLeaves(ctx.pool, tables, withState ? ctx.config.replication.publication : undefined);
     const outside = await findOutsideRelations(ctx.pool, tables, target, ctx.config.ignore);
+    const oc = await outsideConfiguration(ctx, tables, target, new Set(outside.map((o) => o.relation)));
+    const decrypt = ring ? await deepVerify(ctx, tables, ring, sample) : null;
+    const problems: string[] = [];
+    if (decrypt && decrypt.totals.targetFailed > 0) problems.push(`${decrypt.totals.targetFailed} ${versionLabel(target)} value(s) do not open with the target key`);
+    if (opts.strict) {
+      if (!oc.result) problems.push(`--strict: the check outside the configuration could not run`);
+      else {
+        if (!oc.result.ok) problems.push(`--strict: ${oc.result.unconfiguredOld} old-version value(s) outside the configuration`);
+        if (oc.result.notChecked.length) problems.push(`--strict: ${oc.result.notChecked.length} relation(s) or column(s) outside the configuration could not be checked`);
+      }
+    }
     const report: VerifyReport = {
       target: versionLabel(target),
       converged: remaining === 0 && openTransactions.length === 0 && unfollowed.length === 0 && !outside.some(blocksConvergence),
@@ -68,18 +118,65 @@ export async function verifyCommand(flags: GlobalFlags, opts: { json?: boolean }
       unfollowed,
       outside,
       ignore: ctx.config.ignore.map(displayName),
+      outsideConfiguration: oc.result,
+      outsideConfigurationError: oc.error,
+      decrypt,
+      problems,
     };
     ctx.log
       .child({ component: 'verify' })
       .info({ converged: report.converged, remaining, quarantined: report.quarantined, openTransactions: openTransactions.length, unfollowed: unfollowed.length, outside: outside.length }, 'verify finished');
-    process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : `${renderVerify(report)}\n`);
-    return report.converged ? EXIT_OK : EXIT_NOT_CONVERGED;
+    process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : `${renderVerify(report, opts.strict === true)}\n`);
+    if (decrypt?.interrupted) throw new RuntimeFailure('verify --decrypt was interrupted by a signal', 'its counts cover only part of the values: run it again');
+    return report.converged && problems.length === 0 ? EXIT_OK : EXIT_NOT_CONVERGED;
   } finally {
+    ring?.wipe(memzero);
     await ctx.close();
   }
 }
 
-export function renderVerify(r: VerifyReport): string {
+function parseSample(opts: VerifyOptions): number | undefined {
+  if (opts.sample === undefined) return undefined;
+  if (!opts.decrypt) throw new ConfigError('--sample needs --decrypt', 'run `pg-rekey verify --decrypt --sample 100` (N values of each column), or `verify --decrypt` for every value');
+  const n = Number(opts.sample);
+  if (!Number.isInteger(n) || n < 1) throw new ConfigError(`--sample ${opts.sample}: not a positive whole number`, 'pass e.g. --sample 100 (values per column)');
+  return n;
+}
+
+/** discover's sampled check outside the configuration; an error is reported, not fatal (--strict counts it). */
+async function outsideConfiguration(ctx: Context, tables: TableInfo[], target: number, departed: Set<string>): Promise<{ result: DiscoverResult | null; error: string | null }> {
+  try {
+    const result = await discover(ctx.pool, tables, { ...DEFAULT_SCAN, full: false, target, log: ctx.log, skipConfigured: true, exclude: departed });
+    await recordCheck(ctx.pool, { kind: 'discover', mode: 'sample', command: 'verify', targetVersion: target, startedAt: result.startedAt, ok: result.ok, result }, ctx.log);
+    return { result, error: null };
+  } catch (e) {
+    ctx.log.warn({ component: 'verify', err: e }, 'the check outside the configuration failed');
+    return { result: null, error: (e as Error).message };
+  }
+}
+
+/** verify --decrypt: throttled like the sweep (when setup has made the state it reads its signals from), with progress on stderr. */
+async function deepVerify(ctx: Context, tables: TableInfo[], ring: KeyRing, sample: number | undefined): Promise<DeepVerifyResult> {
+  const abort = new AbortController();
+  const stopSignals = onShutdownSignals(ctx.log, () => abort.abort());
+  try {
+    const withState = await stateIsCurrent(ctx.pool);
+    const live = withState ? new LiveSettings(ctx.pool, ctx.config, ctx.log) : undefined;
+    const throttle = live ? new Throttle(ctx.pool, live, ctx.log) : undefined;
+    const progress = process.stderr.isTTY
+      ? new TtyProgress('checked', stderrLine, (p) => `${p.quarantined} did not open`)
+      : new LogProgress(ctx.log, ctx.config.sweep.progressIntervalMs, { component: 'deep-verify', rewritten: 'checked', quarantined: 'didNotOpen', progress: 'deep verify progress', done: 'relation checked', conflicts: false });
+    const result = await runDeepVerify(ctx.pool, tables, { ring, sample, settings: ctx.config.sweep, live, throttle, progress, signal: abort.signal, log: ctx.log });
+    await throttle?.clear();
+    const command = `verify --decrypt${sample !== undefined ? ` --sample ${sample}` : ''}`;
+    await recordCheck(ctx.pool, { kind: 'deep-verify', mode: result.mode, command, targetVersion: ring.target, startedAt: result.startedAt, ok: result.totals.targetFailed === 0 && !result.interrupted, result }, ctx.log);
+    return result;
+  } finally {
+    stopSignals();
+  }
+}
+
+export function renderVerify(r: VerifyReport, strict = false): string {
   const versions = [...new Set(r.columns.flatMap((c) => Object.keys(c.byVersion)))].sort((a, b) => Number(a.slice(1)) - Number(b.slice(1)));
   const table = renderTable(
     ['table', 'column', ...versions, 'not ours', 'null', 'quarantined', 'remaining'],
@@ -99,7 +196,10 @@ export function renderVerify(r: VerifyReport): string {
       ? `no value of an old version was counted, but that is no proof yet`
       : `NOT converged: ${r.remaining} value(s) are not at ${r.target}` +
         (r.quarantined ? `; ${r.quarantined} are quarantined (see \`pg-rekey status\` and pgrekey.quarantine)` : '; `pg-rekey run` (or `pg-rekey backfill`) rewrites them');
-  return `target ${r.target}\n${table}\n${verdict}${open}${unfollowed}${outside}`;
+  const deep = r.decrypt ? renderDeepVerify(r.decrypt) : '';
+  const config = renderOutsideConfiguration(r.outsideConfiguration, r.outsideConfigurationError, strict);
+  const problems = r.problems.length ? `\nNOT OK: ${r.problems.join('; ')}` : '';
+  return `target ${r.target}\n${table}\n${verdict}${open}${unfollowed}${outside}${config}${deep}${problems}`;
 }
 
 /** The relations that left the configured tables: counted, and what holds convergence back. */

@@ -156,8 +156,12 @@ function insideCredentialsDirectory(path: string, dir: string | undefined): bool
   }
 }
 
-/** Builds a KeyRing, reporting every problem at once; values never appear in messages. */
-export function loadKeyRing(src: KeySources): KeyRing {
+/**
+ * Builds a KeyRing, reporting every problem at once; values never appear in messages.
+ * `targetOnly`: a ring with only the target key is accepted (verify --decrypt, which still
+ * runs after the old key has been removed: values of a version without a key are "not checked").
+ */
+export function loadKeyRing(src: KeySources, opts: { targetOnly?: boolean } = {}): KeyRing {
   const vars = readKeyVariables(src);
   const problems: string[] = [];
   const keys = new Map<number, Uint8Array>();
@@ -188,7 +192,7 @@ export function loadKeyRing(src: KeySources): KeyRing {
       problems.push(`target version ${versionLabel(target)} has no key: set ${keyVarName(target)}`);
     }
   }
-  if (target !== null && problems.length === 0 && [...keys.keys()].every((v) => v === target)) {
+  if (!opts.targetOnly && target !== null && problems.length === 0 && [...keys.keys()].every((v) => v === target)) {
     problems.push(
       `only the target key ${versionLabel(target)} is configured; pg-rekey also needs the old key(s) it rotates away from, e.g. ${KEY_VAR_V1} for v1`,
     );

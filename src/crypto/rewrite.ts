@@ -1,6 +1,6 @@
 import type { KeyRing } from './key-ring.js';
 import { decodeBase64Strict, formatVersioned, parseVersioned } from './envelope.js';
-import { MAC_BYTES, NONCE_BYTES, open, reseal, seal } from './secretbox.js';
+import { MAC_BYTES, NONCE_BYTES, memzero, open, reseal, seal } from './secretbox.js';
 
 /**
  * Why a value could not be rewritten. Recorded in the quarantine; the value
@@ -59,4 +59,26 @@ export function encryptValue(plaintext: Uint8Array, version: number, ring: KeyRi
   const key = ring.key(version);
   if (!key) throw new Error(`no key for v${version}`);
   return formatVersioned(version, seal(plaintext, key).toString('base64'));
+}
+
+/** What a stored value is, opened with the key of its version (verify --decrypt). */
+export type CheckOutcome = { version: number; outcome: 'opened' | 'no-key' | Exclude<FailureReason, 'unknown-version' | 'roundtrip-failed'> } | null;
+
+/**
+ * Opens a stored value with the key of its own version and throws the plaintext away (wiped):
+ * null for a value that is not ours, 'no-key' when no key of its version is configured.
+ */
+export function checkValue(value: string, ring: KeyRing): CheckOutcome {
+  const parsed = parseVersioned(value);
+  if (!parsed) return null;
+  const { version } = parsed;
+  const key = ring.key(version);
+  if (!key) return { version, outcome: 'no-key' };
+  const sealed = decodeBase64Strict(parsed.body);
+  if (!sealed) return { version, outcome: 'bad-base64' };
+  if (sealed.length < NONCE_BYTES + MAC_BYTES) return { version, outcome: 'too-short' };
+  const plain = open(sealed, key);
+  if (!plain) return { version, outcome: 'mac-failure' };
+  memzero(plain);
+  return { version, outcome: 'opened' };
 }
