@@ -117,6 +117,11 @@ export async function listCandidates(db: pg.Pool | pg.ClientBase): Promise<Candi
       unreadable: x.csel ? null : `role ${role} lacks SELECT on this column (GRANT SELECT (${x.col}) ON ${rel.display} TO ${role})`,
     });
   }
+  for (const rel of byOid.values()) {
+    if (!rel.unreadable && !rel.tableSelect && rel.columns.every((c) => c.unreadable)) {
+      rel.unreadable = `role ${role} lacks SELECT on ${rel.display} (GRANT SELECT ON ${rel.display} TO ${role})`;
+    }
+  }
   return [...byOid.values()];
 }
 

@@ -38,11 +38,11 @@ export async function discover(pool: pg.Pool, tables: readonly TableInfo[], opts
     const isConfigured = (c: string) => (owner?.columns.has(c) ? owner.table : null);
     const wanted = rel.columns.filter((c) => !(opts.skipConfigured && isConfigured(c.name)));
     if (wanted.length === 0) continue;
+    if (rel.unpopulated) continue; // WITH NO DATA: holds nothing until REFRESH (listed below if it reads a configured column)
     if (rel.unreadable) {
       notChecked.push({ relation: rel.display, column: null, reason: rel.unreadable });
       continue;
     }
-    if (rel.unpopulated) continue; // WITH NO DATA: holds nothing until REFRESH (listed below if it reads a configured column)
     for (const c of wanted) if (c.unreadable) notChecked.push({ relation: rel.display, column: c.name, reason: c.unreadable });
     const readable = wanted.filter((c) => !c.unreadable);
     if (readable.length === 0) continue;
