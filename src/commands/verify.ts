@@ -190,8 +190,9 @@ export function renderVerify(r: VerifyReport, strict = false): string {
   const unfollowed = r.unfollowed.length
     ? `\nNOT converged: ${r.unfollowed.length} relation(s) of the configured tables are not followed by the stream, so a count of them proves nothing:\n${r.unfollowed.map((u) => `  ${u}`).join('\n')}`
     : '';
+  const elsewhere = r.outsideConfiguration && !r.outsideConfiguration.ok ? ' (but not by what "outside the configuration" lists below)' : '';
   const verdict = r.converged
-    ? `converged: every value is at ${r.target} (or not ours), and no transaction open at the count is left; the old key(s) are no longer needed by these columns`
+    ? `converged: every value is at ${r.target} (or not ours), and no transaction open at the count is left; the old key(s) are no longer needed by these columns${elsewhere}`
     : r.remaining === 0
       ? `no value of an old version was counted, but that is no proof yet`
       : `NOT converged: ${r.remaining} value(s) are not at ${r.target}` +

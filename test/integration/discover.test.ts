@@ -38,6 +38,7 @@ beforeAll(async () => {
     create table secret_notes (id bigint primary key, body text);
     create table partial (id bigint primary key, shown text, hidden text);
     create table rls_notes (id bigint primary key, body text);
+    create table lookalikes (id bigint primary key, val text);
     alter table rls_notes enable row level security;
     create policy mine on rls_notes using (false);`);
   const rows = Array.from({ length: 300 }, (_, i) => [i + 1, v1(`incident ${i + 1}`), i % 2 ? v1(`note ${i + 1}`) : null, 'v1: see ticket 42']);
@@ -55,6 +56,10 @@ beforeAll(async () => {
   await db.pool.query(`insert into secret_notes values (1, $1)`, [v1('secret')]);
   await db.pool.query(`insert into partial values (1, 'plain', $1)`, [v1('hidden')]);
   await db.pool.query(`insert into rls_notes values (1, $1)`, [v1('rls')]);
+  // Near misses of the stored format: only the last one is an envelope.
+  const body = (bytes: number) => Buffer.alloc(bytes, 7).toString('base64');
+  const near = [`v1:${body(30)}`, `v1:${body(40).replace(/=+$/, '')}`, `V1:${body(40)}`, `v0:${body(40)}`, `v01:${body(40)}`, `v1:${body(40)} `, `v1:${body(40)}\n`, `v1:${body(40).slice(0, -4)}*${body(40).slice(-3)}`];
+  await insertBatched(db.pool, 'lookalikes', ['id', 'val'], ['bigint', 'text'], [...near, `v1:${body(40)}`].map((v, i) => [i + 1, v]));
   await db.pool.query(`analyze`);
   files = writeDaemonFiles(db.url, [{ name: 'incidents', columns: ['title'] }]);
   expect((await cli(files, 'setup')).code).toBe(0);
@@ -90,6 +95,7 @@ describe('pg-rekey discover', () => {
     expect(col(d, 'public.incidents', 'notes')).toMatchObject({ configured: null, byVersion: { v1: 150 }, oldValues: 150, rewritable: true });
     // The strict format: a "v1:" prefix on prose is not an envelope.
     expect(col(d, 'public.incidents', 'remark')).toBeUndefined();
+    expect(col(d, 'public.lookalikes', 'val')!.byVersion).toEqual({ v1: 1 });
     expect(col(d, 'ops.call_log', 'body')).toMatchObject({ type: 'ops.secret_text', byVersion: { v1: 50 } });
     expect(col(d, 'public.calls_b', 'note')).toMatchObject({ kind: 'partition', configName: 'public.calls', byVersion: { v1: 2 } });
     expect(col(d, 'public.events', 'payload')).toMatchObject({ json: true, byVersion: { v1: 1 } });
@@ -169,7 +175,7 @@ describe('pg-rekey discover', () => {
       refresh materialized view incident_titles;
       drop materialized view empty_titles;
       update incidents set notes = null;
-      truncate ops.call_log, events, big_log, secret_notes, partial, rls_notes, calls;`);
+      truncate ops.call_log, events, big_log, secret_notes, partial, rls_notes, calls, lookalikes;`);
     const d = await cli(files, 'discover');
     expect(d.code, d.stdout.slice(-1500)).toBe(0);
     expect(d.stdout).toContain('no old-version value outside the configured columns');

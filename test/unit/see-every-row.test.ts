@@ -53,6 +53,10 @@ const report = (o: Partial<VerifyReport> = {}): VerifyReport => ({
   unfollowed: [],
   outside: [],
   ignore: [],
+  outsideConfiguration: null,
+  outsideConfigurationError: null,
+  decrypt: null,
+  problems: [],
   ...o,
 });
 
