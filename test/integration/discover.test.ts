@@ -3,9 +3,8 @@
 // column, envelopes inside jsonb); a huge table's sampled scan reads a bounded number of rows; what the
 // role cannot read (no grant, a column grant, row level security) is reported as not checked; verify
 // shows the same check and --strict counts it.
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../support/db.js';
+import { createTestDatabase, dropDatabaseAndRole, urlAs, type TestDatabase } from '../support/db.js';
 import { insertBatched, KEY_HEX, testRing } from '../support/fixtures.js';
 import { cli, writeDaemonFiles, type DaemonFiles } from '../support/daemon.js';
 import { encryptValue } from '../../src/crypto/rewrite.js';
@@ -72,18 +71,11 @@ beforeAll(async () => {
     grant select, update (title) on incidents to ${ROLE};
     grant select on incident_titles, events, big_log, calls, calls_a, calls_b, rls_notes to ${ROLE};
     grant select (id, shown) on partial to ${ROLE};`);
-  const url = new URL(db.url);
-  url.username = ROLE;
-  url.password = PASSWORD;
-  limited = writeDaemonFiles(url.toString(), [{ name: 'incidents', columns: ['title'] }]);
+  limited = writeDaemonFiles(urlAs(db.url, ROLE, PASSWORD), [{ name: 'incidents', columns: ['title'] }]);
 });
 
 afterAll(async () => {
-  await db.drop();
-  const admin = new pg.Client({ connectionString: db.url.replace(/\/[^/]+$/, '/postgres') });
-  await admin.connect();
-  await admin.query(`drop role if exists ${ROLE}`).catch(() => undefined);
-  await admin.end();
+  await dropDatabaseAndRole(db, ROLE);
 });
 
 describe('pg-rekey discover', () => {

@@ -1,8 +1,7 @@
 // Row security must never make pg-rekey see fewer rows than exist (issue 9, item 1): as a role that a
 // policy filters, verify refuses to print a count instead of counting only what the policy shows.
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../support/db.js';
+import { createTestDatabase, dropDatabaseAndRole, urlAs, type TestDatabase } from '../support/db.js';
 import { testRing } from '../support/fixtures.js';
 import { cli, writeDaemonFiles, type DaemonFiles } from '../support/daemon.js';
 import { encryptValue } from '../../src/crypto/rewrite.js';
@@ -21,18 +20,11 @@ beforeAll(async () => {
   await db.pool.query(`grant select, update (title) on calls to ${ROLE}`);
   await db.pool.query(`alter table calls enable row level security`);
   await db.pool.query(`create policy only_one on calls using (owner_id = 1)`);
-  const url = new URL(db.url);
-  url.username = ROLE;
-  url.password = 'pw';
-  files = writeDaemonFiles(url.toString(), [{ name: 'calls', columns: ['title'] }]);
+  files = writeDaemonFiles(urlAs(db.url, ROLE, 'pw'), [{ name: 'calls', columns: ['title'] }]);
 });
 
 afterAll(async () => {
-  await db.drop();
-  const admin = new pg.Client({ connectionString: db.url.replace(/\/[^/]+$/, '/postgres') });
-  await admin.connect();
-  await admin.query(`drop role if exists ${ROLE}`).catch(() => undefined);
-  await admin.end();
+  await dropDatabaseAndRole(db, ROLE);
 });
 
 describe('row level security', () => {

@@ -92,3 +92,19 @@ export async function dropDatabase(name: string): Promise<void> {
     await client.query(`DROP DATABASE IF EXISTS ${client.escapeIdentifier(name)} WITH (FORCE)`);
   });
 }
+
+/** The database's URL as another role (one a test created with a password). */
+export function urlAs(url: string, user: string, password: string): string {
+  const u = new URL(url);
+  u.username = user;
+  u.password = password;
+  return u.toString();
+}
+
+/** Drops a test's database, then its role (roles are cluster-wide: only once its database is gone). */
+export async function dropDatabaseAndRole(db: TestDatabase, role: string): Promise<void> {
+  await db.drop();
+  await withAdmin(async (c) => {
+    await c.query(`drop role if exists ${c.escapeIdentifier(role)}`).catch(() => undefined);
+  });
+}
