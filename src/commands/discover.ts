@@ -69,7 +69,7 @@ export function renderDiscover(r: DiscoverResult): string {
 }
 
 /** The verdict lines shared by `discover` and verify's "outside the configuration" section. */
-export function renderFindings(r: DiscoverResult): string[] {
+export function renderFindings(r: DiscoverResult, maxNotChecked = Infinity): string[] {
   const lines: string[] = [];
   for (const m of r.matviews) {
     lines.push(
@@ -79,7 +79,8 @@ export function renderFindings(r: DiscoverResult): string[] {
   }
   if (r.notChecked.length) {
     lines.push(`NOT CHECKED: ${r.notChecked.length} relation(s) or column(s) could not be read, so this says nothing about them:`);
-    for (const n of r.notChecked) lines.push(`  ${n.relation}${n.column ? `.${n.column}` : ''}: ${n.reason}`);
+    for (const n of r.notChecked.slice(0, maxNotChecked)) lines.push(`  ${n.relation}${n.column ? `.${n.column}` : ''}: ${n.reason}`);
+    if (r.notChecked.length > maxNotChecked) lines.push(`  ... and ${r.notChecked.length - maxNotChecked} more (\`pg-rekey discover\` lists them all)`);
   }
   const old = unconfiguredOld(r.columns);
   if (old.length) {

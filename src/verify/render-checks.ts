@@ -53,7 +53,7 @@ export function renderOutsideConfiguration(r: DiscoverResult | null, error: stri
   if (other.length) {
     lines.push(renderTable(['relation', 'column', 'type', 'envelopes (rows read)', 'old'], other.map((c) => [c.relation, c.column, c.type, versionsText(c.byVersion), c.oldValues])));
   }
-  lines.push(...renderFindings(r).map((l) => (l.startsWith('  ') ? l : `  ${l}`)));
+  lines.push(...renderFindings(r, 10).map((l) => (l.startsWith('  ') ? l : `  ${l}`)));
   if (!r.ok || r.notChecked.length) lines.push(strict ? '  --strict: this counts as not converged' : '  (not part of the exit code; `verify --strict` counts it; `pg-rekey discover` prints a `tables:` snippet)');
   return lines.join('\n');
 }
