@@ -6,7 +6,7 @@ import { unloggedProblems } from '../db/unlogged.js';
 import { triggerProblems } from '../db/triggers.js';
 import { decisionReport } from '../db/trigger-decision.js';
 import { constraintNotes } from '../db/constraints.js';
-import { resolveTables, type TableInfo } from '../db/catalog.js';
+import { inspectTables, type resolveTables, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified } from '../db/ident.js';
 import { migrate, lockMigrations, pendingMigrations } from '../db/migrate.js';
 import { checkout } from '../db/connect.js';
@@ -96,15 +96,11 @@ async function check(
     problems.push(`a slot named ${slot} already exists for ${slotInfo.plugin ?? 'physical replication'} in database ${slotInfo.database ?? '-'}: choose another replication.slot in the config`);
   }
   problems.push(...stateProblems(facts, (await pendingMigrations(db)).map((m) => m.name)));
-  let tables: TableInfo[] = [];
-  let tablesOk = true;
-  try {
-    tables = await resolveTables(db, configured);
-  } catch (e) {
-    if (!(e instanceof ConfigError)) throw e;
-    problems.push(...e.problems);
-    tablesOk = false;
-  }
+  // Every problem in one pass: the checks below judge the tables that resolved, whatever is wrong with the others.
+  const inspected = await inspectTables(db, configured);
+  const tables: TableInfo[] = inspected.tables;
+  problems.push(...inspected.problems);
+  const tablesOk = tables.length > 0;
   // Row security that would hide rows from this role: every count and rewrite would see part of a table.
   if (tablesOk) problems.push(...(await rowSecurityProblems(db, tables)).map((h) => h.problem));
   // Logical decoding never sees an UNLOGGED relation: its writes would never be streamed.
@@ -112,7 +108,7 @@ async function check(
   // Triggers a rewrite would fire are a decision of the config (triggers: fire | skip), and skip needs a privilege.
   const triggers = tablesOk ? await triggerProblems(db, tables) : { problems: [], found: [] };
   problems.push(...triggers.problems);
-  // The publication is judged against the tables as configured: only once they all resolve.
+  // The publication is judged against the tables that resolved (the others are problems above already).
   const pub = tablesOk && tables.length ? await planPublication(db, publication, tables, facts) : { state: 'unchanged' as const, statements: [], problems: [], changes: [], summary: '' };
   problems.push(...pub.problems);
   if (problems.length) {

@@ -60,6 +60,23 @@ async function tableSuggestion(db: pg.Pool | pg.ClientBase, name: string): Promi
  * ConfigError listing every problem.
  */
 export async function resolveTables(db: pg.Pool | pg.ClientBase, tables: readonly TableConfig[]): Promise<TableInfo[]> {
+  const { tables: out, problems } = await inspectTables(db, tables);
+  if (problems.length) {
+    throw new ConfigError(
+      `${problems.length} problem(s) with the configured tables`,
+      'fix the tables or the `tables:` section of the config, then run the command again',
+      problems,
+    );
+  }
+  return out;
+}
+
+/**
+ * The same checks, without throwing: the tables that could be resolved (a table this role may
+ * not read or update is resolved too: only its privileges are wrong) and every problem found.
+ * setup judges the rest (row security, triggers, the publication) on those tables in the same pass.
+ */
+export async function inspectTables(db: pg.Pool | pg.ClientBase, tables: readonly TableConfig[]): Promise<{ tables: TableInfo[]; problems: string[] }> {
   const problems: string[] = [];
   const out: TableInfo[] = [];
   for (const t of tables) {
@@ -136,14 +153,7 @@ export async function resolveTables(db: pg.Pool | pg.ClientBase, tables: readonl
       });
     }
   }
-  if (problems.length) {
-    throw new ConfigError(
-      `${problems.length} problem(s) with the configured tables`,
-      'fix the tables or the `tables:` section of the config, then run the command again',
-      problems,
-    );
-  }
-  return out;
+  return { tables: out, problems };
 }
 
 /**

@@ -93,4 +93,18 @@ describe('pg-rekey grants', () => {
     const teardown = await cli('teardown');
     expect(teardown.code, output(teardown)).toBe(0);
   });
+
+  it('setup reports every problem in one pass: a missing SELECT and the publication this role may not create', async () => {
+    await db.pool.query(`drop publication if exists pg_rekey`);
+    await db.pool.query(`revoke select on incidents from ${role}`);
+    const url = new URL(db.url);
+    url.username = role;
+    url.password = PASSWORD;
+    const worker = writeCliFiles({ databaseUrl: url.toString(), tables: [{ name: 'incidents', columns: ['title'] }, { name: 'calls', columns: ['notes'] }], replication: { slot: `${db.name}_2`, publication: 'pg_rekey' } });
+    const setup = await runCli(['-c', worker.configPath, '--env-file', worker.envPath, 'setup']);
+    expect(setup.code, output(setup)).toBe(2);
+    expect(setup.stderr).toMatch(/public\.incidents: this role lacks SELECT on the table/);
+    // Judged in the same pass (it used to wait for the next attempt, once the tables all resolved).
+    expect(setup.stderr).toMatch(/publication pg_rekey/i);
+  });
 });
