@@ -7,19 +7,23 @@ import type { TriggerDecision } from '../config/load-config.js';
  * the config says `triggers: skip`, which runs the rewrite with session_replication_role =
  * replica. In replica mode PostgreSQL fires only ENABLE ALWAYS and ENABLE REPLICA triggers
  * (pg_trigger.tgenabled 'A' and 'R'); in the default (origin) mode ENABLE ('O') and ENABLE ALWAYS.
+ * Rules ON UPDATE (CREATE RULE ... DO ALSO / DO INSTEAD) rewrite the UPDATE itself and follow
+ * session_replication_role the same way (pg_rewrite.ev_enabled): they are listed with them.
  */
 
 /** pg_trigger.tgenabled of a trigger that can fire ('D', disabled, never does). */
 export type TriggerState = 'O' | 'A' | 'R';
 
 export interface UpdateTrigger {
+  /** A trigger, or a rule ON UPDATE (timing DO ALSO / DO INSTEAD, level STATEMENT). */
+  kind?: 'trigger' | 'rule';
   /** The leaf it is on (display name). */
   relation: string;
   name: string;
-  timing: 'BEFORE' | 'AFTER' | 'INSTEAD OF';
+  timing: 'BEFORE' | 'AFTER' | 'INSTEAD OF' | 'DO ALSO' | 'DO INSTEAD';
   level: 'ROW' | 'STATEMENT';
   state: TriggerState;
-  /** The trigger function (regproc text). */
+  /** The trigger function (regproc text); empty for a rule. */
   function: string;
   /** UPDATE OF columns (null: any UPDATE). */
   columns: string[] | null;
@@ -48,8 +52,9 @@ export function fires(state: TriggerState, decision: TriggerDecision | undefined
 
 /** `"audit" AFTER ROW (ENABLE ALWAYS, UPDATE OF secret, WHEN ..., function audit_fn) on public.calls_a, public.calls_b` */
 export function describeTrigger(t: UpdateTrigger, on: readonly string[]): string {
-  const details = [STATE_SQL[t.state], t.columns ? `UPDATE OF ${t.columns.join(', ')}` : '', t.when ? 'with a WHEN condition' : '', `function ${t.function}`].filter(Boolean);
+  const details = [STATE_SQL[t.state], t.columns ? `UPDATE OF ${t.columns.join(', ')}` : '', t.when ? `with a ${t.kind === 'rule' ? 'WHERE' : 'WHEN'} condition` : '', t.function ? `function ${t.function}` : ''].filter(Boolean);
   const where = on.length <= 3 ? on.join(', ') : `${on.length} leaves (${on.slice(0, 2).join(', ')}, ...)`;
+  if (t.kind === 'rule') return `rule "${t.name}" ON UPDATE ${t.timing} (${details.join(', ')}) on ${where}`;
   return `"${t.name}" ${t.timing} ${t.level} (${details.join(', ')}) on ${where}`;
 }
 
@@ -60,7 +65,7 @@ export function describeTrigger(t: UpdateTrigger, on: readonly string[]): string
 export function groupTriggers(triggers: readonly UpdateTrigger[]): { trigger: UpdateTrigger; on: string[] }[] {
   const groups = new Map<string, { trigger: UpdateTrigger; on: string[] }>();
   for (const t of triggers) {
-    const k = JSON.stringify([t.name, t.timing, t.level, t.state, t.function, t.columns, t.when]);
+    const k = JSON.stringify([t.kind, t.name, t.timing, t.level, t.state, t.function, t.columns, t.when]);
     const g = groups.get(k);
     if (g) g.on.push(t.relation);
     else groups.set(k, { trigger: t, on: [t.relation] });
@@ -80,11 +85,17 @@ const CHOICES =
   'an updated_at trigger stamps each rewritten row, an audit trigger records the old ciphertext where pg-rekey never rotates it) or `triggers: skip` ' +
   '(rewrites run with session_replication_role = replica: ENABLE triggers do not fire, ENABLE ALWAYS and ENABLE REPLICA ones do); see README "Triggers"';
 
-/** One problem per table with UPDATE triggers and no decision. */
+function whatFires(ts: readonly UpdateTrigger[]): string {
+  const rules = ts.some((t) => t.kind === 'rule');
+  const triggers = ts.some((t) => t.kind !== 'rule');
+  return triggers && rules ? 'trigger(s) and rule(s) fire' : rules ? 'rule(s) fire' : 'trigger(s) fire';
+}
+
+/** One problem per table with UPDATE triggers (or rules) and no decision. */
 export function undecidedProblems(found: readonly TableTriggers[]): string[] {
   return found
     .filter((f) => f.decision === undefined && f.triggers.length > 0)
-    .map((f) => `${f.table}: trigger(s) fire on an UPDATE of ${f.columns.join(', ')}, which is what each rewrite is: ${groupTriggers(f.triggers).map((g) => describeTrigger(g.trigger, g.on)).join('; ')}; ${CHOICES}`);
+    .map((f) => `${f.table}: ${whatFires(f.triggers)} on an UPDATE of ${f.columns.join(', ')}, which is what each rewrite is: ${groupTriggers(f.triggers).map((g) => describeTrigger(g.trigger, g.on)).join('; ')}; ${CHOICES}`);
 }
 
 /** What setup tells the operator about each decided table with triggers: which fire on a rewrite and which do not. */

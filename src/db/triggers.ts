@@ -19,6 +19,7 @@ import { decodeTgtype, undecidedProblems, type TableTriggers, type TriggerState,
  * partitioned table is cloned onto each partition (PostgreSQL 14 marks the clone internal, with
  * tgparentid set). Left out: disabled triggers, internal ones (foreign keys, deferred unique
  * checks), UPDATE OF lists without a configured column (pg-rekey's UPDATE sets only those).
+ * Rules ON UPDATE are listed too: they follow session_replication_role like triggers.
  */
 export async function findUpdateTriggers(db: pg.Pool | pg.ClientBase, tables: readonly TableInfo[]): Promise<TableTriggers[]> {
   const out: TableTriggers[] = [];
@@ -40,7 +41,16 @@ export async function findUpdateTriggers(db: pg.Pool | pg.ClientBase, tables: re
         order by x.ord, tg.tgname`,
       [leaves, t.config.columns],
     );
+    const rules = await db.query<{ ord: number; name: string; instead: boolean; state: TriggerState; when: boolean }>(
+      `select x.ord::int as ord, r.rulename::text as name, r.is_instead as instead, r.ev_enabled::text as state, r.ev_qual <> '<>' as when
+         from unnest($1::text[]) with ordinality x(rel, ord)
+         join pg_rewrite r on r.ev_class = to_regclass(x.rel)
+        where r.ev_type = '2' and r.ev_enabled <> 'D'
+        order by x.ord, r.rulename`,
+      [leaves],
+    );
     const triggers: UpdateTrigger[] = r.rows.map((row) => ({
+      kind: 'trigger' as const,
       relation: displayName(t.leaves[row.ord - 1]!),
       name: row.name,
       ...decodeTgtype(row.tgtype),
@@ -49,6 +59,9 @@ export async function findUpdateTriggers(db: pg.Pool | pg.ClientBase, tables: re
       columns: row.columns,
       when: row.when,
     }));
+    for (const row of rules.rows) {
+      triggers.push({ kind: 'rule', relation: displayName(t.leaves[row.ord - 1]!), name: row.name, timing: row.instead ? 'DO INSTEAD' : 'DO ALSO', level: 'STATEMENT', state: row.state, function: '', columns: null, when: row.when });
+    }
     out.push({ table: t.display, columns: t.config.columns, decision: t.config.triggers, triggers });
   }
   return out;

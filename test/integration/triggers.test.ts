@@ -107,15 +107,29 @@ describe('UPDATE triggers on a configured table', () => {
     }
   });
 
-  it('a row trigger of a partitioned table (cloned onto each partition; internal on PostgreSQL 14) is found on the leaves', async () => {
+  it('a row trigger of a partitioned table (cloned onto each partition; internal on PostgreSQL 14) is found on the leaves; so is a rule ON UPDATE, which skip skips too', async () => {
     await db.pool.query(`
       create table zones (id bigint primary key, secret text, updated_at timestamptz) partition by range (id);
       create table zones_1 partition of zones for values from (0) to (1000);
       create trigger touch before update on zones for each row execute function touch_row();
+      create table ruled (id bigint primary key, secret text);
+      create table ruled_log (old_secret text);
+      create rule log_update as on update to ruled do also insert into ruled_log values (old.secret);
+      insert into ruled values (1, '${v1('ruled 1')}');
     `);
-    const r = await cli(writeDaemonFiles(db.url, [{ name: 'zones', columns: ['secret'] }], { replication: { publication: 'pgrekey_zones' } }), 'setup');
+    const tables = [
+      { name: 'zones', columns: ['secret'] },
+      { name: 'ruled', columns: ['secret'] },
+    ];
+    const r = await cli(writeDaemonFiles(db.url, tables, { replication: { publication: 'pgrekey_zones' } }), 'setup');
     expect(r.code, r.stdout + r.stderr).toBe(2);
     expect(r.stderr).toMatch(/public\.zones: trigger\(s\) fire on an UPDATE of secret, .*"touch" BEFORE ROW \(ENABLE, function touch_row\) on public\.zones_1/);
+    expect(r.stderr).toMatch(/public\.ruled: rule\(s\) fire on an UPDATE of secret, .*rule "log_update" ON UPDATE DO ALSO \(ENABLE\) on public\.ruled/);
+    // As the superuser (skip needs one on 14), on the state schema the first test's setup made.
+    const b = await cli(writeDaemonFiles(db.url, [{ name: 'ruled', columns: ['secret'], triggers: 'skip' }], { replication: { publication: 'pgrekey_zones' } }), 'backfill');
+    expect(b.code, b.stdout + b.stderr).toBe(0);
+    expect(await count(`select count(*)::int as n from ruled where starts_with(secret, 'v1:')`)).toBe(0);
+    expect(await count(`select count(*)::int as n from ruled_log`)).toBe(0);
   });
 
   it('`triggers: skip` without the privilege: exit 2 with the GRANT (15+) or the superuser requirement (14)', async () => {

@@ -52,6 +52,15 @@ describe('which triggers fire on a rewrite', () => {
     expect(problems[0]).toContain('"audit" AFTER ROW (ENABLE ALWAYS, UPDATE OF secret, function audit_row) on public.calls');
   });
 
+  it('names a rule ON UPDATE as a rule, and a table with only rules as having rules', () => {
+    const rule = trigger({ kind: 'rule', name: 'log_update', timing: 'DO ALSO', level: 'STATEMENT', function: '', when: true });
+    const [p] = undecidedProblems([{ table: 'public.ruled', columns: ['secret'], decision: undefined, triggers: [rule] }]);
+    expect(p).toMatch(/^public\.ruled: rule\(s\) fire on an UPDATE of secret/);
+    expect(p).toContain('rule "log_update" ON UPDATE DO ALSO (ENABLE, with a WHERE condition) on public.calls');
+    const [both] = undecidedProblems([{ table: 'public.t', columns: ['c'], decision: undefined, triggers: [rule, trigger()] }]);
+    expect(both).toMatch(/^public\.t: trigger\(s\) and rule\(s\) fire/);
+  });
+
   it('reports, under skip, which triggers still fire (ALWAYS, REPLICA) and which do not', () => {
     const [line] = decisionReport([
       { table: 'public.calls', columns: ['secret'], decision: 'skip', triggers: [trigger(), trigger({ name: 'always', state: 'A' }), trigger({ name: 'replica', state: 'R' })] },
