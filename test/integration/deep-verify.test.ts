@@ -5,7 +5,8 @@ import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
 import { insertBatched, KEY_HEX, testRing } from '../support/fixtures.js';
-import { cli, writeDaemonFiles, type DaemonFiles } from '../support/daemon.js';
+import { cli, eventually, writeDaemonFiles, type DaemonFiles } from '../support/daemon.js';
+import { spawnCli } from '../support/cli.js';
 import { encryptValue } from '../../src/crypto/rewrite.js';
 import type { KeyRing } from '../../src/crypto/key-ring.js';
 import type { VerifyReport } from '../../src/commands/verify.js';
@@ -115,6 +116,27 @@ describe('verify --decrypt', () => {
       const r = await cli(files, ...args);
       expect(r.code, `${args.join(' ')}: ${r.stdout.slice(-800)}`).toBe(0);
       expect(r.stdout).toContain('every v2 value read opens with the target key');
+    }
+  });
+
+  it('throttled like the sweep: paused (`pg-rekey pause`), it reads nothing until resumed', async () => {
+    expect((await cli(files, 'pause', '--reason', 'deep verify test')).code).toBe(0);
+    const p = spawnCli(['verify', '--decrypt', ...files.args]);
+    try {
+      await p.waitForLine(/"sweep throttled".*"reason":"paused"|"reason":"paused".*"sweep throttled"/, { timeoutMs: 60_000 });
+      await eventually('the throttle state published as paused', async () => (await db.pool.query(`select throttle_reason from pgrekey.control`)).rows[0]?.throttle_reason === 'paused', 10_000);
+      // Held at the gate: not a block read (no relation finished) while the switch is on.
+      await new Promise((r) => setTimeout(r, 1_500));
+      expect(p.child.exitCode).toBeNull();
+      expect(p.lines.some((l) => /relation checked/.test(l.text))).toBe(false);
+      expect((await cli(files, 'resume')).code).toBe(0);
+      const done = await Promise.race([p.exited, new Promise<null>((r) => setTimeout(() => r(null), 60_000))]);
+      expect(done, 'verify --decrypt did not finish within 60 s of resume').not.toBeNull();
+      expect(done!.code, done!.stdout.slice(-500)).toBe(0);
+      expect(done!.stderr).toMatch(/relation checked/);
+    } finally {
+      if (p.child.exitCode === null) await p.stop('SIGKILL');
+      await cli(files, 'resume');
     }
   });
 
