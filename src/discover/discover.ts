@@ -108,20 +108,29 @@ async function configuredColumns(pool: pg.Pool, tables: readonly TableInfo[]): P
 
 /**
  * Materialized views whose definition reads a configured column (pg_rewrite's dependencies on
- * the table, a leaf, or the partitioned root): they hold copies of its ciphertexts, which stay
- * at the old version until REFRESH MATERIALIZED VIEW.
+ * the table, a leaf, or the partitioned root), directly or through views and other materialized
+ * views (every column of such a view counts as derived from it): they hold copies of its
+ * ciphertexts, which stay at the old version until REFRESH MATERIALIZED VIEW.
  */
 async function matviewsReadingConfigured(pool: pg.Pool, tables: readonly TableInfo[]): Promise<MatviewFinding[]> {
   const pairs: { rel: string; col: string; label: string }[] = [];
   for (const t of tables) for (const rel of [t.quoted, ...t.leaves.map(quoteQualified)]) for (const col of t.config.columns) pairs.push({ rel, col, label: `${t.display}.${col}` });
   if (pairs.length === 0) return [];
   const r = await pool.query<{ schema: string; name: string; populated: boolean; label: string }>(
-    `select distinct vn.nspname as schema, v.relname as name, v.relispopulated as populated, p.label
-       from unnest($1::text[], $2::text[], $3::text[]) as p(rel, col, label)
-       join pg_attribute a on a.attrelid = to_regclass(p.rel) and a.attname = p.col
-       join pg_depend d on d.refclassid = 'pg_class'::regclass and d.refobjid = a.attrelid and d.refobjsubid = a.attnum and d.classid = 'pg_rewrite'::regclass
-       join pg_rewrite w on w.oid = d.objid
-       join pg_class v on v.oid = w.ev_class and v.relkind = 'm'
+    `with recursive reads(relid, attnum, label) as (
+       select a.attrelid, a.attnum, p.label
+         from unnest($1::text[], $2::text[], $3::text[]) as p(rel, col, label)
+         join pg_attribute a on a.attrelid = to_regclass(p.rel) and a.attname = p.col
+       union
+       select v.oid, va.attnum, r.label
+         from reads r
+         join pg_depend d on d.refclassid = 'pg_class'::regclass and d.refobjid = r.relid and d.refobjsubid = r.attnum and d.classid = 'pg_rewrite'::regclass
+         join pg_rewrite w on w.oid = d.objid
+         join pg_class v on v.oid = w.ev_class and v.relkind in ('v', 'm')
+         join pg_attribute va on va.attrelid = v.oid and va.attnum > 0 and not va.attisdropped)
+     select distinct vn.nspname as schema, v.relname as name, v.relispopulated as populated, r.label
+       from reads r
+       join pg_class v on v.oid = r.relid and v.relkind = 'm'
        join pg_namespace vn on vn.oid = v.relnamespace
       order by 1, 2, 4`,
     [pairs.map((p) => p.rel), pairs.map((p) => p.col), pairs.map((p) => p.label)],

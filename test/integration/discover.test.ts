@@ -44,6 +44,9 @@ beforeAll(async () => {
   await insertBatched(db.pool, 'incidents', ['id', 'title', 'notes', 'remark'], ['bigint', 'text', 'text', 'text'], rows);
   await db.pool.query(`create materialized view incident_titles as select id, title from incidents`);
   await db.pool.query(`create materialized view empty_titles as select id, title from incidents with no data`);
+  // Through a view: the matview still copies the ciphertexts.
+  await db.pool.query(`create view incident_view as select id, upper(status_text) as s, title from (select id, title, 'x' as status_text from incidents) q`);
+  await db.pool.query(`create materialized view titles_via_view as select title from incident_view`);
   await insertBatched(db.pool, 'ops.call_log', ['id', 'body'], ['bigint', 'text'], Array.from({ length: 50 }, (_, i) => [i + 1, v1(`call ${i}`)]));
   await db.pool.query(`insert into calls values (1, 1, null), (2, 2, $1), (3, 2, $1)`, [v1('call note')]);
   await db.pool.query(`insert into events values (1, $1), (2, '{"title": "no envelope"}')`, [JSON.stringify({ title: v1('in json'), n: 1 })]);
@@ -95,7 +98,9 @@ describe('pg-rekey discover', () => {
     expect(d.matviews).toEqual([
       { matview: 'public.empty_titles', reads: ['public.incidents.title'], populated: false },
       { matview: 'public.incident_titles', reads: ['public.incidents.title'], populated: true },
+      { matview: 'public.titles_via_view', reads: ['public.incidents.title'], populated: true },
     ]);
+    expect(col(d, 'public.titles_via_view', 'title')).toMatchObject({ kind: 'matview', byVersion: { v1: 300 } });
     // pg-rekey's own state is not scanned.
     expect(d.columns.some((c) => c.relation.startsWith('pgrekey.'))).toBe(false);
     // The snippet: configured tables with the columns found added; json and matviews are not entries.
@@ -165,6 +170,7 @@ describe('pg-rekey discover', () => {
   it('nothing old outside the configuration: discover and verify --strict exit 0', async () => {
     await db.pool.query(`
       refresh materialized view incident_titles;
+      refresh materialized view titles_via_view;
       drop materialized view empty_titles;
       update incidents set notes = null;
       truncate ops.call_log, events, big_log, secret_notes, partial, rls_notes, calls, lookalikes;`);
