@@ -1,6 +1,7 @@
 import { formatDuration } from '../format.js';
 import { formatBytes } from '../replication/slot.js';
 import type { StatusReport } from '../commands/status.js';
+import { describeNewerBackfill } from '../commands/status-truth.js';
 
 /** One convergence check as the daemon saw it (the page lists the last few). */
 export interface CheckRecord {
@@ -119,11 +120,15 @@ function tablesSection(v: StatusPageView): string {
     return num(last.remainingByLeaf[relation] ?? 0);
   };
   if (sweep.length === 0) return '<h2>Tables</h2><p class="muted">no sweep state yet</p>';
+  const o = v.report!.overall;
+  const held = v.report!.throttle.paused ? ', PAUSED: no ETA' : v.report!.throttle.reason ? ', THROTTLED: no ETA' : '';
+  const overall = `<p>${bar(o.percent)} overall: ${num(o.done)} of ${num(o.relations)} relation(s) done, ${num(o.blocksDone)} of ${num(o.blocksTotal)} blocks swept${o.etaSeconds !== null ? `, ETA ~${e(formatDuration(o.etaSeconds))}` : held}</p>`;
   const byTable = new Map<string, typeof sweep>();
   for (const s of sweep) byTable.set(s.tableName, [...(byTable.get(s.tableName) ?? []), s]);
   const parts = [...byTable].map(([name, segs]) => {
-    const done = segs.reduce((n, s) => n + s.nextBlock, 0);
+    // As the overall line counts: a done relation is all swept, a running one up to its checkpoint.
     const total = segs.reduce((n, s) => n + (s.totalBlocks ?? 0), 0);
+    const done = segs.reduce((n, s) => n + (s.state === 'done' ? (s.totalBlocks ?? 0) : Math.min(s.nextBlock, s.totalBlocks ?? 0)), 0);
     const allDone = segs.every((s) => s.state === 'done');
     const rows = segs.map((s) => [
       `<code>${e(s.relation)}</code>`,
@@ -138,7 +143,7 @@ function tablesSection(v: StatusPageView): string {
     ]);
     return `<h3><code>${e(name)}</code></h3>${bar(allDone ? 100 : total > 0 ? (100 * done) / total : 0)}${table(['relation', 'state', 'progress', 'blocks swept / total', 'rows/s', 'ETA', 'rewritten', 'quarantined', 'remaining at last check'], rows)}`;
   });
-  return `<h2>Tables</h2>${parts.join('')}`;
+  return `<h2>Tables</h2>${overall}${parts.join('')}`;
 }
 
 function checksSection(checks: CheckRecord[]): string {
@@ -188,6 +193,7 @@ export function renderStatusPage(v: StatusPageView): string {
     `<p class="meta">slot <code>${e(live.slot)}</code> &middot; target key ${e(live.targetVersion)} &middot; pg-rekey ${e(live.version)} &middot; as of ${iso(v.now)} (refreshes every ${e(v.refreshSeconds)}s) &middot; <a href="/metrics">/metrics</a></p>`,
     verdict(v),
     v.error ? `<p class="error">cannot read the state from the database: ${e(v.error)}</p>` : '',
+    v.report?.newerBackfill ? `<p>Since the last check: ${e(describeNewerBackfill(v.report.newerBackfill))}</p>` : '',
     streamSection(v),
     v.report ? throttleSection(v.report.throttle) : '',
     tablesSection(v),

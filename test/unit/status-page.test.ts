@@ -81,3 +81,14 @@ describe('status page', () => {
     expect(html).toContain('no sweep state yet');
   });
 });
+
+describe('status page: the sweep as a whole', () => {
+  it('shows one overall line (blocks swept of the blocks known, ETA, or why there is none) and a newer backfill', () => {
+    const html = renderStatusPage(view());
+    expect(html).toMatch(/aria-valuenow="47\.1".*overall: 1 of 2 relation\(s\) done, 80 of 170 blocks swept, ETA ~2m/);
+    const paused = renderStatusPage(view({ report: report({ overall: { ...report().overall, etaSeconds: null }, throttle: { ...report().throttle, paused: true } }) }));
+    expect(paused).toMatch(/80 of 170 blocks swept, PAUSED: no ETA/);
+    const newer = renderStatusPage(view({ report: report({ newerBackfill: { id: 9, command: 'backfill', startedAt: new Date(0), finishedAt: new Date(7000), outcome: 'converged', summary: { converged: false, remaining: 3 } } }) }));
+    expect(newer).toContain('Since the last check: a backfill (run 9) finished after it, at 1970-01-01T00:00:07.000Z: 3 old-version value(s) left then');
+  });
+});
