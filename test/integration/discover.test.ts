@@ -49,7 +49,7 @@ beforeAll(async () => {
   await db.pool.query(`create materialized view titles_via_view as select title from incident_view`);
   await insertBatched(db.pool, 'ops.call_log', ['id', 'body'], ['bigint', 'text'], Array.from({ length: 50 }, (_, i) => [i + 1, v1(`call ${i}`)]));
   await db.pool.query(`insert into calls values (1, 1, null), (2, 2, $1), (3, 2, $1)`, [v1('call note')]);
-  await db.pool.query(`insert into events values (1, $1), (2, '{"title": "no envelope"}')`, [JSON.stringify({ title: v1('in json'), n: 1 })]);
+  await db.pool.query(`insert into events values (1, $1), (2, '{"title": "v1: see ticket 42", "v1:": "AAAA"}')`, [JSON.stringify({ title: v1('in json'), n: 1 })]);
   // A "huge" table (for a test): strings in the envelope format, made by the server (they need not decrypt).
   await db.pool.query(
     `insert into big_log select g, 'v1:' || translate(encode(sha512(g::text::bytea) || sha512((g + 1)::text::bytea), 'base64'), E'\\n', '') from generate_series(1, $1) g`,
