@@ -294,5 +294,12 @@ process.stdout.on('error', (e: NodeJS.ErrnoException) => {
 });
 process.exitCode = await main(process.argv);
 // The command is done. A socket pg left open (it does after a failed SASL exchange, e.g. no password)
-// must not keep the process alive: exit within a second whatever still holds the event loop.
-setTimeout(() => process.exit(process.exitCode ?? 0), 1000).unref();
+// must not keep the process alive: from a second on, exit as soon as stdout and stderr have handed all
+// their output over (a slow reader of a pipe, `grants | psql`, gets all of it; bounded at a minute).
+const doneAt = Date.now();
+const exitWhenFlushed = (): void => {
+  const pending = process.stdout.writableLength + process.stderr.writableLength;
+  if (pending === 0 || Date.now() - doneAt > 60_000) process.exit(process.exitCode ?? 0);
+  setTimeout(exitWhenFlushed, 100).unref();
+};
+setTimeout(exitWhenFlushed, 1000).unref();

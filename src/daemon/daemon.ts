@@ -341,8 +341,7 @@ export class Daemon {
       const lsn = await createSlot(pool, slot, 'recreated', problem, { onWait: logSlotWait(this.log, slot) });
       this.metrics.slotRecreations.inc();
       this.sweepDone = false;
-      this.invalidations++;
-      this.convergedAt = null;
+      this.invalidate();
       this.sweepStale = true;
       this.sweepAbort.abort();
       this.sweepWake?.();
@@ -455,9 +454,8 @@ export class Daemon {
       if (c.added.length && this.serverVersionNum < 150000) void this.refreshWalsender(c.added.map((l) => l.relation));
       [...c.added, ...c.rewritten].forEach((l) => this.resweep.add(l.relation));
       this.sweepDone = false;
-      this.invalidations++;
+      this.invalidate(); // checked again once the sweep pass over the new set of relations is complete
       this.sweepAgain = true;
-      this.convergedAt = null; // checked again once the sweep pass over the new set of relations is complete
       // Chunks of a rewritten relation are wasted, and a detached or unlogged one is no longer ours: start the pass over now.
       if (c.rewritten.length || c.removed.length || c.unlogged.length) this.sweepAbort.abort();
       this.sweepWake?.();
@@ -493,9 +491,8 @@ export class Daemon {
       await pool.query(`select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = $1 and active_pid is not null`, [slot]);
       relations.forEach((r) => this.resweep.add(r));
       this.sweepDone = false;
-      this.invalidations++;
+      this.invalidate();
       this.sweepAgain = true;
-      this.convergedAt = null;
       this.sweepWake?.();
     } catch (e) {
       this.log.error({ err: e, relations }, 'could not restart the replication connection for a new partition: its writes may not be streamed; restart `pg-rekey run` (and if `pg-rekey verify` does not converge, `pg-rekey backfill --restart`)');
@@ -509,6 +506,18 @@ export class Daemon {
    * a check that was running meanwhile (its count and waits take seconds) is discarded, not believed.
    */
   private invalidations = 0;
+
+  /**
+   * What a check relied on was reset: the last verdict no longer holds, in the daemon and in what it
+   * exports (pg_rekey_converged 0, the remaining count absent until the next check), so a dashboard
+   * or an alert never shows "converged" through a re-sweep.
+   */
+  private invalidate(): void {
+    this.invalidations++;
+    this.convergedAt = null;
+    this.metrics.converged.set(0);
+    this.metrics.remaining.forget();
+  }
   /** Old-version values seen at the last check with the sweep done and the stream caught up. */
   private readonly suspects = new StuckValues();
 
@@ -537,7 +546,9 @@ export class Daemon {
     this.lastCheck = c;
     this.lastCheckAt = new Date();
     const unlogged = new Set(tables.flatMap((t) => t.unlogged.map(displayName)));
-    this.checks.record(c, this.lastCheckAt, tables.flatMap((t) => t.leaves.map(displayName)).filter((l) => !unlogged.has(l)));
+    // A check that stopped before its count (the stream not caught up) counted no relation: none shows "0 remaining".
+    const counted = c.remaining === null ? [] : tables.flatMap((t) => t.leaves.map(displayName)).filter((l) => !unlogged.has(l));
+    this.checks.record(c, this.lastCheckAt, counted);
     if (c.pruned > 0) this.log.info({ pruned: c.pruned, quarantined: c.quarantined }, 'dropped quarantine entries whose values the application has since overwritten or deleted');
     if (c.remaining !== null) this.metrics.remaining.set(c.remaining);
     this.metrics.converged.set(c.converged ? 1 : 0);
@@ -602,9 +613,8 @@ export class Daemon {
       this.suspects.forget(leaf);
     }
     this.sweepDone = false;
-    this.invalidations++;
+    this.invalidate();
     this.sweepAgain = true;
-    this.convergedAt = null;
     this.sweepWake?.();
   }
 

@@ -48,9 +48,13 @@ export function connectionConfig(connectionString: string | undefined, opts: { r
   } catch {
     return base; // pg reports what is wrong with it when it connects
   }
-  if (parsed.password) return base;
+  // pg reads sslcert/sslkey/sslrootcert files when it parses: leave it the string, parsed at every connect
+  // (renewed certificates are picked up), as it is when a password is given.
+  if (parsed.password || /[?&]ssl(cert|key|rootcert)=/.test(base.connectionString)) return base;
   const { password: _empty, ...rest } = parsed;
-  return { ...rest, ...pgpassOption() };
+  // A string that is not a postgres:// URL keeps row_security=off (and PGOPTIONS) in a separate `options`.
+  const options = [rest.options, 'options' in base ? base.options : undefined].filter(Boolean).join(' ');
+  return { ...rest, ...(options ? { options } : {}), ...pgpassOption() };
 }
 
 /**

@@ -4,6 +4,7 @@
  * fails on nothing). Pure: the catalog facts come in, the text goes out.
  */
 import { quoteIdent } from '../db/ident.js';
+import { ConfigError } from '../errors.js';
 
 export interface GrantTable {
   /** schema.table for comments. */
@@ -31,6 +32,13 @@ export interface GrantFacts {
   configPath: string;
 }
 
+/**
+ * A name in a `--` comment: control characters become '?'. A newline would end the comment, and psql
+ * runs a line that starts with a backslash as a meta-command (\! runs a shell): a table named
+ * "x\n\\! cmd" must not become a command of a script a superuser runs.
+ */
+const safe = (s: string) => s.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, '?');
+
 const lit = (s: string) => `'${s.replace(/'/g, "''")}'`;
 
 /** `select '<stmt>' where <cond> \gexec`: psql runs the statement only when the condition holds. */
@@ -49,24 +57,34 @@ function skipTriggersGrant(f: GrantFacts, role: string): string[] {
     '-- With `triggers: skip` (README "Triggers") rewrites run with session_replication_role = replica, so that',
     '-- ordinary triggers (updated_at, audit) do not fire: a superuser, or from PostgreSQL 15 on this grant.',
   ];
-  if (skip.length === 0) return [...head, `-- ${grant}`];
+  if (skip.length === 0) return [...head, `-- ${safe(grant)}`];
   if (Number.parseInt(f.serverVersion, 10) < 15) {
-    return [...head, `-- ${skip.join(', ')} say triggers: skip, and PostgreSQL ${f.serverVersion} cannot grant it: run pg-rekey as a superuser, or use triggers: fire.`];
+    return [...head, `-- ${safe(skip.join(', '))} say triggers: skip, and PostgreSQL ${safe(f.serverVersion)} cannot grant it: run pg-rekey as a superuser, or use triggers: fire.`];
   }
-  return [...head, `-- ${skip.join(', ')} say triggers: skip.`, grant];
+  return [...head, `-- ${safe(skip.join(', '))} say triggers: skip.`, grant];
 }
 
 export function renderGrants(f: GrantFacts): string {
+  // Names go into quoted identifiers and literals, where psql keeps them whole; still, a script a superuser
+  // runs is no place for a name that spans lines: refuse it, say which.
+  const names = [f.role, f.publication, ...f.tables.flatMap((t) => [t.quoted, ...t.columns, ...t.leaves.map((l) => l.quoted)])];
+  const bad = names.filter((n) => safe(n) !== n);
+  if (bad.length) {
+    throw new ConfigError(
+      `${bad.length} name(s) contain control characters (a newline, a tab, ...): ${bad.map((n) => JSON.stringify(n)).join(', ')}`,
+      'rename them (ALTER TABLE ... RENAME, ALTER ROLE ... RENAME TO) or write the grants by hand',
+    );
+  }
   const role = quoteIdent(f.role);
   const leaves = f.tables.flatMap((t) => t.leaves.map((l) => ({ ...l, table: t })));
   const schemas = [...new Set([...f.tables.map((t) => t.quoted.split('.')[0]!), ...leaves.map((l) => quoteIdent(l.schema))])];
   const rls = leaves.filter((l) => l.rowSecurity);
   const out: string[] = [
-    `-- pg-rekey grants: what role ${f.role} needs for ${f.configPath}`,
-    `-- generated from database ${f.database} (PostgreSQL ${f.serverVersion}); run it again after changing tables: in the config or adding partitions`,
+    `-- pg-rekey grants: what role ${safe(f.role)} needs for ${safe(f.configPath)}`,
+    `-- generated from database ${safe(f.database)} (PostgreSQL ${safe(f.serverVersion)}); run it again after changing tables: in the config or adding partitions`,
     '-- Run as a superuser (or as the tables\' owner together with a role that may grant REPLICATION):',
     '--   psql -d <database> -v pw=<password> -f grants.sql',
-    `-- Without -v pw the role gets no password (set one later with \\password ${f.role}, or use ~/.pgpass and pg_hba.conf).`,
+    `-- Without -v pw the role gets no password (set one later with \\password ${safe(f.role)}, or use ~/.pgpass and pg_hba.conf).`,
     '-- All or nothing: the first error stops psql and rolls everything back. Running it twice changes nothing.',
     '\\set ON_ERROR_STOP on',
     'begin;',
@@ -88,7 +106,7 @@ export function renderGrants(f: GrantFacts): string {
     ...schemas.map((s) => `grant usage on schema ${s} to ${role};`),
   ];
   for (const t of f.tables) {
-    out.push(`-- ${t.display}${t.leaves.length > 1 || t.leaves[0]?.quoted !== t.quoted ? ` and the ${t.leaves.length} relation(s) that hold its rows` : ''}`);
+    out.push(`-- ${safe(t.display)}${t.leaves.length > 1 || t.leaves[0]?.quoted !== t.quoted ? ` and the ${t.leaves.length} relation(s) that hold its rows` : ''}`);
     const rels = [...new Set([t.quoted, ...t.leaves.map((l) => l.quoted)])];
     out.push(`grant select on ${rels.join(', ')} to ${role};`);
     for (const r of rels) out.push(`grant update (${t.columns.map(quoteIdent).join(', ')}) on ${r} to ${role};`);
@@ -106,7 +124,7 @@ export function renderGrants(f: GrantFacts): string {
   if (rls.length) {
     out.push(
       '',
-      `-- Row level security is on for ${rls.map((l) => l.quoted).join(', ')}: pg-rekey must see every row`,
+      `-- Row level security is on for ${safe(rls.map((l) => l.quoted).join(', '))}: pg-rekey must see every row`,
       '-- (its sessions run with row_security = off, so a hidden row is an error, never a silent skip). Needs a superuser.',
       `alter role ${role} bypassrls;`,
     );
@@ -140,7 +158,7 @@ export function renderGrants(f: GrantFacts): string {
     '',
     'commit;',
     '',
-    `-- Afterwards (after \`pg-rekey teardown --drop-state\`): DROP PUBLICATION ${quoteIdent(f.publication)}; DROP OWNED BY ${role}; DROP ROLE ${role};`,
+    `-- Afterwards (after \`pg-rekey teardown --drop-state\`): DROP PUBLICATION ${safe(quoteIdent(f.publication))}; DROP OWNED BY ${safe(role)}; DROP ROLE ${safe(role)};`,
     '',
   );
   return out.join('\n');

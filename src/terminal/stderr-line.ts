@@ -4,13 +4,15 @@
  * line written, the bar drawn again below it.
  */
 
+import { pino } from 'pino';
+
 export interface LineWriter {
   write(text: string): unknown;
 }
 
 export class StderrLine {
   private status = '';
-  constructor(private readonly out: LineWriter = process.stderr) {}
+  constructor(private readonly out: LineWriter) {}
 
   /** Writes complete lines (each ending with \n) above the status line. */
   log(lines: string): void {
@@ -31,5 +33,8 @@ export class StderrLine {
   }
 }
 
-/** The process's one stderr status line. */
-export const stderrLine = new StderrLine();
+/**
+ * The process's one stderr status line, written synchronously (pino's sonic-boom on fd 2, which retries
+ * EAGAIN): the last log lines before an exit, the reason for it, are on stderr before the process ends.
+ */
+export const stderrLine = new StderrLine(pino.destination({ fd: 2, sync: true }));

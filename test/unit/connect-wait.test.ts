@@ -99,4 +99,21 @@ describe('row security off on every pool connection', () => {
     expect([kept.options, kept.application_name, kept.password]).toEqual(['-c search_path=app -c row_security=off', 'x', '']);
     expect(withRowSecurityOff(undefined).options).toMatch(/-c row_security=off$/);
   });
+
+  it('connectionConfig keeps it in every form of connection string, with the ~/.pgpass password function only where none is given', async () => {
+    const { connectionConfig } = await import('../../src/db/connect.js');
+    const forms = ['postgres://u@127.0.0.1:5432/db', 'postgres://u:secret@h/db', '/var/run/postgresql app', 'socket:/var/run/postgresql?db=app', undefined];
+    for (const cs of forms) {
+      const c = connectionConfig(cs);
+      // Either pg gets the string (and parses options out of it, or merges our separate options) or the parsed fields.
+      const options = c.connectionString && /^postgres/.test(c.connectionString) ? new URL(c.connectionString).searchParams.get('options') : c.options;
+      expect(options, String(cs)).toMatch(/-c row_security=off/);
+    }
+    expect(typeof connectionConfig('postgres://u@h/db').password).toBe('function');
+    expect(connectionConfig('postgres://u:secret@h/db').password).toBeUndefined(); // pg takes it from the URL
+    expect(connectionConfig('postgres://u:secret@h/db').connectionString).toContain('secret');
+    // Certificate files stay with pg, which reads them at every connect.
+    expect(connectionConfig('postgres://u@h/db?sslcert=/x.crt&sslkey=/x.key').connectionString).toContain('sslcert');
+    expect(connectionConfig('postgres://u@h/db', { rowSecurityOff: false }).options ?? '').not.toMatch(/row_security/);
+  });
 });

@@ -36,6 +36,18 @@ describe('pg-rekey grants', () => {
     expect(text).toContain(`alter role "o'neil ""x""" password :'pw';`);
   });
 
+  it('a name with a newline and a psql meta-command cannot make a line of its own (a superuser runs this script)', () => {
+    const evil = 'p1\n\\! touch /tmp/pwned #';
+    const render = (o: Partial<GrantFacts>) => () => renderGrants({ ...SAMPLE, ...o });
+    expect(render({ role: `r\n\\! id` })).toThrow(/control characters.*"r\\n\\\\! id"/);
+    // Names that are only in comments (the config path, the database) are made safe instead.
+    const text = renderGrants({ ...SAMPLE, configPath: `c\r\n\\! id`, database: `d\n\\! id` });
+    expect(text.split('\n').filter((l) => l.trimStart().startsWith('\\'))).toEqual(['\\set ON_ERROR_STOP on', '\\if :{?pw}', '\\endif']);
+    expect(render({
+      tables: [{ display: `public.${evil}`, quoted: `"public"."${evil}"`, partitioned: false, columns: ['c'], leaves: [{ quoted: `"public"."${evil}"`, schema: 'public', rowSecurity: true }] }],
+    })).toThrow(/control characters/);
+  });
+
   it('partitions and INHERITS children get their own grants; row security asks for BYPASSRLS; an existing publication gets what it misses', () => {
     const text = renderGrants({
       ...SAMPLE,
