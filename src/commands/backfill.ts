@@ -73,7 +73,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     const tables = await resolveTables(ctx.pool, ctx.config.tables);
     await refuseHiddenRows(ctx.pool, tables);
     // Triggers a rewrite would fire without a decision (one created since setup), or a `skip` this role may not do.
-    await refuseTriggerSurprises(ctx.pool, tables);
+    await refuseTriggerSurprises(ctx.pool, tables, ctx.log);
     // backfill alone may rewrite an UNLOGGED relation, but nothing follows its writes afterwards.
     const unlogged = unloggedBackfillWarning(tables);
     if (unlogged) log.warn({ relations: unlogged.relations }, unlogged.message);

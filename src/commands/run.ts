@@ -75,7 +75,7 @@ async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, stat
     // open the target-version values the applications already wrote (exit 2 otherwise).
     await refuseHiddenRows(ctx.pool, tables);
     // Triggers a rewrite would fire without a decision (one created since setup), or a `skip` this role may not do.
-    await refuseTriggerSurprises(ctx.pool, tables);
+    await refuseTriggerSurprises(ctx.pool, tables, ctx.log);
     await proveTargetKey(ctx.pool, tables, ring, ctx.log);
     if (state.signalled) return EXIT_OK;
     const daemon = new Daemon(ctx, ring, tables, { exitWhenConverged, lease, bound });

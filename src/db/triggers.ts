@@ -2,7 +2,8 @@ import type pg from 'pg';
 import { ConfigError } from '../errors.js';
 import type { TableInfo } from './catalog.js';
 import { displayName, quoteQualified } from './ident.js';
-import { decodeTgtype, undecidedProblems, type TableTriggers, type TriggerState, type UpdateTrigger } from './trigger-decision.js';
+import type { Logger } from '../logger.js';
+import { decisionReport, decodeTgtype, undecidedProblems, type TableTriggers, type TriggerState, type UpdateTrigger } from './trigger-decision.js';
 
 /**
  * Triggers are a decision, not a surprise (README "Triggers"): each configured table's user
@@ -104,10 +105,17 @@ export async function triggerProblems(db: pg.Pool | pg.ClientBase, tables: reado
   return { problems, found };
 }
 
-/** For run and backfill, before their first rewrite: refuse (exit 2) what setup refuses. */
-export async function refuseTriggerSurprises(db: pg.Pool | pg.ClientBase, tables: readonly TableInfo[]): Promise<void> {
-  const { problems } = await triggerProblems(db, tables);
-  if (problems.length === 0) return;
+/**
+ * For run and backfill, before their first rewrite: refuse (exit 2) what setup refuses; log what
+ * the decided tables' rewrites fire (one line per table, as setup prints it).
+ */
+export async function refuseTriggerSurprises(db: pg.Pool | pg.ClientBase, tables: readonly TableInfo[], log?: Logger): Promise<void> {
+  const { problems, found } = await triggerProblems(db, tables);
+  if (problems.length === 0) {
+    const triggerLog = log?.child({ component: 'triggers' });
+    for (const f of found) for (const line of decisionReport([f])) triggerLog?.info({ table: f.table, decision: f.decision }, line);
+    return;
+  }
   throw new ConfigError(
     `${problems.length} trigger problem(s): a rewrite would fire triggers nobody decided about, or cannot skip them`,
     'decide with `triggers: fire` or `triggers: skip` (per table or top-level) and grant what each line says; nothing was written',

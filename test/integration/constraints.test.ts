@@ -83,6 +83,8 @@ describe('constraints on the configured columns', () => {
     const r = await cli(files, 'backfill');
     expect(r.code, r.stdout + r.stderr).toBe(1); // quarantined values remain
     expect(`${r.stdout}${r.stderr}`).not.toMatch(/SQLSTATE/);
+    expect(r.stdout).toMatch(/NOT converged: 15 value\(s\) of an old version remain/);
+    expect(r.stdout).not.toMatch(/no value of an old version remains/);
     expect(await v1Left('checked')).toBe(10);
     expect(await quarantined('checked')).toEqual(range(1, 10).map((id) => `sweep ${id} update-raised:23514:secret_is_v1`));
     expect(await v1Left('domained')).toBe(5);
@@ -108,5 +110,7 @@ describe('constraints on the configured columns', () => {
     expect(await quarantined('domained')).toContain('stream 50 update-raised:23514:enc_v1_prefix');
     const verify = await cli(files, 'verify');
     expect(verify.code, verify.stdout).toBe(1);
+    expect(verify.stdout).toMatch(/NOT converged: 18 value\(s\) are not at v2/);
+    expect(verify.stdout).not.toMatch(/^converged/m);
   });
 });

@@ -181,6 +181,8 @@ describe('UPDATE triggers on a configured table', () => {
     await addRows(201, 10);
     const backfill = await cli(skip, 'backfill');
     expect(backfill.code, backfill.stdout + backfill.stderr).toBe(0);
+    // The log says it too, before the first rewrite.
+    expect(backfill.stderr).toMatch(/"component":"triggers".*STILL FIRING on each rewrite/);
     expect(await v1Left()).toBe(0);
     expect(await audited()).toBe(before + 10);
     expect(await stamped()).toBe(1); // touch (ENABLE) still skipped
