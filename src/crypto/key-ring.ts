@@ -146,7 +146,8 @@ function readSecretFile(variable: string, path: string, credentialsDirectory: st
   }
 }
 
-function insideCredentialsDirectory(path: string, dir: string | undefined): boolean {
+/** The real path of `path` is inside systemd's $CREDENTIALS_DIRECTORY (see readSecretFile). */
+export function insideCredentialsDirectory(path: string, dir: string | undefined): boolean {
   if (!dir || !isAbsolute(dir)) return false;
   try {
     const rel = relative(realpathSync(dir), realpathSync(path));

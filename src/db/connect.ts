@@ -1,4 +1,6 @@
+import { createReadStream } from 'node:fs';
 import { createRequire } from 'node:module';
+import { insideCredentialsDirectory } from '../crypto/key-ring.js';
 import pg from 'pg';
 import { RuntimeFailure } from '../errors.js';
 import { backoffMs, sleep } from '../timing.js';
@@ -17,6 +19,7 @@ type PgpassLookup = (params: unknown, cb: (password: string | undefined) => void
 // pg's own dependencies, resolved from where pg is installed.
 const fromPg = createRequire(createRequire(import.meta.url).resolve('pg'));
 const pgpass = fromPg('pgpass') as PgpassLookup;
+const pgpassHelper = createRequire(fromPg.resolve('pgpass'))('./helper.js') as { getPassword(params: unknown, stream: NodeJS.ReadableStream, cb: (password: string | undefined) => void): void };
 const parseConnectionString = fromPg('pg-connection-string') as { parseIntoClientConfig(s: string): pg.ClientConfig };
 
 /**
@@ -25,6 +28,12 @@ const parseConnectionString = fromPg('pg-connection-string') as { parseIntoClien
  * a password function is its supported way. undefined: the server then says it needs one.
  */
 export function passwordFromPgpass(params: unknown): Promise<string | undefined> {
+  const file = process.env.PGPASSFILE;
+  // A systemd credential (LoadCredential=pgpass:..., PGPASSFILE=%d/pgpass) shows mode 0440 (the ACL mask),
+  // which pgpass refuses as readable by the group; systemd made it private to the service (key-ring.ts).
+  if (file && insideCredentialsDirectory(file, process.env.CREDENTIALS_DIRECTORY)) {
+    return new Promise((resolve) => pgpassHelper.getPassword(params, createReadStream(file), resolve));
+  }
   return new Promise((resolve) => pgpass(params, resolve));
 }
 

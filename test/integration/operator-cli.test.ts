@@ -109,6 +109,17 @@ describe('against PostgreSQL', () => {
     expect([0, 1], output(withPass)).toContain(withPass.code);
     expect(withPass.stdout).toContain('public.incidents');
     expect(output(withPass)).not.toMatch(/DeprecationWarning|pgpass support is deprecated/);
+
+    // systemd's LoadCredential= (PGPASSFILE=%d/pgpass) shows the file as 0440: accepted inside $CREDENTIALS_DIRECTORY only.
+    const creds = mkdtempSync(path.join(os.tmpdir(), 'pg-rekey-creds-'));
+    const credFile = path.join(creds, 'pgpass');
+    writeFileSync(credFile, `127.0.0.1:${url.port}:*:${role}:${password}\n`);
+    chmodSync(credFile, 0o440);
+    const empty = mkdtempSync(path.join(os.tmpdir(), 'pg-rekey-home-'));
+    const viaCredential = await runCli(['-c', f.configPath, '--database-url', url.toString(), 'verify'], { env: { ...keyEnv(), HOME: empty, PGPASSFILE: credFile, CREDENTIALS_DIRECTORY: creds } });
+    expect([0, 1], output(viaCredential)).toContain(viaCredential.code);
+    const groupReadable = await runCli(['-c', f.configPath, '--database-url', url.toString(), 'verify'], { env: { ...keyEnv(), HOME: empty, PGPASSFILE: credFile } });
+    expect(groupReadable.code, output(groupReadable)).toBe(3);
   });
 
   it('status tells the truth: a paused sweep has no rate or ETA, a starting daemon is starting, a count older than a backfill says so', async () => {
