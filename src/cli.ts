@@ -225,6 +225,8 @@ Typical rotation:
         'foreign tables, timeouts) as NOT CHECKED. Then a `tables:` snippet for pg-rekey.yaml.\n' +
         'Exit 1 when old-version values are found outside the configured columns, 0 otherwise\n' +
         '(a sample finding none is not proof: run --full before removing the old key).\n' +
+        'Run it as a role that may read every table (GRANT pg_read_all_data, plus BYPASSRLS where row security\n' +
+        'is on): the least-privilege worker role reads only the configured tables, so the rest is NOT CHECKED.\n' +
         'Needs only LIBSODIUM_ENCRYPTION_KEY_VERSION. Results are kept in pgrekey.check_result (after setup).',
     )
     .action(run((cmd) => discoverCommand(globals(cmd), cmd.opts())));
