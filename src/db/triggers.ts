@@ -96,12 +96,36 @@ export async function skipPrivilegeProblem(db: pg.Pool | pg.ClientBase, tables: 
   return `${what}, which role ${me.role} may not set: as a superuser run GRANT SET ON PARAMETER session_replication_role TO ${me.role}; (see sql/roles.sql), or choose \`triggers: fire\``;
 }
 
-/** Every trigger problem of the tables: undecided tables, and a `skip` this role may not do. */
+/**
+ * Replica mode also skips the internal triggers that enforce foreign keys. A configured column in a
+ * foreign key (on either side) changes its stored value at every rewrite: with `skip` the key would
+ * no longer be checked, silently. Refused; with `fire` such a rewrite fails the check and is quarantined.
+ */
+export async function skipForeignKeyProblems(db: pg.Pool | pg.ClientBase, tables: readonly TableInfo[]): Promise<string[]> {
+  const skipping = tables.filter(skipsTriggers);
+  if (skipping.length === 0) return [];
+  const pairs = skipping.flatMap((t) => t.leaves.flatMap((l) => t.config.columns.map((c) => ({ table: t.display, rel: quoteQualified(l), col: c }))));
+  const r = await db.query<{ i: number; conname: string; def: string }>(
+    `select p.i, con.conname::text as conname, pg_get_constraintdef(con.oid) as def
+       from unnest($1::text[], $2::text[]) with ordinality as p(rel, col, i)
+       join pg_attribute a on a.attrelid = to_regclass(p.rel) and a.attname = p.col
+       join pg_constraint con on con.contype = 'f'
+        and ((con.conrelid = a.attrelid and a.attnum = any (con.conkey)) or (con.confrelid = a.attrelid and a.attnum = any (con.confkey)))`,
+    [pairs.map((p) => p.rel), pairs.map((p) => p.col)],
+  );
+  return r.rows.map((row) => {
+    const p = pairs[row.i - 1]!;
+    return `${p.table}: \`triggers: skip\` would also skip the foreign key ${row.conname} (${row.def}) on its configured column ${p.col}: every rewrite changes the stored value, so the key would go unchecked; use \`triggers: fire\` (a rewrite that breaks the key is then quarantined)`;
+  });
+}
+
+/** Every trigger problem of the tables: undecided tables, a `skip` this role may not do, a `skip` that would skip a foreign key. */
 export async function triggerProblems(db: pg.Pool | pg.ClientBase, tables: readonly TableInfo[]): Promise<{ problems: string[]; found: TableTriggers[] }> {
   const found = await findUpdateTriggers(db, tables);
   const problems = undecidedProblems(found);
   const privilege = await skipPrivilegeProblem(db, tables);
   if (privilege) problems.push(privilege);
+  problems.push(...(await skipForeignKeyProblems(db, tables)));
   return { problems, found };
 }
 

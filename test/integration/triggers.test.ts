@@ -208,3 +208,18 @@ describe('UPDATE triggers on a configured table', () => {
     expect(await count(`select count(*)::int as n from calls_audit where id between 301 and 310 and starts_with(old_secret, 'v1:')`)).toBe(10);
   });
 });
+
+describe('triggers: skip and foreign keys', () => {
+  it('refuses skip on a configured column in a foreign key (replica mode would leave the key unchecked)', async () => {
+    await db.pool.query(`
+      create table fk_parent (k text primary key);
+      create table fk_child (id bigint primary key, k text references fk_parent (k));`);
+    const f = writeDaemonFiles(db.url, [{ name: 'fk_child', columns: ['k'], triggers: 'skip' }], { replication: { slot: `fk_${db.name}`.slice(0, 63), publication: 'pgrekey_fk' } });
+    const setup = await cli(f, 'setup');
+    expect(setup.code, setup.stderr).toBe(2);
+    expect(setup.stderr).toMatch(/public\.fk_child: `triggers: skip` would also skip the foreign key fk_child_k_fkey \(FOREIGN KEY \(k\) REFERENCES fk_parent\(k\)\)/);
+    const fire = writeDaemonFiles(db.url, [{ name: 'fk_child', columns: ['k'], triggers: 'fire' }], { replication: { slot: `fk_${db.name}`.slice(0, 63), publication: 'pgrekey_fk' } });
+    const ok = await cli(fire, 'backfill', '--dry-run');
+    expect(ok.code, ok.stderr).toBe(0);
+  });
+});
