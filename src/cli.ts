@@ -10,6 +10,7 @@ import { keygenCommand } from './commands/keygen.js';
 import { runCommand } from './commands/run.js';
 import { teardownCommand } from './commands/teardown.js';
 import { grantsCommand } from './commands/grants.js';
+import { reportCommand } from './commands/report.js';
 import { pauseCommand, resumeCommand, setCommand } from './commands/control.js';
 import { SETTING_NAMES } from './throttle/live-settings.js';
 
@@ -20,9 +21,10 @@ Exit codes:
      --decrypt target values that do not open; with --strict old-version values outside the
      configuration), discover (old-version values outside the configured columns), backfill
      (values left after its passes, quarantined ones included), run --exit-when-converged (only
-     quarantined values left)
+     quarantined values left), report (its verdict: the old key must stay)
   2  usage or configuration error (flags, config file, keys, a target key that does not open the
-     stored target values, tables, row security hiding rows, unlogged tables, a slot held by another run)
+     stored target values, tables, row security hiding rows, unlogged tables, a slot held by another run,
+     teardown --drop-state without a report written after the last verify)
   3  runtime failure (database unreachable, wrong key, interrupted)`;
 
 const KEYS = `
@@ -63,11 +65,12 @@ Typical rotation:
   pg-rekey keygen                      # new key -> LIBSODIUM_ENCRYPTION_KEY_V2, deploy apps with VERSION=v2
   pg-rekey setup -c pg-rekey.yaml      # checks, state schema, publication, slot (idempotent)
   pg-rekey backfill --dry-run          # what would be rewritten, nothing written
-  pg-rekey run --exit-when-converged   # stream + sweep until converged (or run it as a service)
+  pg-rekey verify                      # exit 1 expected: records the counts before the rotation
+  pg-rekey run --exit-when-converged --quiet-period 15m   # until converged and no app wrote v1 for 15m
   pg-rekey verify --decrypt --strict   # every value opens; nothing outside the configuration
   pg-rekey discover --full             # exact: no old-version value anywhere else
-  pg-rekey verify && echo "old key can go"
-  pg-rekey teardown                    # drop slot + publication`,
+  pg-rekey report --format html -o rotation.html   # the evidence to keep; exit 0: the old key can go
+  pg-rekey teardown                    # drop slot + publication (--drop-state: after the report)`,
     )
     .exitOverride();
 
@@ -143,6 +146,7 @@ Typical rotation:
     .command('run')
     .description('the daemon: stream new old-key writes and sweep existing rows until stopped (or converged)')
     .option('--exit-when-converged', 'exit 0 once converged; exit 1 if the sweep is complete but quarantined values remain')
+    .option('--quiet-period <duration>', 'with --exit-when-converged: exit 0 only once converged and no old-version write was seen for this long (e.g. 15m)')
     .addHelpText(
       'after',
       '\nConsumes the replication slot created by `setup` and rewrites every INSERT/UPDATE that carries an\n' +
@@ -157,7 +161,12 @@ Typical rotation:
         'SIGTERM/SIGINT: finish the batch in flight, acknowledge, checkpoint, exit 0, all within\n' +
         'daemon.shutdown_timeout (10s); past it, exit 3 naming what was left (it replays from the slot).\n' +
         'A second signal exits at once (3).\n' +
-        'A lost or dropped slot is recreated and the sweep restarts from block 0.',
+        'A lost or dropped slot is recreated and the sweep restarts from block 0.\n' +
+        'Rollout gate: every old-version value in an application INSERT/UPDATE the stream decodes (pg-rekey\'s\n' +
+        'own rewrites aside) is recorded per version, table and column with its commit time (pgrekey.old_version_write,\n' +
+        'pg_rekey_old_version_writes_total, pg_rekey_old_version_last_write_timestamp_seconds): an application\n' +
+        'instance still writes the old key. With --quiet-period, --exit-when-converged waits until no such write\n' +
+        'was committed for that long (counted from the last one, or the slot\'s creation; a new one restarts it).',
     )
     .action(run((cmd) => runCommand(globals(cmd), cmd.opts())));
 
@@ -165,7 +174,7 @@ Typical rotation:
     .command('teardown')
     .description('drop the replication slot and publication once converged (refuses otherwise)')
     .option('--force', 'drop even if not converged or the daemon is running (terminates it)')
-    .option('--drop-state', 'also drop the pgrekey schema (progress, quarantine, history)')
+    .option('--drop-state', 'also drop the pgrekey schema (progress, quarantine, history); refused unless `pg-rekey report` was written after the last verify (or --force)')
     .addHelpText(
       'after',
       '\nA forgotten slot makes the server retain WAL until its disk fills: tear down when done.\n' +
@@ -230,6 +239,27 @@ Typical rotation:
         'Needs only LIBSODIUM_ENCRYPTION_KEY_VERSION. Results are kept in pgrekey.check_result (after setup).',
     )
     .action(run((cmd) => discoverCommand(globals(cmd), cmd.opts())));
+
+  program
+    .command('report')
+    .description('the rotation record for the audit log: keys (fingerprints), operator, timeline, counts, quarantine, checks, verdict')
+    .addOption(new Option('--format <format>', 'md, json, or html (one self-contained file to open and print)').choices(['md', 'json', 'html']).default('md'))
+    .option('-o, --output <file>', 'write the report to this file (default: stdout)')
+    .option('--quiet-period <duration>', 'how long no application may have written an old version for the verdict "the old key may go"', '15m')
+    .addHelpText(
+      'after',
+      '\nReads the state (pgrekey) and runs verify\'s count, and writes: the key versions with their fingerprints\n' +
+        '(HMAC-SHA256 keyed by the key over a fixed label, truncated: it identifies a key and reveals nothing of it;\n' +
+        'never a key, a stored value or a plaintext), the database role and host producing it, the timeline (setup,\n' +
+        'each run with its host and role, pauses with their reasons, slot recreations, convergence, verify and\n' +
+        'report runs, the last old-version write, quiet since), counts per table, column and version now and at\n' +
+        'the first recorded verify, the quarantine by reason, verify --decrypt and discover results when\n' +
+        'recorded, and the verdict with its evidence. Needs only LIBSODIUM_ENCRYPTION_KEY_VERSION; keys present\n' +
+        'in the environment are fingerprinted and compared with those the runs recorded.\n' +
+        'Records that it was written (time, file, sha256): `teardown --drop-state` requires a report written after\n' +
+        'the last verify. Exit 0 when the verdict is "the old key may go", 1 otherwise (written either way).',
+    )
+    .action(run((cmd) => reportCommand(globals(cmd), cmd.opts())));
 
   program
     .command('status')

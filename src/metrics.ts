@@ -64,6 +64,9 @@ export class Metrics {
   readonly converged = new Gauge({ name: 'pg_rekey_converged', help: '1 when the last convergence check passed (0 before the first one)', registers: [this.registry] });
   readonly lastCheck = new KnownGauge({ name: 'pg_rekey_last_check_timestamp_seconds', help: 'When the last convergence check ended (Unix time); absent before the first one', registers: [this.registry] });
   readonly info = new Gauge({ name: 'pg_rekey_info', help: 'Always 1: the target key version, the replication slot and the pg-rekey version of this daemon', labelNames: ['target_version', 'slot', 'version'] as const, registers: [this.registry] });
+  readonly oldVersionWrites = new Counter({ name: 'pg_rekey_old_version_writes_total', help: 'Old-version values in application INSERTs/UPDATEs decoded by the stream (pg-rekey\'s own rewrites excluded): an application instance still writes an old key', labelNames: ['version', 'table'] as const, registers: [this.registry] });
+  readonly oldVersionLastWrite = new Gauge({ name: 'pg_rekey_old_version_last_write_timestamp_seconds', help: 'Commit time (Unix seconds) of the last application write of an old-version value, as recorded', labelNames: ['version', 'table'] as const, registers: [this.registry] });
+  readonly quietSeconds = new Gauge({ name: 'pg_rekey_quiet_seconds', help: 'Seconds since the last old-version write (or the slot creation, if later) at the last convergence check', registers: [this.registry] });
 
   constructor() {
     // One prefix for everything: pg_rekey_process_cpu_seconds_total, pg_rekey_nodejs_heap_size_used_bytes, ...

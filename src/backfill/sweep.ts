@@ -38,6 +38,11 @@ export interface SweepOptions {
   live?: LiveSettings;
   /** Throttle signals (pause switch, replica lag, load); without it the sweep never waits. */
   throttle?: Throttle;
+  /**
+   * Told the 32-bit xid of every chunk's write transaction before it commits (run: the stream
+   * then knows the changes it decodes from them are pg-rekey's, not an application's write).
+   */
+  onWriteXid?: (xid32: number) => void;
 }
 
 export interface RelationResult extends ChunkCounts {
@@ -286,6 +291,10 @@ async function sweepRelation(
           knownNode = now;
           throw new RelationRewritten();
         }
+      }
+      if (opts.onWriteXid) {
+        const x = await client.query<{ x: string }>(`select pg_current_xact_id()::text as x`);
+        opts.onWriteXid(Number(BigInt(x.rows[0]!.x) & 0xffffffffn));
       }
       // Before the CAS: a row it rewrites (another column of it) moves to a new ctid.
       const failures: (QuarantineEntry & { ctid: string })[] = (await withRowKeys(client, r.plan.failures)).map((f) => ({ ...f, table: table.display }));

@@ -79,7 +79,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     if (unlogged) log.warn({ relations: unlogged.relations }, unlogged.message);
     // Before anything is written (a dry run too): the target key must open what the applications wrote with it.
     await proveTargetKey(ctx.pool, tables, ring, ctx.log);
-    if (!opts.dryRun) runId = await startRun(ctx.pool, 'backfill', ring.target);
+    if (!opts.dryRun) runId = await startRun(ctx.pool, 'backfill', ring);
     const tty = process.stderr.isTTY === true && !opts.json;
     // A dry run writes nothing (not even the throttle state) and may run before setup: it is not throttled.
     const live = opts.dryRun ? undefined : new LiveSettings(ctx.pool, ctx.config, ctx.log);

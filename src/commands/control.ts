@@ -3,6 +3,7 @@ import type { GlobalFlags } from '../config/load-config.js';
 import { openContext, requireState } from '../context.js';
 import { ConfigError, EXIT_OK } from '../errors.js';
 import { renderTable } from '../format.js';
+import { recordEvent } from '../state/events.js';
 import { applyOverrides, parseAssignments, readOverrides, SETTING_NAMES, settingName, showSetting } from '../throttle/live-settings.js';
 
 const who = () => `${userInfo().username}@${hostname()}`;
@@ -17,6 +18,7 @@ export async function pauseCommand(flags: GlobalFlags, opts: { reason?: string }
   try {
     await requireState(ctx.pool);
     await ctx.pool.query(`update pgrekey.control set paused = true, pause_reason = $1, paused_by = $2, paused_at = now()`, [opts.reason ?? null, who()]);
+    await recordEvent(ctx.pool, 'pause', { reason: opts.reason ?? null, by: who() });
     process.stdout.write('sweep paused (the stream keeps rewriting new writes); `pg-rekey resume` continues it\n');
     return EXIT_OK;
   } finally {
@@ -29,6 +31,7 @@ export async function resumeCommand(flags: GlobalFlags): Promise<number> {
   try {
     await requireState(ctx.pool);
     const r = await ctx.pool.query(`update pgrekey.control set paused = false, pause_reason = null, paused_by = $1, paused_at = now() where paused returning 1`, [who()]);
+    if (r.rowCount) await recordEvent(ctx.pool, 'resume', { by: who() });
     process.stdout.write(r.rowCount ? 'sweep resumed\n' : 'the sweep was not paused (nothing to do)\n');
     return EXIT_OK;
   } finally {

@@ -1,7 +1,8 @@
 import type { GlobalFlags } from '../config/load-config.js';
 import { openContext, requireState, type Context } from '../context.js';
 import { ConnectWaitInterrupted } from '../db/connect.js';
-import { EXIT_NOT_CONVERGED, EXIT_OK, EXIT_RUNTIME, exitCodeOf } from '../errors.js';
+import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK, EXIT_RUNTIME, exitCodeOf } from '../errors.js';
+import { parseDurationFlag } from '../config/duration-flag.js';
 import { finishRun, startRun, type RunOutcome } from '../state/runs.js';
 import { loadKeyRing, type KeyRing } from '../crypto/key-ring.js';
 import { initSodium, memzero } from '../crypto/secretbox.js';
@@ -20,7 +21,11 @@ import { onShutdownSignals } from '../signals.js';
  * (exit 2 if another run has it), then everything else. From the first stop
  * on, the process exits within daemon.shutdown_timeout (ShutdownBound).
  */
-export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?: boolean }): Promise<number> {
+export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?: boolean; quietPeriod?: string }): Promise<number> {
+  const quietPeriodMs = opts.quietPeriod === undefined ? 0 : parseDurationFlag('--quiet-period', opts.quietPeriod);
+  if (opts.quietPeriod !== undefined && !opts.exitWhenConverged) {
+    throw new ConfigError('--quiet-period only applies with --exit-when-converged', 'add --exit-when-converged (a run without it keeps running; `pg-rekey status` shows how long it has been quiet)');
+  }
   const ring = loadKeyRing({ env: process.env, envFile: flags.envFile });
   await initSodium();
   let ctx: Context;
@@ -43,7 +48,7 @@ export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?:
   });
   let exit = EXIT_RUNTIME;
   try {
-    exit = await runLeased(ctx, ring, bound, state, opts.exitWhenConverged === true);
+    exit = await runLeased(ctx, ring, bound, state, opts.exitWhenConverged === true, quietPeriodMs);
     return exit;
   } catch (e) {
     exit = exitCodeOf(e);
@@ -64,7 +69,7 @@ interface RunState {
   signalled: boolean;
 }
 
-async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, state: RunState, exitWhenConverged: boolean): Promise<number> {
+async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, state: RunState, exitWhenConverged: boolean, quietPeriodMs: number): Promise<number> {
   const { config } = ctx;
   await requireState(ctx.pool);
   // Before anything else that touches the slot or the state: one daemon per slot (exit 2 if taken).
@@ -78,9 +83,9 @@ async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, stat
     await refuseTriggerSurprises(ctx.pool, tables, ctx.log);
     await proveTargetKey(ctx.pool, tables, ring, ctx.log);
     if (state.signalled) return EXIT_OK;
-    const daemon = new Daemon(ctx, ring, tables, { exitWhenConverged, lease, bound });
+    const daemon = new Daemon(ctx, ring, tables, { exitWhenConverged, quietPeriodMs, lease, bound });
     state.daemon = daemon;
-    const runId = await startRun(ctx.pool, 'run', ring.target);
+    const runId = await startRun(ctx.pool, 'run', ring);
     let code: number | null = null;
     try {
       code = await daemon.run();

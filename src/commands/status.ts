@@ -12,6 +12,8 @@ import { describeTransactions, openTransactionsNow, type OpenTransaction } from 
 import { renderOpenTransactions } from './verify.js';
 import { readLeaseHolder } from '../daemon/lease.js';
 import { describeNewerBackfill, liveFigures, newerBackfill, shownState, sweepOverall, type RunRow, type SweepOverall, type SweepState } from './status-truth.js';
+import { quietSince, readOldVersionWrites, type OldVersionWrites } from '../state/old-version-writes.js';
+import { describeSightings, latestByVersion, RECENT_MS } from '../rollout/gate.js';
 
 export interface ReplicationStatus {
   slot: string;
@@ -76,6 +78,61 @@ export interface StatusReport {
    * may commit old-version writes no count sees yet, so they hold convergence back while open.
    */
   openTransactions: OpenTransaction[];
+  /** The rollout gate: old-version writes of the applications the stream saw, and how long it has been quiet. */
+  rollout: RolloutStatus;
+}
+
+export interface RolloutStatus {
+  writes: OldVersionWrites[];
+  /** The lines status and verify print ("last v1 write seen 4m ago (incidents.title): ..."). */
+  summary: string[];
+  /** Versions an application wrote within the last hour: an instance still writes them. */
+  stillWritten: string[];
+  /** The last old-version write, or the slot's creation if later (null: neither recorded). */
+  quietSince: Date | null;
+  /**
+   * Up to when the stream is known to have decoded every commit: the daemon's last convergence
+   * check, when it passed (it waits for the stream to catch up). Null: not observed (no `run`
+   * followed the slot, or its last check did not pass), so writes since are unseen.
+   */
+  observedUntil: Date | null;
+  /** observedUntil - quietSince; null when not observed. */
+  quietSeconds: number | null;
+  /** What a `run --exit-when-converged --quiet-period` waits for (null: no such run recorded). */
+  quietPeriodSeconds: number | null;
+}
+
+/** The rollout gate from the state (status, verify, report). */
+export async function readRollout(db: Parameters<typeof listSegments>[0], slot: string): Promise<RolloutStatus> {
+  const writes = await readOldVersionWrites(db);
+  const q = await quietSince(db, slot);
+  const r = await db.query<{ now: Date; period: number | null; observed: Date | null }>(
+    `select now() as now, d.quiet_period_s as period, case when d.converged_at is not null then d.last_check_at end as observed
+       from (select 1) one left join pgrekey.daemon d on d.slot_name = $1`,
+    [slot],
+  );
+  const now = r.rows[0]!.now.getTime();
+  const observedUntil = r.rows[0]!.observed;
+  return {
+    writes,
+    summary: describeSightings(writes, now),
+    stillWritten: latestByVersion(writes, now).filter((v) => v.agoSeconds * 1000 < RECENT_MS).map((v) => v.version),
+    quietSince: q.since,
+    observedUntil,
+    quietSeconds: q.since && observedUntil ? Math.max(0, (observedUntil.getTime() - q.since.getTime()) / 1000) : null,
+    quietPeriodSeconds: r.rows[0]!.period,
+  };
+}
+
+export function renderRollout(r: RolloutStatus): string {
+  const lines = r.summary.length ? r.summary : ['no old-version write by an application recorded since the slot was created'];
+  const quiet = !r.quietSince
+    ? 'quiet since: not recorded'
+    : r.observedUntil
+      ? `quiet (no old-version write) for ${formatDuration(r.quietSeconds)}: since ${r.quietSince.toISOString()}, as of the last passed convergence check at ${r.observedUntil.toISOString()}`
+      : `no old-version write recorded since ${r.quietSince.toISOString()}, but quiet is not established: no \`pg-rekey run\` check passed (the stream has not decoded every write)`;
+  const gate = r.quietPeriodSeconds ? `; run --exit-when-converged waits for --quiet-period ${formatDuration(r.quietPeriodSeconds)}${(r.quietSeconds ?? 0) >= r.quietPeriodSeconds ? ' (reached)' : ` (${formatDuration(r.quietPeriodSeconds - (r.quietSeconds ?? 0))} to go, if no old-version write comes)`}` : '';
+  return `rollout: ${lines.join('\n  ')}\n  ${quiet}${gate}`;
 }
 
 /** An xid held this long is worth showing; shorter ones are ordinary traffic. */
@@ -141,6 +198,7 @@ export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], sl
     lastRuns: runs.rows,
     newerBackfill: newerBackfill(runs.rows, replication.daemon?.lastCheckAt ?? null),
     openTransactions: await longOpenTransactions(ctxPool),
+    rollout: await readRollout(ctxPool, slot),
   };
 }
 
@@ -258,5 +316,5 @@ function renderStatus(r: StatusReport): string {
   const overall =
     `sweep: ${o.done} of ${o.relations} relation(s) done, ${o.blocksDone} of ${o.blocksTotal} blocks (${o.percent}%)` +
     (o.etaSeconds !== null ? `, ETA ~${formatDuration(o.etaSeconds)}` : r.throttle.paused ? ', PAUSED: no ETA' : r.throttle.reason ? ', THROTTLED: no ETA' : '');
-  return `${renderReplication(r.replication, r.newerBackfill)}\n\n${renderThrottle(r.throttle)}\n${overall}\n${sweep}\n\n${q}\n\n${runs}${open}`;
+  return `${renderReplication(r.replication, r.newerBackfill)}\n${renderRollout(r.rollout)}\n\n${renderThrottle(r.throttle)}\n${overall}\n${sweep}\n\n${q}\n\n${runs}${open}`;
 }

@@ -10,6 +10,7 @@ import { countVersions } from '../verify/count-versions.js';
 import { findOutsideRelations, outsideProblems } from '../verify/outside.js';
 import { dropSlot, readSlot } from '../replication/slot.js';
 import { describeHolder, readLeaseHolder, terminateLeaseHolder } from '../daemon/lease.js';
+import { lastEventAt } from '../state/events.js';
 
 /**
  * Drops the replication slot and the publication (and the state schema with
@@ -25,6 +26,8 @@ export async function teardownCommand(flags: GlobalFlags, opts: { force?: boolea
     const info = await readSlot(ctx.pool, slot);
     // The daemon as it recorded itself when it took the slot's lease (pid and host), not the walsender.
     const holder = await readLeaseHolder(ctx.pool, slot);
+    // The state is the only history of the rotation: it goes only once a report has kept it.
+    if (opts.dropState && !opts.force && (await stateIsCurrent(ctx.pool).catch(() => false))) await refuseUnreported(ctx.pool);
     if (!opts.force) {
       const target = loadTargetVersion({ env: process.env, envFile: flags.envFile });
       const tables = await resolveTables(ctx.pool, ctx.config.tables);
@@ -98,4 +101,21 @@ export async function teardownCommand(flags: GlobalFlags, opts: { force?: boolea
   } finally {
     await ctx.close();
   }
+}
+
+/**
+ * teardown --drop-state deletes the rotation's only history (runs, verify results, quarantine,
+ * old-version writes): refused (exit 2, nothing dropped) unless `pg-rekey report` was written
+ * after the last verify, so the record an auditor files describes the final state.
+ */
+async function refuseUnreported(db: Parameters<typeof lastEventAt>[0]): Promise<void> {
+  const report = await lastEventAt(db, 'report');
+  const verify = await lastEventAt(db, 'verify');
+  if (report && (!verify || report >= verify)) return;
+  throw new ConfigError(
+    report
+      ? `refusing to drop the state: the last report (${report.toISOString()}) was written before the last verify (${verify!.toISOString()}); the state is the only history of this rotation`
+      : `refusing to drop the state: no \`pg-rekey report\` was written${verify ? ` after the last verify (${verify.toISOString()})` : ''}; the state is the only history of this rotation`,
+    'write the rotation record first: `pg-rekey report --format html -o rotation.html` (and keep it), then teardown --drop-state; or teardown without --drop-state, or --force to drop it unrecorded; nothing was dropped',
+  );
 }

@@ -26,6 +26,8 @@ import { Throttle } from '../throttle/throttle.js';
 import { onShutdownSignals } from '../signals.js';
 import type { Context } from '../context.js';
 import type { TableInfo } from '../db/catalog.js';
+import { readRollout, renderRollout, type RolloutStatus } from './status.js';
+import { recordEvent } from '../state/events.js';
 
 export interface VerifyReport {
   target: string;
@@ -58,7 +60,15 @@ export interface VerifyReport {
   decrypt: DeepVerifyResult | null;
   /** The exit code's reasons beyond `converged`: --decrypt failures, --strict findings. */
   problems: string[];
+  /**
+   * The rollout gate (after setup): old-version writes of the applications the stream recorded.
+   * It does not change the verdict on the data; `report` and `run --quiet-period` weigh it.
+   */
+  rollout: RolloutStatus | null;
 }
+
+/** verify's count and its checks of the configured tables (also the evidence of `report`'s verdict). */
+export type VerifyCounts = Omit<VerifyReport, 'outsideConfiguration' | 'outsideConfigurationError' | 'decrypt' | 'problems'>;
 
 export interface VerifyOptions {
   json?: boolean;
@@ -84,19 +94,8 @@ export async function verifyCommand(flags: GlobalFlags, opts: VerifyOptions): Pr
   const ctx = await openContext(flags, { defaultLogLevel: opts.decrypt ? 'info' : 'warn', poolSize: 3 });
   try {
     const tables = await resolveTables(ctx.pool, ctx.config.tables);
-    // A count of part of a table is worse than none: refuse rather than print it.
-    await refuseHiddenRows(ctx.pool, tables, 'cannot count every row');
-    const withState = await stateIsCurrent(ctx.pool);
-    // One snapshot for the whole count (snapshot-count.ts): no row counted twice or missed as it moves.
-    const counted = await countInOneSnapshot(ctx.pool, tables, target, withState);
-    const columns = counted.columns;
-    const remaining = columns.reduce((n, c) => n + c.nonTarget, 0);
-    // The transaction rule: those in progress at the snapshot, and those open now, must end first.
-    const { open } = await waitForTransactions(ctx.pool, [...new Set([...counted.inProgress, ...counted.openAfter])], { timeoutMs: OPEN_TRANSACTION_WAIT_MS });
-    const openTransactions = open.sort((a, b) => (b.ageSeconds ?? 0) - (a.ageSeconds ?? 0));
-    // Once setup has made the publication, a leaf it does not publish is one the stream does not follow.
-    const unfollowed = await unfollowedLeaves(ctx.pool, tables, withState ? ctx.config.replication.publication : undefined);
-    const outside = await findOutsideRelations(ctx.pool, tables, target, ctx.config.ignore);
+    const counts = await collectVerify(ctx, tables, target);
+    const { outside } = counts;
     const oc = await outsideConfiguration(ctx, tables, target, new Set(outside.map((o) => o.relation)));
     const decrypt = ring ? await deepVerify(ctx, tables, ring, sample) : null;
     const problems: string[] = [];
@@ -108,24 +107,12 @@ export async function verifyCommand(flags: GlobalFlags, opts: VerifyOptions): Pr
         if (oc.result.notChecked.length) problems.push(`--strict: ${oc.result.notChecked.length} relation(s) or column(s) outside the configuration could not be checked`);
       }
     }
-    const report: VerifyReport = {
-      target: versionLabel(target),
-      converged: remaining === 0 && openTransactions.length === 0 && unfollowed.length === 0 && !outside.some(blocksConvergence),
-      remaining,
-      quarantined: withState ? columns.reduce((n, c) => n + (c.quarantined ?? 0), 0) : null,
-      columns,
-      openTransactions,
-      unfollowed,
-      outside,
-      ignore: ctx.config.ignore.map(displayName),
-      outsideConfiguration: oc.result,
-      outsideConfigurationError: oc.error,
-      decrypt,
-      problems,
-    };
+    const report: VerifyReport = { ...counts, outsideConfiguration: oc.result, outsideConfigurationError: oc.error, decrypt, problems };
     ctx.log
       .child({ component: 'verify' })
-      .info({ converged: report.converged, remaining, quarantined: report.quarantined, openTransactions: openTransactions.length, unfollowed: unfollowed.length, outside: outside.length }, 'verify finished');
+      .info({ converged: report.converged, remaining: report.remaining, quarantined: report.quarantined, openTransactions: report.openTransactions.length, unfollowed: report.unfollowed.length, outside: outside.length }, 'verify finished');
+    // The rotation record: when verify ran and what it found (`report`, `teardown --drop-state`).
+    if (report.rollout) await recordEvent(ctx.pool, 'verify', verifyEventDetail(report));
     process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : `${renderVerify(report, opts.strict === true)}\n`);
     if (decrypt?.interrupted) throw new RuntimeFailure('verify --decrypt was interrupted by a signal', 'its counts cover only part of the values: run it again');
     return report.converged && problems.length === 0 ? EXIT_OK : EXIT_NOT_CONVERGED;
@@ -133,6 +120,49 @@ export async function verifyCommand(flags: GlobalFlags, opts: VerifyOptions): Pr
     ring?.wipe(memzero);
     await ctx.close();
   }
+}
+
+/** What a verify event records: its verdict and counts (names and numbers only). */
+export function verifyEventDetail(r: VerifyReport): object {
+  return {
+    converged: r.converged && r.problems.length === 0,
+    remaining: r.remaining,
+    quarantined: r.quarantined,
+    openTransactions: r.openTransactions.length,
+    unfollowed: r.unfollowed.length,
+    outside: r.outside.length,
+    problems: r.problems,
+    columns: r.columns.map((c) => ({ table: c.table, column: c.column, byVersion: c.byVersion, notOurs: c.notOurs, nulls: c.nulls, quarantined: c.quarantined, nonTarget: c.nonTarget })),
+  };
+}
+
+/** verify's count and its checks of the configured tables (also the evidence of `report`'s verdict). */
+export async function collectVerify(ctx: Context, tables: TableInfo[], target: number): Promise<VerifyCounts> {
+  // A count of part of a table is worse than none: refuse rather than print it.
+  await refuseHiddenRows(ctx.pool, tables, 'cannot count every row');
+  const withState = await stateIsCurrent(ctx.pool);
+  // One snapshot for the whole count (snapshot-count.ts): no row counted twice or missed as it moves.
+  const counted = await countInOneSnapshot(ctx.pool, tables, target, withState);
+  const columns = counted.columns;
+  const remaining = columns.reduce((n, c) => n + c.nonTarget, 0);
+  // The transaction rule: those in progress at the snapshot, and those open now, must end first.
+  const { open } = await waitForTransactions(ctx.pool, [...new Set([...counted.inProgress, ...counted.openAfter])], { timeoutMs: OPEN_TRANSACTION_WAIT_MS });
+  const openTransactions = open.sort((a, b) => (b.ageSeconds ?? 0) - (a.ageSeconds ?? 0));
+  // Once setup has made the publication, a leaf it does not publish is one the stream does not follow.
+  const unfollowed = await unfollowedLeaves(ctx.pool, tables, withState ? ctx.config.replication.publication : undefined);
+  const outside = await findOutsideRelations(ctx.pool, tables, target, ctx.config.ignore);
+  return {
+    target: versionLabel(target),
+    converged: remaining === 0 && openTransactions.length === 0 && unfollowed.length === 0 && !outside.some(blocksConvergence),
+    remaining,
+    quarantined: withState ? columns.reduce((n, c) => n + (c.quarantined ?? 0), 0) : null,
+    columns,
+    openTransactions,
+    unfollowed,
+    outside,
+    ignore: ctx.config.ignore.map(displayName),
+    rollout: withState ? await readRollout(ctx.pool, ctx.config.replication.slot) : null,
+  };
 }
 
 function parseSample(opts: VerifyOptions): number | undefined {
@@ -191,8 +221,12 @@ export function renderVerify(r: VerifyReport, strict = false): string {
     ? `\nNOT converged: ${r.unfollowed.length} relation(s) of the configured tables are not followed by the stream, so a count of them proves nothing:\n${r.unfollowed.map((u) => `  ${u}`).join('\n')}`
     : '';
   const elsewhere = r.outsideConfiguration && !r.outsideConfiguration.ok ? ' (but not by what "outside the configuration" lists below)' : '';
+  const stale = r.rollout?.stillWritten ?? [];
   const verdict = r.converged
-    ? `converged: every value is at ${r.target} (or not ours), and no transaction open at the count is left; the old key(s) are no longer needed by these columns${elsewhere}`
+    ? `converged: every value is at ${r.target} (or not ours), and no transaction open at the count is left; ` +
+      (stale.length
+        ? `but an application instance wrote ${stale.join(', ')} within the last hour (below): the stream rewrites it, yet the old key must stay until every instance writes ${r.target}`
+        : `the old key(s) are no longer needed by these columns${elsewhere}`)
     : r.remaining === 0
       ? `no value of an old version was counted, but that is no proof yet`
       : `NOT converged: ${r.remaining} value(s) are not at ${r.target}` +
@@ -200,7 +234,8 @@ export function renderVerify(r: VerifyReport, strict = false): string {
   const deep = r.decrypt ? renderDeepVerify(r.decrypt) : '';
   const config = renderOutsideConfiguration(r.outsideConfiguration, r.outsideConfigurationError, strict);
   const problems = r.problems.length ? `\nNOT OK: ${r.problems.join('; ')}` : '';
-  return `target ${r.target}\n${table}\n${verdict}${open}${unfollowed}${outside}${config}${deep}${problems}`;
+  const rollout = r.rollout ? `\n${renderRollout(r.rollout)}` : '';
+  return `target ${r.target}\n${table}\n${verdict}${open}${unfollowed}${outside}${config}${deep}${rollout}${problems}`;
 }
 
 /** The relations that left the configured tables: counted, and what holds convergence back. */

@@ -26,11 +26,19 @@ import { startHttp } from './http.js';
 import { readStatus } from '../commands/status.js';
 import type { LiveView } from './status-page.js';
 import { CheckHistory, StatusPageSource } from './status-view.js';
+import { quietSince, readOldVersionWrites } from '../state/old-version-writes.js';
+import { recordEvent } from '../state/events.js';
+import { formatDuration } from '../format.js';
 import type { SlotLease } from './lease.js';
 import type { ShutdownBound } from './shutdown-bound.js';
 
 export interface DaemonOptions {
   exitWhenConverged: boolean;
+  /**
+   * --quiet-period: with exitWhenConverged, exit only once no old-version write has been seen for
+   * this long (counted from the last one's commit time, or the slot's creation); 0 = at once.
+   */
+  quietPeriodMs: number;
   /** The slot's lease, taken by the caller before anything else (lease.ts); losing it stops the daemon. */
   lease: SlotLease;
   /** Bounds the shutdown (daemon.shutdown_timeout); armed by the first stop. */
@@ -70,6 +78,12 @@ export class Daemon {
   /** The last convergence checks, for the status page. */
   private readonly checks = new CheckHistory();
   private readonly page: StatusPageSource;
+  private writer!: StreamWriter;
+  private readonly startedAtMs = Date.now();
+  /** The rollout gate at the last check: where the quiet period counts from, and how long it has been. */
+  private quiet: { since: Date | null; quietMs: number } = { since: null, quietMs: 0 };
+  /** The quiet-period start last logged as awaited (a new old-version write restarts it). */
+  private quietLogged: number | null = null;
 
   constructor(
     private readonly ctx: Context,
@@ -165,9 +179,17 @@ export class Daemon {
     await this.catalog.init(); // refuses UNLOGGED leaves; adds INHERITS children created since setup to the publication
     this.serverVersionNum = Number((await pool.query<{ v: string }>(`select current_setting('server_version_num') as v`)).rows[0]!.v);
     await this.ensureSlot('startup check');
-    const writer = new CatalogFollowingWriter(pool, this.ring, { maxRows: config.daemon.streamBatchRows, maxBytes: 32 * 1024 * 1024, maxDelayMs: config.daemon.streamBatchDelayMs, lockTimeoutMs: config.sweep.lockTimeoutMs }, () =>
+    const writer = (this.writer = new CatalogFollowingWriter(pool, this.ring, { maxRows: config.daemon.streamBatchRows, maxBytes: 32 * 1024 * 1024, maxDelayMs: config.daemon.streamBatchDelayMs, lockTimeoutMs: config.sweep.lockTimeoutMs }, () =>
       this.refreshCatalog('stream write failed'),
-    );
+    ));
+    // The gate's metric starts from the record, so that a restart keeps the last write's time.
+    const last = new Map<string, { version: string; table: string; at: number }>();
+    for (const w of await readOldVersionWrites(pool)) {
+      const k = `${w.version} ${w.table}`;
+      const at = w.lastAt.getTime() / 1000;
+      if (at > (last.get(k)?.at ?? 0)) last.set(k, { version: versionLabel(w.version), table: w.table, at });
+    }
+    for (const l of last.values()) this.metrics.oldVersionLastWrite.set({ version: l.version, table: l.table }, l.at);
     this.stream = new ReplicationStream({
       connectionString: config.connectionString,
       slot: config.replication.slot,
@@ -275,7 +297,17 @@ export class Daemon {
           relations.forEach((r) => this.resweep.delete(r));
         }
         // Rewrites, conflicts and quarantined values are counted per chunk by the progress sink.
-        await sweepTables(pool, this.tables, { settings: config.sweep, live, throttle, ring: this.ring, signal: this.sweepAbort.signal, progress, log: this.ctx.log });
+        await sweepTables(pool, this.tables, {
+          settings: config.sweep,
+          live,
+          throttle,
+          ring: this.ring,
+          signal: this.sweepAbort.signal,
+          progress,
+          log: this.ctx.log,
+          // The stream must not take the sweep's own rewrites for an application's old-version writes.
+          onWriteXid: (xid) => this.writer.noteOwnTransaction(xid),
+        });
         await throttle.clear();
       } catch (e) {
         if (this.stopping) break;
@@ -534,6 +566,8 @@ export class Daemon {
   private async check(): Promise<void> {
     const generation = this.invalidations;
     const tables = this.tables;
+    // Server clock, before the count: every commit before it is decoded once the check says the stream caught up.
+    const checkStarted = (await this.ctx.pool.query<{ now: Date }>(`select clock_timestamp() as now`)).rows[0]!.now;
     const waitMs = Math.max(1_000, Math.min(20_000, this.ctx.config.daemon.checkIntervalMs));
     const c = await checkConvergence(this.ctx.pool, tables, this.ring.target, this.stream, {
       transactionsMs: waitMs,
@@ -555,6 +589,9 @@ export class Daemon {
     this.metrics.openTransactions.set(c.openTransactions.length);
     this.metrics.lastCheck.set(this.lastCheckAt.getTime() / 1000);
     const wasConverged = this.convergedAt !== null;
+    if (c.converged !== wasConverged) {
+      await recordEvent(this.ctx.pool, c.converged ? 'converged' : 'unconverged', { remaining: c.remaining, quarantined: c.quarantined }).catch((e) => this.log.warn({ err: e }, 'could not record the convergence event'));
+    }
     if (c.converged && !wasConverged) {
       this.convergedAt = new Date();
       this.log.info({ remaining: 0, quarantined: c.quarantined }, 'CONVERGED: every table swept since the slot was created, no value of an old version remains, no transaction open at the count is left, the stream is caught up past them');
@@ -572,14 +609,54 @@ export class Daemon {
       );
     }
     await this.resweepStuck(c);
+    await this.updateQuiet(checkStarted);
     await this.writeState();
     if (!this.opts.exitWhenConverged) return;
-    if (c.converged) return this.stop(EXIT_OK);
+    if (c.converged && this.quiet.quietMs >= this.opts.quietPeriodMs) {
+      if (this.opts.quietPeriodMs > 0) {
+        this.log.info(
+          { quietSince: this.quiet.since, quietFor: formatDuration(this.quiet.quietMs / 1000), quietPeriod: formatDuration(this.opts.quietPeriodMs / 1000) },
+          `CONVERGED AND QUIET: no old-version write for ${formatDuration(this.quiet.quietMs / 1000)} (--quiet-period ${formatDuration(this.opts.quietPeriodMs / 1000)}); exiting`,
+        );
+      }
+      return this.stop(EXIT_OK);
+    }
+    if (c.converged) await this.logQuietWait();
     if (c.stuckOnQuarantine) {
       const q = await summarizeQuarantine(this.ctx.pool);
       this.log.error({ remaining: c.remaining, quarantine: q }, 'sweep complete but quarantined values remain; they need an operator (see pgrekey.quarantine)');
       this.stop(EXIT_NOT_CONVERGED);
     }
+  }
+
+  /**
+   * The rollout gate: how long since the last old-version write an application made (its commit
+   * time; the slot's creation if later, since nothing before it was decoded), measured at the
+   * start of this check, when the stream has decoded every commit before it.
+   */
+  private async updateQuiet(checkStarted: Date): Promise<void> {
+    const q = await quietSince(this.ctx.pool, this.ctx.config.replication.slot);
+    const seen = this.writer.sightings.newestCommitMs; // decoded, maybe not recorded yet
+    const since = Math.max(q.since?.getTime() ?? this.startedAtMs, seen);
+    this.quiet = { since: new Date(since), quietMs: Math.max(0, checkStarted.getTime() - since) };
+    this.metrics.quietSeconds.set(this.quiet.quietMs / 1000);
+  }
+
+  /** Converged, not yet quiet for --quiet-period: say what run waits for (again when a write restarts it). */
+  private async logQuietWait(): Promise<void> {
+    const since = this.quiet.since!.getTime();
+    if (this.quietLogged === since) return;
+    const first = this.quietLogged === null;
+    this.quietLogged = since;
+    const last = (await readOldVersionWrites(this.ctx.pool))[0];
+    const period = formatDuration(this.opts.quietPeriodMs / 1000);
+    const what = last && last.lastAt.getTime() >= since - 1 ? `the last ${versionLabel(last.version)} write (${last.table}.${last.column}) committed at ${last.lastAt.toISOString()}` : 'no old-version write since the slot was created';
+    this.log.info(
+      { quietSince: new Date(since), quietFor: formatDuration(this.quiet.quietMs / 1000), quietPeriod: period, exitsAt: new Date(since + this.opts.quietPeriodMs) },
+      first
+        ? `converged; waiting for --quiet-period ${period} without old-version writes before exiting (${what}); a new one restarts the wait`
+        : `an old-version write restarted the quiet period (${what}): an application instance still writes an old key; waiting for ${period} without one`,
+    );
   }
 
   /**
@@ -636,14 +713,14 @@ export class Daemon {
       this.rateSample = { at: now, rewrites, perSec };
     }
     const r = await this.ctx.pool.query(
-      `insert into pgrekey.daemon as d (slot_name, host, pid, started_at, heartbeat_at, applied_lsn, stream_connected, sweep_done, remaining, quarantined, last_check_at, converged_at, stream_rewrites, stream_rewrites_per_sec, stopped_at)
-       values ($1, $2, $3, $14::timestamptz, now(), $4::pg_lsn, $5, $6, $7, $8, $9, $10, $11, $12, case when $13 then now() end)
+      `insert into pgrekey.daemon as d (slot_name, host, pid, started_at, heartbeat_at, applied_lsn, stream_connected, sweep_done, remaining, quarantined, last_check_at, converged_at, stream_rewrites, stream_rewrites_per_sec, stopped_at, quiet_period_s, quiet_since)
+       values ($1, $2, $3, $14::timestamptz, now(), $4::pg_lsn, $5, $6, $7, $8, $9, $10, $11, $12, case when $13 then now() end, $15, $16)
        on conflict (slot_name) do update set
          heartbeat_at = now(), applied_lsn = excluded.applied_lsn, stream_connected = excluded.stream_connected,
          sweep_done = excluded.sweep_done, remaining = excluded.remaining, quarantined = excluded.quarantined,
          last_check_at = excluded.last_check_at, converged_at = excluded.converged_at,
          stream_rewrites = excluded.stream_rewrites, stream_rewrites_per_sec = excluded.stream_rewrites_per_sec,
-         stopped_at = excluded.stopped_at
+         stopped_at = excluded.stopped_at, quiet_period_s = excluded.quiet_period_s, quiet_since = excluded.quiet_since
        where d.host = excluded.host and d.pid = excluded.pid and d.started_at = excluded.started_at`,
       [
         this.ctx.config.replication.slot,
@@ -660,6 +737,8 @@ export class Daemon {
         this.rateSample.perSec,
         stopped,
         lease.token.startedAt,
+        this.opts.exitWhenConverged ? this.opts.quietPeriodMs / 1000 : null,
+        this.quiet.since,
       ],
     );
     if (r.rowCount === 0) lease.lose(new Error('the status row in pgrekey.daemon names another daemon: another pg-rekey run holds the slot now'));

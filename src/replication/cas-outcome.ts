@@ -94,9 +94,35 @@ export class OwnTransactions {
     while (this.wrote.size > this.capacity) this.wrote.delete(this.wrote.keys().next().value!);
   }
 
+  /** True when the transaction `xid` (as decoded) was one of pg-rekey's flushes that wrote something. */
+  hasTransaction(xid: number | undefined): boolean {
+    return xid !== undefined && this.wrote.has(xid >>> 0);
+  }
+
   /** True when the transaction `xid` (as decoded) was pg-rekey's and it set this cell. */
   wroteCell(xid: number | undefined, table: string, key: readonly string[], column: string): boolean {
     if (xid === undefined) return false;
     return this.wrote.get(xid >>> 0)?.has(OwnTransactions.cell(table, key, column)) === true;
+  }
+}
+
+/**
+ * The 32-bit xids of pg-rekey's other write transactions in this process (the sweep's chunks),
+ * the most recent `capacity` of them: changes decoded from them are not the application's.
+ */
+export class RecentXids {
+  private readonly xids = new Set<number>();
+
+  constructor(private readonly capacity = 20_000) {}
+
+  add(xid32: number): void {
+    const x = xid32 >>> 0;
+    this.xids.delete(x);
+    this.xids.add(x);
+    if (this.xids.size > this.capacity) this.xids.delete(this.xids.values().next().value!);
+  }
+
+  has(xid: number | undefined): boolean {
+    return xid !== undefined && this.xids.has(xid >>> 0);
   }
 }

@@ -9,7 +9,9 @@ import { inTransaction } from '../db/connect.js';
 import { withTriggersSkipped } from '../db/triggers.js';
 import type { Logger } from '../logger.js';
 import { backoffMs, sleep } from '../timing.js';
-import { classifyMiss, isolatedByRow, OwnTransactions, rowErrorReason, SanitizedDbError } from './cas-outcome.js';
+import { classifyMiss, isolatedByRow, OwnTransactions, RecentXids, rowErrorReason, SanitizedDbError } from './cas-outcome.js';
+import { OldVersionSightings, type DecodedTransaction } from './old-version-sightings.js';
+import { recordSightings } from '../state/old-version-writes.js';
 import { StopWhileWaiting, waitUntilVisible } from './visibility.js';
 import { clearQuarantine, recordQuarantine, type QuarantineEntry } from '../state/quarantine.js';
 import { keyMatchSql, type StreamRelation } from './relation-map.js';
@@ -89,6 +91,10 @@ export class StreamWriter {
   private readonly own = new OwnTransactions();
   /** The xid of the flush transaction in progress. */
   private xid = 0;
+  /** pg-rekey's other write transactions (the sweep's chunks in this process). */
+  private readonly otherOwn = new RecentXids();
+  /** Old-version values in application writes (the rollout gate), persisted at the next flush. */
+  readonly sightings = new OldVersionSightings();
 
   constructor(
     private readonly pool: pg.Pool,
@@ -96,8 +102,25 @@ export class StreamWriter {
     readonly limits: BatchLimits = DEFAULT_BATCH,
   ) {}
 
+  /** Rows pending, plus one while sightings wait to be recorded (the slot must not move past them). */
   get size(): number {
-    return this.rows;
+    return this.rows + (this.sightings.size > 0 ? 1 : 0);
+  }
+
+  /** A sweep chunk's write transaction (32-bit xid): its decoded changes are pg-rekey's, not the application's. */
+  noteOwnTransaction(xid32: number): void {
+    this.otherOwn.add(xid32);
+  }
+
+  /** True when the decoded transaction `xid` was written by pg-rekey (a stream flush or a sweep chunk). */
+  isOwnTransaction(xid: number | undefined): boolean {
+    return this.own.hasTransaction(xid) || this.otherOwn.has(xid);
+  }
+
+  /** An old-version value in an application's write: recorded (with the rewrites) before the slot moves past it. */
+  noteSighting(txn: DecodedTransaction, version: number, table: string, column: string): void {
+    this.sightings.note(txn, version, table, column);
+    if (this.oldest === 0) this.oldest = Date.now();
   }
 
   /** Logger and stop signal (the stream sets them). */
@@ -122,18 +145,31 @@ export class StreamWriter {
   }
 
   due(now = Date.now()): boolean {
-    return this.rows >= this.limits.maxRows || this.bytes >= this.limits.maxBytes || (this.rows > 0 && now - this.oldest >= this.limits.maxDelayMs);
+    return this.rows >= this.limits.maxRows || this.bytes >= this.limits.maxBytes || (this.size > 0 && now - this.oldest >= this.limits.maxDelayMs);
   }
 
   /** Drops pending work (after a stream error: it replays from the slot). */
   discard(): void {
     this.pending = new Map();
     this.rows = this.bytes = this.oldest = 0;
+    this.sightings.discard();
+  }
+
+  /** Drops pending rewrites after a flush; sightings noted meanwhile stay for the next one. */
+  private clearRows(): void {
+    this.pending = new Map();
+    this.rows = this.bytes = 0;
+    this.oldest = this.sightings.size > 0 ? Date.now() : 0;
   }
 
   async flush(): Promise<FlushResult> {
     const result: FlushResult = { rewritten: new Map(), quarantined: new Map(), superseded: 0, retried: 0, givenUp: 0, visibilityWaitMs: 0 };
-    if (this.rows === 0) return result;
+    // Before the slot can move past them (a failure below replays them; recorded ones are not counted twice).
+    if (this.sightings.size > 0) await recordSightings(this.pool, this.sightings.take());
+    if (this.rows === 0) {
+      this.clearRows();
+      return result;
+    }
     let work = [...this.pending.values()];
     const xids = work.flatMap((b) => [...b.rows.values()].flatMap((r) => (r.xid === undefined ? [] : [r.xid])));
     result.visibilityWaitMs = await waitUntilVisible(this.pool, xids, this.hooks);
@@ -154,7 +190,7 @@ export class StreamWriter {
       await sleep(backoffMs(attempt, 50, 1_000), this.hooks.signal);
       if (this.hooks.signal?.aborted) throw new StopWhileWaiting();
     }
-    this.discard();
+    this.clearRows();
     return result;
   }
 

@@ -7,6 +7,8 @@ import { backoffMs, sleep } from '../timing.js';
 import { formatLsn, maxLsn, parseLsn, type Lsn } from './lsn.js';
 import type { RelationMap } from './relation-map.js';
 import { planRowWork } from './rewrite-plan.js';
+import { oldVersionColumns, type DecodedTransaction } from './old-version-sightings.js';
+import { versionLabel } from '../crypto/envelope.js';
 import type { StreamWriter } from './stream-writer.js';
 
 /**
@@ -64,6 +66,10 @@ export class ReplicationStream {
   private inTxn = false;
   /** xid of the transaction being decoded (from its BEGIN). */
   private xid: number | undefined;
+  /** Commit time and LSN of the transaction being decoded (from its BEGIN). */
+  private txn: DecodedTransaction | null = null;
+  /** Last "still writes an old version" log line per version and table (at most one a minute). */
+  private readonly staleLogged = new Map<string, number>();
   private chain: Promise<unknown> = Promise.resolve();
   private service: LogicalReplicationService | null = null;
   private stopping = false;
@@ -212,6 +218,7 @@ export class ReplicationStream {
       case 'begin':
         this.inTxn = true;
         this.xid = msg.xid;
+        this.txn = msg.commitLsn ? { commitTimeMicros: BigInt(msg.commitTime as bigint), commitLsn: msg.commitLsn } : null;
         return;
       case 'insert':
       case 'update': {
@@ -220,13 +227,14 @@ export class ReplicationStream {
           rel = this.o.relations().get(msg.relation.schema, msg.relation.name);
         }
         if (!rel) return;
+        this.noteOldVersionWrite(msg.new, rel.table, rel.columns);
         const d = planRowWork(msg.new, rel, this.o.ring);
         if (d.kind === 'no-key') {
           this.log.warn({ relation: `${msg.relation.schema}.${msg.relation.name}`, missing: d.missing }, 'change without its key columns; the sweep will cover this row');
         } else if (d.kind === 'work') {
           this.o.writer.add(rel, { ...d, xid: this.xid });
-          if (this.o.writer.due()) await this.flush();
         }
+        if (this.o.writer.due()) await this.flush();
         return;
       }
       case 'commit':
@@ -236,6 +244,29 @@ export class ReplicationStream {
         return;
       default:
         return; // delete, truncate, relation, type, origin, message: nothing to rewrite
+    }
+  }
+
+  /**
+   * The rollout gate: an application's write of an old-version value (not one of pg-rekey's own
+   * transactions) is counted with its commit time, persisted with the next flush.
+   */
+  private noteOldVersionWrite(tuple: Record<string, unknown>, table: string, columns: readonly string[]): void {
+    const txn = this.txn;
+    if (!txn || this.o.writer.isOwnTransaction(this.xid)) return;
+    for (const { column, version } of oldVersionColumns(tuple, columns, this.o.ring.target)) {
+      this.o.writer.noteSighting(txn, version, table, column);
+      const labels = { version: versionLabel(version), table };
+      this.o.metrics.oldVersionWrites.inc(labels);
+      this.o.metrics.oldVersionLastWrite.set(labels, Number(txn.commitTimeMicros) / 1e6);
+      const key = `${labels.version} ${table}.${column}`;
+      if (Date.now() - (this.staleLogged.get(key) ?? 0) >= 60_000) {
+        this.staleLogged.set(key, Date.now());
+        this.log.warn(
+          { version: labels.version, table, column, commitLsn: txn.commitLsn },
+          `an application instance still writes ${labels.version} (${table}.${column}): the stream rewrites it, but the old key must stay until every instance writes the target version (logged at most once a minute)`,
+        );
+      }
     }
   }
 

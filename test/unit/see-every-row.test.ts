@@ -57,6 +57,7 @@ const report = (o: Partial<VerifyReport> = {}): VerifyReport => ({
   outsideConfigurationError: null,
   decrypt: null,
   problems: [],
+  rollout: null,
   ...o,
 });
 

@@ -27,6 +27,7 @@ function report(over: Partial<StatusReport> = {}): StatusReport {
     quarantine: { total: 1, byColumn: [{ table: EVIL_TABLE, column: `"<b>c</b>"`, version: 1, reason: 'decrypt failed', count: 1 }] },
     lastRuns: [{ id: 1, command: 'run', startedAt: new Date(0), finishedAt: null, outcome: null }],
     openTransactions: [{ xid: '7', kind: 'session', pid: 42, database: 'd', application: `<img src=x onerror=alert(1)>`, state: 'idle in transaction', ageSeconds: 30 }],
+    rollout: { writes: [], summary: [], stillWritten: [], quietSince: null, observedUntil: null, quietSeconds: null, quietPeriodSeconds: null },
     ...over,
   };
 }
