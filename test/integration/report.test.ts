@@ -64,7 +64,9 @@ describe('pg-rekey report', () => {
     const run = await cli('run', '--exit-when-converged', '--quiet-period', '1s');
     expect(run.code, run.stderr.slice(-1500)).toBe(0);
     for (const r of (await db.pool.query<{ title: string; raw_xml: string }>(`select title, raw_xml from incidents where id <= 5`)).rows) ciphertexts.push(r.title, r.raw_xml);
-    expect((await cli('verify')).code).toBe(0);
+    // Runbook step 6: every value opens (deep verify), nothing outside the configuration (verify's sampled discover).
+    const deep = await cli('verify', '--decrypt');
+    expect(deep.code, deep.stderr.slice(-1500)).toBe(0);
 
     // No report yet: the state stays.
     const refused = await cli('teardown', '--drop-state');
@@ -85,7 +87,8 @@ describe('pg-rekey report', () => {
     expect(mdText).toMatch(/backfill #\d+ finished: ok/);
     expect(mdText).toMatch(/run: CONVERGED/);
     expect(mdText).toMatch(/Before \(the first recorded verify/);
-    expect(mdText).toMatch(/verify --decrypt|deep verify/);
+    expect(mdText).toMatch(/\| deep verify \(verify --decrypt: target values open with the target key\) \| yes \| passed: `verify --decrypt` \(full\)/);
+    expect(mdText).toMatch(/\| deep-verify \| full \| verify --decrypt \|/);
 
     // A verify after the report: the report no longer describes the last state.
     expect((await cli('verify')).code).toBe(0);
@@ -113,7 +116,15 @@ describe('pg-rekey report', () => {
     expect(before.find((c) => c.column === 'raw_xml')!.byVersion).toEqual({ v1: ROWS });
     expect((rec.counts.now as { byVersion: Record<string, number> }[]).map((c) => c.byVersion)).toEqual([{ v2: ROWS }, { v2: ROWS }]);
     expect(rec.quarantine.total).toBe(0);
-    expect(rec.verdict.criteria.map((c: { name: string; ok: boolean | null }) => c.ok)).toEqual([true, true, true, true, rec.checks.available ? rec.verdict.criteria[4].ok : null, rec.checks.available ? rec.verdict.criteria[5].ok : null]);
+    expect(rec.verdict.criteria.map((c: { name: string; ok: boolean | null }) => [c.name.split(' (')[0], c.ok])).toEqual([
+      ['converged', true],
+      ['no quarantined values', true],
+      ['quiet for 1s', true],
+      ['one key per version throughout', true],
+      ['deep verify', true],
+      ['discover', true],
+    ]);
+    expect(rec.checks.deepVerify.map((c: { command: string; mode: string; ok: boolean }) => [c.command, c.mode, c.ok])).toEqual([['verify --decrypt', 'full', true]]);
 
     const html = path.join(dir, 'rotation.html');
     expect((await cli('report', '--format', 'html', '-o', html, '--quiet-period', '1s')).code).toBe(0);
