@@ -209,7 +209,11 @@ Typical rotation:
         'materialized views, json) for v<N>: values nothing rotates. It is a sample and does not change the\n' +
         'exit code unless --strict, which also counts columns it could not read. Distinct from "outside the\n' +
         'configured tables" (relations that were leaves of a configured table), which always counts.\n' +
-        'Results of --decrypt and of the check are kept in pgrekey.check_result (after setup).',
+        'Results of --decrypt and of the check are kept in pgrekey.check_result (after setup).\n' +
+        '\nAfter setup it also prints the rollout gate: the last old-version write an application made, per\n' +
+        'version ("last v1 write seen 4m ago (public.incidents.title): an application instance still writes v1"),\n' +
+        'and how long it has been quiet; it does not change the exit code (run --quiet-period and report weigh it).\n' +
+        'Each verify is recorded (time, verdict, counts) for `pg-rekey report` and `teardown --drop-state`.',
     )
     .action(run((cmd) => verifyCommand(globals(cmd), cmd.opts())));
 
@@ -263,7 +267,7 @@ Typical rotation:
 
   program
     .command('status')
-    .description('slot and stream lag, sweep progress per relation, throttle state, quarantine, recent runs')
+    .description('slot and stream lag, old-version writes of the applications (rollout gate), sweep progress per relation, throttle state, quarantine, recent runs')
     .option('--json', 'print the report as JSON on stdout')
     .option('--watch [seconds]', 'refresh every N seconds (default 2) until Ctrl-C')
     .action(run((cmd) => statusCommand(globals(cmd), cmd.opts())));

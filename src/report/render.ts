@@ -1,3 +1,4 @@
+import { escapeHtml } from '../daemon/status-page.js';
 import type { Block, ReportDocument } from './document.js';
 
 /** Markdown: GitHub-style tables, cells with pipes and newlines escaped. */
@@ -12,7 +13,7 @@ export function renderMarkdown(d: ReportDocument): string {
   return [`# ${d.title}`, '', d.subtitle, '', `**Verdict: ${d.verdict.text}**`, '', ...d.sections.flatMap((s) => [`## ${s.heading}`, '', ...s.blocks.flatMap((b) => [block(b), ''])])].join('\n');
 }
 
-const esc = (v: string | number) => String(v).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&#39;');
+const esc = escapeHtml;
 
 /** Inline, no external asset: the file opens and prints anywhere. */
 const CSS = `
