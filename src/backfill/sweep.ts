@@ -414,7 +414,8 @@ async function sweepRelation(
       guard.firstFailure.set(version, first);
     }
     result.chunks++;
-    result.blocks = total;
+    // Blocks swept so far (where the next chunk starts), not the relation's size: an interrupted sweep reports what it covered.
+    result.blocks = range.end ?? total;
     result.scanned += counts.scanned;
     // A CAS conflict means the row changed after it was read; its new version is the stream's job.
     result.rewritten += counts.rewritten;

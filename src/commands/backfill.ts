@@ -195,7 +195,7 @@ export function renderBackfill(results: readonly BackfillRelation[], s: ReturnTy
   const verb = s.dryRun ? 'would rewrite' : 'rewritten';
   const note = (r: BackfillRelation) => (r.passes > 1 ? `swept ${r.passes} times: old values found behind the sweep` : r.alreadyDone ? 'already done (--restart to redo)' : '');
   const table = renderTable(
-    ['relation', 'blocks', 'rows read', verb, 'CAS conflicts', s.dryRun ? 'would quarantine' : 'quarantined', 'note'],
+    ['relation', 'blocks swept', 'rows read', verb, 'CAS conflicts', s.dryRun ? 'would quarantine' : 'quarantined', 'note'],
     results.map((r) => [r.relation, r.blocks, r.scanned, r.rewritten, r.conflicts, r.quarantined, note(r)]),
   );
   const rewritten = s.rewritten ?? s.wouldRewrite ?? 0;

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { repoRoot, runCli, type CliResult } from '../support/cli.js';
+import { repoRoot, runCli, spawnCli, type CliResult } from '../support/cli.js';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
 import { createIncidentsTable, fillIncidents, keyEnv, testRing, writeCliFiles, type CliFiles } from '../support/fixtures.js';
 
@@ -162,6 +162,22 @@ describe('against PostgreSQL', () => {
     expect(backfill.code, output(backfill)).toBe(0);
     const after = await status();
     expect(after.text).toMatch(/that check is older than the latest backfill: a backfill \(run \d+\) finished after it, .*no old-version value left then/);
+  });
+
+  it('an interrupted backfill reports the blocks it swept, not the relation size, and exits 3', async () => {
+    await createIncidentsTable(db.pool, 'long_table');
+    await fillIncidents(db.pool, 'long_table', await testRing(), { rows: 20_000, seed: 3, mix: { v1: 0.9, v2: 0.1, null: 0, notOurs: 0 } });
+    const slow = writeCliFiles({ databaseUrl: db.url, tables: [{ name: 'long_table', columns: ['title'] }], sweep: { chunk_time: 0, chunk_blocks: 1, nice_ratio: 3, progress_interval: '0ms' }, replication: { slot: db.name } });
+    expect((await runCli(['-c', slow.configPath, '--env-file', slow.envPath, 'setup'])).code).toBe(0);
+    const proc = spawnCli(['-c', slow.configPath, '--env-file', slow.envPath, '--log-format', 'json', 'backfill', '--json']);
+    await proc.waitForLine((t) => t.includes('"sweep progress"') && (JSON.parse(t) as { block: number }).block >= 10, { timeoutMs: 60_000 });
+    const r = await proc.stop('SIGINT', 30_000);
+    expect(r.code, output(r)).toBe(3);
+    const summary = JSON.parse(r.stdout) as { relations: { relation: string; blocks: number }[] };
+    const size = Number((await db.pool.query<{ n: string }>(`select pg_relation_size('long_table') / 8192 as n`)).rows[0]!.n);
+    const swept = summary.relations.find((x) => x.relation === 'public.long_table')!.blocks;
+    expect(swept).toBeGreaterThanOrEqual(10);
+    expect(swept).toBeLessThan(size);
   });
 
   it('installs from `npm pack` into a fresh prefix and runs from another directory', async () => {
