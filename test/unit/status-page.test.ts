@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { StatusReport } from '../../src/commands/status.js';
 import { escapeHtml, renderStatusPage, type CheckRecord, type StatusPageView } from '../../src/daemon/status-page.js';
+import { StatusPageSource } from '../../src/daemon/status-view.js';
 
 const EVIL = `<script>alert("x&y")</script>`;
 const EVIL_TABLE = `public."${EVIL}"`;
@@ -91,5 +92,26 @@ describe('status page: the sweep as a whole', () => {
     expect(paused).toMatch(/80 of 170 blocks swept, PAUSED: no ETA/);
     const newer = renderStatusPage(view({ report: report({ newerBackfill: { id: 9, command: 'backfill', startedAt: new Date(0), finishedAt: new Date(7000), outcome: 'converged', summary: { converged: false, remaining: 3 } } }) }));
     expect(newer).toContain('Since the last check: a backfill (run 9) finished after it, at 1970-01-01T00:00:07.000Z: 3 old-version value(s) left then');
+  });
+});
+
+describe('status page source', () => {
+  const live = () => view().live;
+
+  it('shares one state read between requests within a second, and reads again after', async () => {
+    let reads = 0;
+    const src = new StatusPageSource(async () => (reads++, report()), live, { refreshSeconds: 5, cacheMs: 200 });
+    await Promise.all([src.html(), src.html(), src.html()]);
+    expect(reads).toBe(1);
+    await new Promise((r) => setTimeout(r, 250));
+    await src.html();
+    expect(reads).toBe(2);
+  });
+
+  it('still serves a page, with the error, when the state cannot be read', async () => {
+    const src = new StatusPageSource(() => Promise.reject(new Error('Connection terminated <unexpectedly>')), live);
+    const html = await src.html();
+    expect(html).toContain('cannot read the state from the database: Connection terminated &lt;unexpectedly&gt;');
+    expect(html).toContain('NOT CONVERGED');
   });
 });
