@@ -121,14 +121,19 @@ Typical rotation:
     .option('--from <versions>', 'only rewrite these versions, e.g. v1 or v1,v3 (default: every non-target version)')
     .option('--restart', 'start over from block 0 instead of resuming from the last checkpoint')
     .option('--json', 'print the summary as JSON on stdout')
+    .option('--fast', 'unthrottled (sweep.mode fast: no pacing, large chunks read ahead); for a suspected key compromise. Pauses, lag and load limits still apply')
     .addHelpText(
       'after',
-      '\nEach chunk reads the rows with non-target values of a block range (a short read-only\n' +
-        'transaction), then in one short transaction rewrites them with a compare-and-swap (ctid and\n' +
-        'old value must still match), records undecryptable values in pgrekey.quarantine (untouched)\n' +
-        'and moves the checkpoint. Kill it at any time; the next run resumes (from block 0 if the\n' +
-        'table was rewritten meanwhile, e.g. by VACUUM FULL). With sweep.nice_ratio 0 the next chunk\n' +
-        'is read while the current one is written.\n' +
+      '\nEach chunk is one short transaction: it reads the rows with non-target values of a block\n' +
+        'range, rewrites them with a compare-and-swap (ctid and old value must still match), records\n' +
+        'undecryptable values in pgrekey.quarantine (untouched) and moves the checkpoint. Kill it at any\n' +
+        'time; the next run resumes (from block 0 if the table was rewritten meanwhile, e.g. by VACUUM FULL).\n' +
+        'Pacing (sweep.mode): auto (default) holds the latency of a probe of its own (a tiny commit and\n' +
+        'read every sweep.probe_interval, on a connection of its own) near sweep.latency_ratio x the\n' +
+        'baseline it learns while the sweep pauses, cutting its rate at once on a spike, on lock waits\n' +
+        'behind the sweep, on standby, slot or archiver lag; duty: chunk_time and nice_ratio; --fast:\n' +
+        'unthrottled, the next chunk read while the current one is written. sweep.max_rate and\n' +
+        'max_wal_rate are hard limits; pauses (pg-rekey pause, the pause file, replica lag) always apply.\n' +
         'If the first values of a version all fail to decrypt it stops: wrong key for that version?\n' +
         'Before any write (--dry-run too) it decrypts a sample of the target-version values already\n' +
         'stored: if none opens with the target key, it exits 2 (is the target key the application\'s?).\n' +
@@ -147,6 +152,7 @@ Typical rotation:
     .description('the daemon: stream new old-key writes and sweep existing rows until stopped (or converged)')
     .option('--exit-when-converged', 'exit 0 once converged; exit 1 if the sweep is complete but quarantined values remain')
     .option('--quiet-period <duration>', 'with --exit-when-converged: exit 0 only once converged and no old-version write was seen for this long (e.g. 15m)')
+    .option('--fast', 'sweep unthrottled (sweep.mode fast: no pacing, large chunks read ahead); for a suspected key compromise. Pauses, lag and load limits still apply')
     .addHelpText(
       'after',
       '\nConsumes the replication slot created by `setup` and rewrites every INSERT/UPDATE that carries an\n' +
@@ -294,7 +300,7 @@ Typical rotation:
       `\nSettings: ${SETTING_NAMES.join(', ')} (the config file's spelling, nice_ratio, works too).\n` +
         'Stored in pgrekey.setting; they win over flags, environment and the config file until reset.\n' +
         'Running sweeps pick them up within throttle.check_interval. Without arguments: show what is in effect.\n' +
-        'Examples:\n  pg-rekey set nice-ratio=8                     # gentler during business hours\n  pg-rekey set chunk-time=25ms nice-ratio=2     # faster at night\n  pg-rekey set --reset                          # back to the config file',
+        'Examples:\n  pg-rekey set latency-ratio=1.05               # gentler during business hours (mode auto)\n  pg-rekey set max-rate=2000                    # a hard limit, rows/s\n  pg-rekey set mode=duty nice-ratio=8           # the duty cycle instead of the latency target\n  pg-rekey set mode=fast                        # unthrottled at night\n  pg-rekey set --reset                          # back to the config file',
     )
     .action(run((cmd) => setCommand(globals(cmd), cmd.args, cmd.opts())));
 

@@ -13,13 +13,18 @@ export const KNOB_DEFAULTS = {
   /** Length of the baseline windows. */
   BENCH_BASELINE_SECONDS: 25,
   /** Workload-alone window right before each rotation, to compare it with the machine as it is at that moment. */
-  BENCH_PRE_BASELINE_SECONDS: 15,
+  BENCH_PRE_BASELINE_SECONDS: 10,
   /** The classic batch runs this long (it would take far longer to finish). */
   BENCH_CLASSIC_SECONDS: 30,
   /** Before each scenario, wait up to this long for the machine to be at most half busy (other jobs share it). */
   BENCH_QUIET_WAIT_SECONDS: 45,
   /** A pg-rekey backfill still running after this long is stopped (SIGTERM) and reported as partial; 0 = no limit. */
-  BENCH_SWEEP_LIMIT_SECONDS: 300,
+  BENCH_SWEEP_LIMIT_SECONDS: 60,
+  /** The pgbench-driven workload (Debian's /usr/bin/pgbench): 1 = also measure baseline, runbook batch and pg-rekey defaults under it; 0 = skip. */
+  BENCH_PGBENCH: 1,
+  /** pgbench clients and total rate (transactions/s; each a primary-key SELECT and an UPDATE of status). */
+  BENCH_PGBENCH_CLIENTS: 4,
+  BENCH_PGBENCH_RATE: 300,
 } as const;
 
 export type Knobs = Record<keyof typeof KNOB_DEFAULTS, number>;
@@ -27,10 +32,10 @@ export type Knobs = Record<keyof typeof KNOB_DEFAULTS, number>;
 /**
  * Extra pg-rekey scenarios: default settings except the given `sweep:` fields. BENCH_SWEEP_VARIANTS lists
  * them separated by `;`, fields as `name=value` separated by `,`: `nice_ratio=1;chunk_time=25ms,nice_ratio=1`.
- * Default: `nice_ratio=0;chunk_time=25ms,nice_ratio=2` (the defaults before 2026-11-28). Empty: none.
+ * Default: none (each adds a minute or two; e.g. `mode=duty,nice_ratio=0;latency_ratio=1.5`).
  */
 export function sweepVariants(env: NodeJS.ProcessEnv = process.env): Record<string, string | number>[] {
-  const raw = env.BENCH_SWEEP_VARIANTS ?? 'nice_ratio=0;chunk_time=25ms,nice_ratio=2';
+  const raw = env.BENCH_SWEEP_VARIANTS ?? '';
   return raw
     .split(';')
     .filter((v) => v.trim() !== '')
@@ -46,7 +51,7 @@ export function sweepVariants(env: NodeJS.ProcessEnv = process.env): Record<stri
 }
 
 /** Knobs that may be 0; the others must be positive. */
-const ZERO_OK = new Set(['BENCH_UPDATE_FRACTION', 'BENCH_WARMUP_SECONDS', 'BENCH_QUIET_WAIT_SECONDS', 'BENCH_SWEEP_LIMIT_SECONDS']);
+const ZERO_OK = new Set(['BENCH_UPDATE_FRACTION', 'BENCH_WARMUP_SECONDS', 'BENCH_QUIET_WAIT_SECONDS', 'BENCH_SWEEP_LIMIT_SECONDS', 'BENCH_PGBENCH']);
 
 export function readKnobs(env: NodeJS.ProcessEnv = process.env): Knobs {
   const out = {} as Knobs;

@@ -17,6 +17,19 @@ export interface Window {
   cpu: { server: number; workload: number; bench: number; machineBusyPct: number; machineBusySeconds: number };
   waits: { ticks: number; profile: WaitProfile };
   statements: StatementStat[];
+  /** Updates of `incidents` in the window, and how many of them were HOT (no index entry, same page). */
+  updates: { all: number; hot: number };
+}
+
+async function updateCounts(admin: pg.Pool): Promise<{ all: number; hot: number }> {
+  const c = await admin.connect();
+  try {
+    await c.query('select pg_stat_clear_snapshot()');
+    const r = await c.query<{ u: string; h: string }>(`select n_tup_upd as u, n_tup_hot_upd as h from pg_stat_user_tables where relname = 'incidents'`);
+    return { all: Number(r.rows[0]?.u ?? 0), hot: Number(r.rows[0]?.h ?? 0) };
+  } finally {
+    c.release();
+  }
 }
 
 export interface Workload {
@@ -64,6 +77,7 @@ export async function startWorkload(cfg: WorkloadConfig, warmupMs: number): Prom
 export async function observe<T>(admin: pg.Pool, postmaster: number, workload: Workload | null, body: () => Promise<T>): Promise<{ value: T; w: Window }> {
   await admin.query('select pg_stat_statements_reset()');
   const lsn0 = (await admin.query<{ l: string }>('select pg_current_wal_lsn()::text as l')).rows[0]!.l;
+  const upd0 = await updateCounts(admin);
   const server0 = serverCpu(postmaster);
   const machine0 = machineCpu();
   const workload0 = workload ? processCpu(workload.pid) : 0;
@@ -82,6 +96,9 @@ export async function observe<T>(admin: pg.Pool, postmaster: number, workload: W
   const machine1 = machineCpu();
   const server = serverCpu(postmaster) - server0;
   const wal = (await admin.query<{ d: string }>('select pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint as d', [lsn0])).rows[0]!.d;
+  // Backends flush their table counters at most once a second (PostgreSQL 15+): wait for the last ones.
+  await new Promise((r) => setTimeout(r, 1100));
+  const upd1 = await updateCounts(admin);
   return {
     value,
     w: {
@@ -97,6 +114,7 @@ export async function observe<T>(admin: pg.Pool, postmaster: number, workload: W
       },
       waits: await waits.stop(),
       statements: await topStatements(admin),
+      updates: { all: upd1.all - upd0.all, hot: upd1.hot - upd0.hot },
     },
   };
 }

@@ -29,6 +29,8 @@ export interface CliRun {
   cpuSeconds: number;
   /** Set when the run was stopped by the time limit. */
   timedOut: boolean;
+  /** Peak resident set of the CLI process, MB (sampled every 100 ms). */
+  maxRssMB: number;
 }
 
 /** Writes a config for table `incidents`, column `title`, with only the given sweep fields. */
@@ -70,7 +72,8 @@ export async function runCli(args: string[], limitMs = 0): Promise<CliRun> {
     child.once('close', (c) => resolve(c));
   });
   clearTimeout(timer);
-  return { code, stdout, stderr, wallMs: performance.now() - started, cpuSeconds: cpu.stop(), timedOut };
+  const maxRssMB = cpu.maxRssMB();
+  return { code, stdout, stderr, wallMs: performance.now() - started, cpuSeconds: cpu.stop(), timedOut, maxRssMB };
 }
 
 /** Keys from `pg-rekey keygen` into a 0600 dotenv file; the values are never printed. */

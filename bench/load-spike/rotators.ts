@@ -7,12 +7,12 @@ export const CLASSIC_BATCH = 500;
 
 /**
  * What a runbook's batch command does (Laravel's chunkById style): select the next 500 v1 rows by key,
- * re-encrypt each in the application, UPDATE it by id in its own autocommit transaction, repeat,
- * with no throttle. Keyset paging (id > last) rather than re-running `... order by id limit 500`
+ * re-encrypt each in the application, UPDATE it by id, repeat, with no throttle: each UPDATE in its own
+ * autocommit transaction, or (`perTransaction`, the runbook's real shape) the 500 of a batch in one. Keyset paging (id > last) rather than re-running `... order by id limit 500`
  * from the start, which would re-read every row already done on each batch.
  * Stops at `deadline` (performance.now() ms) or when no v1 row is left.
  */
-export async function classicBatch(url: string, ring: KeyRing, deadline: number): Promise<{ rows: number; batches: number; done: boolean }> {
+export async function classicBatch(url: string, ring: KeyRing, deadline: number, perTransaction = false): Promise<{ rows: number; batches: number; done: boolean }> {
   const db = new pg.Client({ connectionString: url, application_name: 'bench-classic' });
   await db.connect();
   let last = '0';
@@ -27,13 +27,19 @@ export async function classicBatch(url: string, ring: KeyRing, deadline: number)
       });
       if (batch.length === 0) return { rows, batches, done: true };
       batches++;
+      // The runbook's shape: the 500 UPDATEs of a batch in one transaction, one commit per batch.
+      if (perTransaction) await db.query('begin');
+      let done = 0;
       for (const r of batch) {
-        if (performance.now() >= deadline) return { rows, batches, done: false };
+        if (performance.now() >= deadline) break;
         const plain = decryptValue(r.title, ring);
         if (!plain) throw new Error(`classic batch: row ${r.id} does not decrypt with the v1 key`);
         await db.query({ name: 'classic_update', text: 'update incidents set title = $1 where id = $2', values: [encryptValue(plain, ring.target, ring), r.id] });
-        rows++;
+        done++;
       }
+      if (perTransaction) await db.query('commit');
+      rows += done;
+      if (done < batch.length) return { rows, batches, done: false };
       last = batch[batch.length - 1]!.id;
     }
   } finally {

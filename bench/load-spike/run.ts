@@ -3,7 +3,7 @@
 // writes bench/RESULTS.md. Not a test: nothing here asserts; the targets are reported as met or not.
 // Run from the repo root after `npm run build`: node --import tsx bench/load-spike/run.ts
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -19,11 +19,17 @@ import { ROOT, resolvedSettings, runCli, snapshotBuild, writeConfig, writeKeys }
 import { renderResults, type RunInfo, type ScenarioResult } from './report.js';
 import { CLASSIC_BATCH, classicBatch, loadFloorValues, prepareFloor } from './rotators.js';
 import type { WorkloadConfig } from './workload.js';
+import { PGBENCH, startPgbench } from './pgbench.js';
+import { renderPlot } from './plot.js';
+import { LatencyProbe } from '../../src/throttle/latency-probe.js';
+import { createLogger } from '../../src/logger.js';
+import type { Workload } from './measure.js';
 
 const K = readKnobs();
 const ROWS = Math.round(K.BENCH_ROWS);
 const WORK_DIR = path.join(ROOT, '.bench-data');
 const RESULTS_FILE = path.join(ROOT, 'bench', 'RESULTS.md');
+const PLOT_FILE = path.join(ROOT, 'bench', 'results-p99-vs-rate.svg');
 const T0 = Date.now();
 const LOAD_AT_START = os.loadavg();
 const BUILD = buildInfo();
@@ -33,8 +39,9 @@ const MAX_UNNEST_ROWS = 3_000_000;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** pg-rekey sweep configurations measured (only the `sweep:` fields that differ from the defaults). */
-const SWEEPS: { key: string; title: string; sweep: Record<string, unknown> }[] = [
-  { key: 'default', title: 'pg-rekey backfill, default settings', sweep: {} },
+const SWEEPS: { key: string; title: string; sweep: Record<string, unknown>; args?: string[] }[] = [
+  { key: 'default', title: 'pg-rekey backfill, defaults (mode auto)', sweep: {} },
+  { key: 'duty', title: 'pg-rekey backfill, mode duty (the defaults before auto: chunk_time 5ms, nice_ratio 4)', sweep: { mode: 'duty' } },
   ...sweepVariants().map((sweep, i) => ({
     key: `variant-${i + 1}`,
     title: `pg-rekey backfill, defaults but ${Object.entries(sweep)
@@ -42,9 +49,9 @@ const SWEEPS: { key: string; title: string; sweep: Record<string, unknown> }[] =
       .join(', ')}`,
     sweep,
   })),
-  // chunk_time 250ms. Much larger chunks were slower (2s: ~75k rows/s against ~95k, 2026-11-28):
-  // a few huge CAS statements, longer row locks, and less overlap of reading with writing.
-  { key: 'unthrottled', title: 'pg-rekey backfill, unthrottled', sweep: { nice_ratio: 0, chunk_time: '250ms' } },
+  // --fast: sweep.mode fast (chunk_time 250ms, read ahead). Much larger chunks were slower (2s: ~75k
+  // rows/s against ~95k, 2026-11-28): a few huge CAS statements, longer row locks, less overlap.
+  { key: 'unthrottled', title: 'pg-rekey backfill --fast (unthrottled)', sweep: {}, args: ['--fast'] },
 ];
 
 async function main(): Promise<void> {
@@ -96,16 +103,21 @@ async function main(): Promise<void> {
      * rotation (same table state, same workload process), then the rotation's window. A rotation that
      * fails is reported as such and the run goes on with the next one.
      */
+    type Fg = ScenarioResult['workload'];
+    const startFg = (fg: Fg): Promise<Workload> =>
+      fg === 'pgbench'
+        ? startPgbench({ url, rows: ROWS, rate: K.BENCH_PGBENCH_RATE, clients: K.BENCH_PGBENCH_CLIENTS, dir: path.join(work, 'pgbench') }, K.BENCH_WARMUP_SECONDS * 1000)
+        : startWorkload(workload, K.BENCH_WARMUP_SECONDS * 1000);
     async function scenario<T>(
-      r: Pick<ScenarioResult, 'key' | 'title' | 'settings'>,
+      r: Pick<ScenarioResult, 'key' | 'title' | 'settings' | 'workload'>,
       rotate: () => Promise<T>,
-      describe: (value: T, windowMs: number) => Pick<ScenarioResult, 'rotation'> & Partial<Pick<ScenarioResult, 'sweep' | 'note'>>,
+      describe: (value: T, windowMs: number) => Pick<ScenarioResult, 'rotation'> & Partial<Pick<ScenarioResult, 'sweep' | 'note' | 'maxRssMB'>>,
       preBaseline = true,
     ): Promise<void> {
       try {
         await measureScenario(r, rotate, describe, preBaseline);
       } catch (e) {
-        if (r.key === 'baseline') throw e;
+        if (r.key === 'baseline' && r.workload === 'bench') throw e;
         log(`${r.title} FAILED: ${(e as Error).message}`);
         failed.push({ title: r.title, error: (e as Error).message.slice(0, 2000) });
       }
@@ -113,13 +125,13 @@ async function main(): Promise<void> {
     }
 
     async function measureScenario<T>(
-      r: Pick<ScenarioResult, 'key' | 'title' | 'settings'>,
+      r: Pick<ScenarioResult, 'key' | 'title' | 'settings' | 'workload'>,
       rotate: () => Promise<T>,
-      describe: (value: T, windowMs: number) => Pick<ScenarioResult, 'rotation'> & Partial<Pick<ScenarioResult, 'sweep' | 'note'>>,
+      describe: (value: T, windowMs: number) => Pick<ScenarioResult, 'rotation'> & Partial<Pick<ScenarioResult, 'sweep' | 'note' | 'maxRssMB'>>,
       preBaseline: boolean,
     ): Promise<void> {
       const quiet = await waitForQuiet(K.BENCH_QUIET_WAIT_SECONDS * 1000);
-      const wl = await startWorkload(workload, K.BENCH_WARMUP_SECONDS * 1000);
+      const wl = await startFg(r.workload);
       const windows = (async () => {
         const pre = preBaseline ? await observe(admin, postmaster, wl, () => sleep(K.BENCH_PRE_BASELINE_SECONDS * 1000)) : null;
         return { pre, main: await observe(admin, postmaster, wl, rotate) };
@@ -150,53 +162,70 @@ async function main(): Promise<void> {
       );
     }
 
-    // 1. baseline
-    log(`baseline: workload alone for ${K.BENCH_BASELINE_SECONDS} s`);
-    await scenario(
-      { key: 'baseline', title: 'baseline (workload alone)', settings: `${K.BENCH_BASELINE_SECONDS} s of the workload alone` },
-      () => sleep(K.BENCH_BASELINE_SECONDS * 1000),
-      () => ({ rotation: null }),
-      false,
-    );
-
-    // 2. the classic batch approach
-    await restoreIncidents(db);
-    log(`classic batch approach for up to ${K.BENCH_CLASSIC_SECONDS} s`);
-    await scenario(
-      {
-        key: 'classic',
-        title: 'classic batch (500 by key, UPDATE per row)',
-        settings: `batches of ${CLASSIC_BATCH} v1 rows by key (\`where title like 'v1:%' and id > $last order by id limit ${CLASSIC_BATCH}\`), re-encrypted in the bench process, one autocommit UPDATE by id per row, 1 connection, no throttle, stopped after ${K.BENCH_CLASSIC_SECONDS} s`,
-      },
-      () => classicBatch(url, ring, performance.now() + K.BENCH_CLASSIC_SECONDS * 1000),
-      (v, ms) => ({ rotation: rotation(v.rows, ms, v.done, NaN) }),
-    );
-
-    // 3 and 4 (and the variants of the defaults between them). pg-rekey backfill.
-    for (const [i, s] of SWEEPS.entries()) {
+    const baseline = (fg: Fg, title: string) =>
+      scenario(
+        { key: 'baseline', workload: fg, title, settings: `${K.BENCH_BASELINE_SECONDS} s of the workload alone` },
+        () => sleep(K.BENCH_BASELINE_SECONDS * 1000),
+        () => ({ rotation: null }),
+        false,
+      );
+    const classic = async (fg: Fg, perTransaction: boolean) => {
       await restoreIncidents(db);
-      log(`${s.title} (limit ${K.BENCH_SWEEP_LIMIT_SECONDS} s)`);
-      const config = configs[i]!;
-      const resolved = resolvedSettings(config);
+      const shape = perTransaction ? `the ${CLASSIC_BATCH} UPDATEs of a batch in one transaction (the runbook's shape)` : 'one autocommit UPDATE by id per row';
+      log(`classic batch (${perTransaction ? `${CLASSIC_BATCH} per transaction` : 'autocommit'}) under ${fg} for up to ${K.BENCH_CLASSIC_SECONDS} s`);
       await scenario(
         {
-          key: s.key,
-          title: s.title,
-          settings: `\`pg-rekey backfill --restart --json\`; resolved sweep settings ${JSON.stringify(resolved.sweep)}, throttle ${JSON.stringify(resolved.throttle)}`,
+          key: perTransaction ? 'runbook' : 'classic',
+          workload: fg,
+          title: perTransaction ? `runbook batch (${CLASSIC_BATCH} per transaction, UPDATE per row)` : 'classic batch (500 by key, autocommit UPDATE per row)',
+          settings: `batches of ${CLASSIC_BATCH} v1 rows by key (\`where title like 'v1:%' and id > $last order by id limit ${CLASSIC_BATCH}\`), re-encrypted in the bench process, ${shape}, 1 connection, no throttle, stopped after ${K.BENCH_CLASSIC_SECONDS} s`,
         },
-        () => runCli(['backfill', '--restart', '--json', ...cliFlags(config)], K.BENCH_SWEEP_LIMIT_SECONDS * 1000),
+        () => classicBatch(url, ring, performance.now() + K.BENCH_CLASSIC_SECONDS * 1000, perTransaction),
+        (v, ms) => ({ rotation: rotation(v.rows, ms, v.done, NaN) }),
+      );
+    };
+    const sweep = async (fg: Fg, i: number) => {
+      const s = SWEEPS[i]!;
+      await restoreIncidents(db);
+      log(`${s.title} under ${fg} (limit ${K.BENCH_SWEEP_LIMIT_SECONDS} s)`);
+      const config = configs[i]!;
+      const resolved = resolvedSettings(config);
+      const args = ['backfill', '--restart', '--json', ...(s.args ?? []), ...cliFlags(config)];
+      await scenario(
+        { key: s.key, workload: fg, title: s.title, settings: `\`pg-rekey ${args.slice(0, 4 + (s.args?.length ?? 0)).join(' ')}\`; resolved sweep settings ${JSON.stringify(resolved.sweep)}, throttle ${JSON.stringify(resolved.throttle)}` },
+        () => runCli(args, K.BENCH_SWEEP_LIMIT_SECONDS * 1000),
         (run) => {
-          writeFileSync(path.join(work, `${s.key}.stderr.log`), run.stderr);
+          writeFileSync(path.join(work, `${s.key}-${fg}.stderr.log`), run.stderr);
           // Exit 1: backfill finished its passes with old-version values left (moved by the workload behind it); measured as run.
           if (run.code !== 0 && run.code !== 1 && !run.timedOut) throw new Error(`pg-rekey backfill (${s.key}) exited ${run.code}:\n${run.stderr.slice(-4000)}`);
-          const out = JSON.parse(run.stdout) as { rewritten: number; conflicts: number; relations: { chunks: number; blocks: number }[] };
+          // Stopped at the time limit (SIGTERM), it still prints its summary; else the counts come from its progress lines.
+          const out = parseJson(run.stdout) ?? partialBackfill(run.stderr);
           return {
             rotation: rotation(out.rewritten, run.wallMs, !run.timedOut, run.cpuSeconds),
-            sweep: { config: readFileSync(config, 'utf8').trim(), resolved, chunks: out.relations[0]?.chunks ?? 0, blocks: out.relations[0]?.blocks ?? 0, conflicts: out.conflicts },
+            sweep: { config: readFileSync(config, 'utf8').trim(), resolved, chunks: out.relations[0]?.chunks ?? 0, blocks: out.relations[0]?.blocks ?? 0, conflicts: out.conflicts, walBytes: out.walBytes ?? null, commits: out.commits ?? null, pacing: lastPacing(run.stderr) },
+            maxRssMB: run.maxRssMB,
           };
         },
       );
-    }
+    };
+
+    // The bench's own workload: baseline, both classic batches, every pg-rekey configuration, the floors.
+    log(`baseline: workload alone for ${K.BENCH_BASELINE_SECONDS} s`);
+    await baseline('bench', 'baseline (workload alone)');
+    // What sweep.mode auto's probe costs by itself: its commit and read every 100 ms, no sweep.
+    await scenario(
+      { key: 'probe', workload: 'bench', title: 'pg-rekey latency probe alone (no sweep)', settings: `the auto mode's probe (src/throttle/latency-probe.ts) every 100 ms for ${K.BENCH_BASELINE_SECONDS} s, nothing rotated` },
+      async () => {
+        const probe = new LatencyProbe(url, () => 100, () => undefined, createLogger('silent'));
+        probe.start();
+        await sleep(K.BENCH_BASELINE_SECONDS * 1000);
+        await probe.stop();
+      },
+      () => ({ rotation: null }),
+    );
+    await classic('bench', false);
+    await classic('bench', true);
+    for (const i of SWEEPS.keys()) await sweep('bench', i);
 
     // 5. the floor, from a table and from arrays the client sends
     for (const fromClient of [false, true]) {
@@ -211,12 +240,14 @@ async function main(): Promise<void> {
         fromClient
           ? {
               key: 'floor-unnest',
+              workload: 'bench',
               title: 'floor (one UPDATE, values sent as arrays)',
               settings:
                 '`update incidents i set title = v.title from unnest($1::bigint[], $2::text[]) as v(id, title) where i.id = v.id` with every id and v2 value as the two parameters (re-encrypted beforehand, not timed), one transaction',
             }
           : {
               key: 'floor',
+              workload: 'bench',
               title: 'floor (one UPDATE, values from a table)',
               settings: '`update incidents i set title = r.title from incidents_rekeyed r where r.id = i.id` (values re-encrypted beforehand, not timed), one transaction',
             },
@@ -225,9 +256,19 @@ async function main(): Promise<void> {
       );
     }
 
+    // The pgbench-driven workload (the issue's): baseline, the runbook batch, pg-rekey's defaults.
+    if (K.BENCH_PGBENCH && existsSync(PGBENCH)) {
+      log(`pgbench: ${K.BENCH_PGBENCH_CLIENTS} clients, --rate ${K.BENCH_PGBENCH_RATE}`);
+      await restoreIncidents(db);
+      await baseline('pgbench', 'baseline (pgbench alone)');
+      await classic('pgbench', true);
+      await sweep('pgbench', 0);
+    } else if (K.BENCH_PGBENCH) log(`skipping the pgbench workload: ${PGBENCH} not found`);
+
     const info = { ...(await runInfo(db, table, meanValueBytes, restoreSeconds)), failed };
     writeFileSync(path.join(work, 'results.json'), JSON.stringify({ info, results }, null, 2));
-    writeFileSync(RESULTS_FILE, renderResults(info, results));
+    writeFileSync(RESULTS_FILE, renderResults(info, results, path.basename(PLOT_FILE)));
+    writeFileSync(PLOT_FILE, renderPlot(results));
     log(`wrote ${path.relative(ROOT, RESULTS_FILE)} (raw numbers: ${path.relative(ROOT, path.join(work, 'results.json'))})`);
     if (failed.length > 0) process.exitCode = 1;
   } finally {
@@ -235,6 +276,46 @@ async function main(): Promise<void> {
     for (const c of connections) await c.end().catch(() => undefined);
     await cluster?.stop();
   }
+}
+
+interface BackfillJson {
+  rewritten: number;
+  conflicts: number;
+  walBytes?: number;
+  commits?: number;
+  relations: { chunks: number; blocks: number }[];
+}
+
+function parseJson(text: string): BackfillJson | null {
+  try {
+    return JSON.parse(text) as BackfillJson;
+  } catch {
+    return null;
+  }
+}
+
+/** What a backfill stopped at the time limit had done, from its last progress line. */
+function partialBackfill(stderr: string): BackfillJson {
+  const last = stderr
+    .split('\n')
+    .filter((l) => l.includes('"sweep progress"') || l.includes('"relation swept"'))
+    .map((l) => JSON.parse(l) as { rewritten?: number; chunk?: number; blocks?: number; conflicts?: number })
+    .pop();
+  return { rewritten: last?.rewritten ?? 0, conflicts: last?.conflicts ?? 0, relations: [{ chunks: last?.chunk ?? 0, blocks: last?.blocks ?? 0 }] };
+}
+
+/** The auto controller's last published view, from the backfill's log (rate, baseline, target, slowdowns). */
+function lastPacing(stderr: string): string | null {
+  const lines = stderr.split('\n').filter((l) => l.includes('"component":"pacer"'));
+  const n = lines.length;
+  if (n === 0) return null;
+  const last = JSON.parse(lines[n - 1]!) as { rate?: number; baselineMs?: number; targetMs?: number; reason?: string };
+  const reasons = new Map<string, number>();
+  for (const l of lines) {
+    const x = JSON.parse(l) as { reason?: string; slowdowns?: number };
+    if (x.reason) reasons.set(x.reason, (reasons.get(x.reason) ?? 0) + (x.slowdowns ?? 1));
+  }
+  return `last logged: rate ${last.rate} rows/s, probe baseline ${last.baselineMs?.toFixed(2)} ms, target ${last.targetMs?.toFixed(2)} ms; slowdowns ${[...reasons].map(([k, v]) => `${k} ${v}`).join(', ')}`;
 }
 
 /** cpuSeconds: of the rotating process when it is not the bench process itself (NaN: use the window's bench CPU). */

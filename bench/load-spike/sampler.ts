@@ -49,18 +49,31 @@ export function machineCpu(): { busy: number; total: number } {
 }
 
 /** Polls a child's CPU time, so the last value survives the child's exit. */
-export function trackCpu(pid: number, everyMs = 100): { stop(): number } {
+export function trackCpu(pid: number, everyMs = 100): { stop(): number; maxRssMB(): number } {
   let last = processCpu(pid);
+  let rss = 0;
   const t = setInterval(() => {
     const v = processCpu(pid);
     if (!Number.isNaN(v)) last = v;
+    rss = Math.max(rss, peakRssMB(pid));
   }, everyMs);
   return {
     stop() {
       clearInterval(t);
       return last;
     },
+    maxRssMB: () => rss,
   };
+}
+
+/** The process's peak resident set (VmHWM), MB; 0 once it is gone. */
+function peakRssMB(pid: number): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : 0;
+  } catch {
+    return 0;
+  }
 }
 
 /** Per application_name: samples with the backend active, and the share per wait event ('CPU' = running, no wait). */

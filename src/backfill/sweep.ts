@@ -20,6 +20,8 @@ import type { ProgressSink } from './progress.js';
 import { ChunkController } from '../throttle/chunk-controller.js';
 import type { LiveSettings } from '../throttle/live-settings.js';
 import type { Throttle } from '../throttle/throttle.js';
+import type { AutoPacer } from '../throttle/pacer.js';
+import { parseLsn } from '../replication/lsn.js';
 import { countVersions, type ColumnCounts } from '../verify/count-versions.js';
 
 export interface SweepOptions {
@@ -43,6 +45,18 @@ export interface SweepOptions {
    * then knows the changes it decodes from them are pg-rekey's, not an application's write).
    */
   onWriteXid?: (xid32: number) => void;
+  /** sweep.mode auto: paces chunks to the latency controller's rate; without it auto sweeps as duty does. */
+  pacer?: AutoPacer;
+}
+
+/** The fast mode's chunk duration: much larger chunks were slower (2 s: ~75k rows/s against ~95k). */
+export const FAST_CHUNK_MS = 250;
+
+/** What a mode means for one chunk (pure): the chunk duration aimed at, the sleep after it, read-ahead. */
+export function chunkPolicy(s: SweepSettings, opts: { dryRun: boolean; paced: boolean; pacedChunkMs?: number }): { chunkTimeMs: number; niceRatio: number; pipeline: boolean; paced: boolean } {
+  if (s.mode === 'fast') return { chunkTimeMs: s.chunkTimeMs === 0 ? 0 : Math.max(s.chunkTimeMs, FAST_CHUNK_MS), niceRatio: 0, pipeline: !opts.dryRun, paced: false };
+  if (s.mode === 'auto' && opts.paced) return { chunkTimeMs: s.chunkTimeMs === 0 ? 0 : (opts.pacedChunkMs ?? s.chunkTimeMs), niceRatio: 0, pipeline: false, paced: true };
+  return { chunkTimeMs: s.chunkTimeMs, niceRatio: s.niceRatio, pipeline: !opts.dryRun && s.niceRatio === 0, paced: false };
 }
 
 export interface RelationResult extends ChunkCounts {
@@ -52,6 +66,10 @@ export interface RelationResult extends ChunkCounts {
   chunks: number;
   /** Already complete from an earlier run; nothing scanned now. */
   alreadyDone: boolean;
+  /** WAL the server wrote during this relation's write transactions (other sessions' included), bytes. */
+  walBytes: number;
+  /** Write transactions committed (one per chunk that had something to write, or moved the checkpoint). */
+  commits: number;
 }
 
 const MAX_CHUNK_RETRIES = 10;
@@ -69,6 +87,8 @@ interface ChunkWrite {
   replaced: number;
   /** sha256 (hex) of the values whose rewrite did not stick: not tried again in this pass. */
   stuck: string[];
+  /** WAL written meanwhile (the server's insert position moved by this much: other sessions' WAL included). */
+  walBytes: number;
 }
 
 /** One chunk as read and evaluated, before its write. */
@@ -151,7 +171,7 @@ async function sweepRelation(
   const relation = displayName(leaf);
   const log = opts.log.child({ component: 'sweep', table: table.display, relation });
   const columns = table.config.columns;
-  const result: RelationResult = { table: table.display, relation, blocks: 0, chunks: 0, scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0, alreadyDone: false };
+  const result: RelationResult = { table: table.display, relation, blocks: 0, chunks: 0, scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0, alreadyDone: false, walBytes: 0, commits: 0 };
   const dry = opts.dryRun === true;
   let next = 0;
   const seg = dry ? null : await ensureSegment(pool, table.display, relation);
@@ -192,7 +212,8 @@ async function sweepRelation(
     ...(withKeys ? [table.keyColumns] : []),
   ];
   const started = Date.now();
-  const controllerSettings = (s: SweepSettings) => ({ targetMs: s.chunkTimeMs, initialBlocks: s.chunkBlocks, minBlocks: s.minChunkBlocks, maxBlocks: s.maxChunkBlocks });
+  const policy = (s: SweepSettings) => chunkPolicy(s, { dryRun: dry, paced: opts.pacer !== undefined, pacedChunkMs: opts.pacer?.chunkTimeMs });
+  const controllerSettings = (s: SweepSettings) => ({ targetMs: policy(s).chunkTimeMs, initialBlocks: s.chunkBlocks, minBlocks: s.minChunkBlocks, maxBlocks: s.maxChunkBlocks });
   let settings = opts.live ? (await opts.live.refresh()).sweep : opts.settings;
   const controller = new ChunkController(controllerSettings(settings));
 
@@ -211,9 +232,12 @@ async function sweepRelation(
     return size.blocks;
   };
 
-  /** Reads a chunk and decides every value's fate (in its own read-only transaction: the CAS makes a stale read harmless). */
-  const readChunk = (start: number, blocks: number, s: SweepSettings): Promise<ChunkRead> =>
-    inTransaction(pool, true, s, async (client) => {
+  /**
+   * Reads a chunk and decides every value's fate: in its own read-only transaction when read ahead
+   * (the CAS makes a stale read harmless), else at the start of the chunk's write transaction.
+   */
+  const readChunk = (start: number, blocks: number, s: SweepSettings): Promise<ChunkRead> => inTransaction(pool, true, s, (client) => readOn(client, start, blocks));
+  const readOn = async (client: pg.ClientBase, start: number, blocks: number): Promise<ChunkRead> => {
       const total = await relationBlocks(client, start, blocks);
       const range = planChunk(start, total, blocks);
       const rows = await client.query({ text: selectChunkSql(leaf, columns, withKeys ? table.keyColumns : null, range), values: selectArgs(range.start, range.end), rowMode: 'array' });
@@ -221,7 +245,7 @@ async function sweepRelation(
         ? rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, rowKey: r[1] as RowKey, values: r.slice(2) as (string | null)[] }))
         : rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, values: r.slice(1) as (string | null)[] }));
       return { total, range, blocks, scanned: scanned.length, node: knownNode, plan: evaluateRows(scanned, columns, opts.ring, { onlyVersions: opts.onlyVersions }) };
-    });
+  };
 
   /**
    * Failures read without their row's key get it by ctid, if the ctid still holds the value
@@ -280,7 +304,8 @@ async function sweepRelation(
 
   /** The CAS, the quarantine and the checkpoint of one chunk, committed together. */
   const writeChunk = (r: ChunkRead, s: SweepSettings, chunkStarted: number, rowByRow: boolean): Promise<ChunkWrite> =>
-    inTransaction(pool, false, s, async (client) => {
+    inTransaction(pool, false, s, (client, walAtBegin) => writeOn(client, walAtBegin, r, chunkStarted, rowByRow));
+  const writeOn = async (client: pg.ClientBase, walAtBegin: string | null, r: ChunkRead, chunkStarted: number, rowByRow: boolean): Promise<ChunkWrite> => {
       const { range, total } = r;
       if (range.end === null) {
         // The last chunk marks the relation done: make sure no rewrite (VACUUM FULL, CLUSTER, ...) moved its
@@ -314,15 +339,39 @@ async function sweepRelation(
       await recordQuarantine(client, failures, 'sweep');
       if (hadQuarantine) await clearQuarantine(client, table.display, written.map((k) => ({ column: k.column, rowKey: k.rowKey! })));
       const took = Date.now() - chunkStarted;
-      await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts, {
+      const walAtEnd = await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts, {
         chunkBlocks: r.blocks,
         rowsPerSec: controller.rate === null ? (counts.rewritten * 1000) / Math.max(took, 1) : controller.rate,
       });
+      const walBytes = walAtBegin && walAtEnd ? Number(parseLsn(walAtEnd) - parseLsn(walAtBegin)) : 0;
       const reasons: Record<string, number> = {};
       for (const f of failures) reasons[f.reason] = (reasons[f.reason] ?? 0) + 1;
       const stuck = judged.failures.filter((f) => f.reason === 'did-not-stick').map((f) => f.sha256.toString('hex'));
-      return { counts, reasons, replaced: judged.replaced, stuck };
-    });
+      return { counts, reasons, replaced: judged.replaced, stuck, walBytes };
+  };
+
+  /** "Wrong key?": the values of a version read so far (this chunk included) all failed to open. */
+  const checkKeys = (r: ChunkRead, s: SweepSettings): void => {
+    const okSoFar = new Map(guard.opened);
+    const badSoFar = new Map(guard.macFailures);
+    mergeCounts(okSoFar, r.plan.opened);
+    mergeCounts(badSoFar, r.plan.macFailures);
+    const suspect = suspectWrongKey(okSoFar, badSoFar, s.wrongKeyThreshold);
+    if (suspect !== null) throw new WrongKeyError(suspect, badSoFar.get(suspect)!, relation);
+  };
+
+  /**
+   * One statement for the whole chunk is the fast path; only a chunk whose batch (or its commit, for a
+   * deferred constraint) raised a row error pays for savepoints: written again in a transaction of its
+   * own, from the same read (the CAS makes it safe).
+   */
+  const redoRowByRow = (r: ChunkRead, s: SweepSettings, chunkStarted: number, e: unknown): Promise<ChunkWrite> => {
+    log.warn(
+      { block: r.range.start, rows: r.plan.ctids.length, code: (e as { code?: string }).code },
+      "a row's rewrite raised (a trigger, a CHECK or domain constraint, ...): the chunk's batch was rolled back; redoing it row by row, each row in its own savepoint",
+    );
+    return writeChunk(r, s, chunkStarted, true);
+  };
 
   // With nice_ratio 0 the next chunk is read and evaluated (on a second connection) while the
   // current one is written (`prefetched`): PostgreSQL writes while Node decrypts. Throttled sweeps
@@ -333,6 +382,7 @@ async function sweepRelation(
     const gateStarted = Date.now();
     if (!opts.signal?.aborted) await opts.beforeChunk?.();
     if (!opts.signal?.aborted) await opts.throttle?.gate(opts.signal);
+    if (!opts.signal?.aborted && opts.pacer && settings.mode === 'auto') await opts.pacer.beforeChunk(opts.signal);
     if (opts.live) {
       settings = (await opts.live.refresh()).sweep;
       controller.retune(controllerSettings(settings));
@@ -359,37 +409,40 @@ async function sweepRelation(
       signal: opts.signal,
     };
     const s = settings;
-    const pipeline = !dry && s.niceRatio === 0;
+    const { pipeline } = policy(s);
     let outcome: ({ read: ChunkRead } & ChunkWrite) | null = null;
     try {
       outcome = await withRetries(log, retry, async (attempt) => {
         // Only a first attempt may use the read made during the previous chunk's write.
         const ahead = attempt === 1 && prefetched?.start === next ? prefetched.read : null;
         prefetched = null;
+        if (!ahead && !pipeline && !dry) {
+          // One transaction reads and writes the chunk (3 round trips fewer than a read-only one before it).
+          let read: ChunkRead | null = null;
+          try {
+            return await inTransaction(pool, false, s, async (client, walAtBegin) => {
+              const r = (read = await readOn(client, next, chunkBlocks));
+              checkKeys(r, s);
+              return { read: r, ...(await writeOn(client, walAtBegin, r, chunkStarted, false)) };
+            });
+          } catch (e) {
+            if (!isRowError(e) || read === null) throw e;
+            return { read, ...(await redoRowByRow(read, s, chunkStarted, e)) };
+          }
+        }
         const r = await (ahead ?? readChunk(next, chunkBlocks, s));
-        const okSoFar = new Map(guard.opened);
-        const badSoFar = new Map(guard.macFailures);
-        mergeCounts(okSoFar, r.plan.opened);
-        mergeCounts(badSoFar, r.plan.macFailures);
-        const suspect = suspectWrongKey(okSoFar, badSoFar, s.wrongKeyThreshold);
-        if (suspect !== null) throw new WrongKeyError(suspect, badSoFar.get(suspect)!, relation);
+        checkKeys(r, s);
         if (pipeline && r.range.end !== null) {
           const nextRead = readChunk(r.range.end, controller.next(), s);
           nextRead.catch(() => undefined); // a read never used is dropped; a used one is awaited above
           prefetched = { start: r.range.end, read: nextRead };
         }
-        if (dry) return { read: r, counts: { scanned: r.scanned, rewritten: r.plan.rewrittenKeys.length, conflicts: 0, quarantined: r.plan.failures.length }, reasons: {}, replaced: 0, stuck: [] };
+        if (dry) return { read: r, counts: { scanned: r.scanned, rewritten: r.plan.rewrittenKeys.length, conflicts: 0, quarantined: r.plan.failures.length }, reasons: {}, replaced: 0, stuck: [], walBytes: 0 };
         try {
           return { read: r, ...(await writeChunk(r, s, chunkStarted, false)) };
         } catch (e) {
-          // One statement for the whole chunk is the fast path; only a chunk whose batch (or its commit,
-          // for a deferred constraint) raised a row error pays for savepoints.
           if (!isRowError(e)) throw e;
-          log.warn(
-            { block: r.range.start, rows: r.plan.ctids.length, code: (e as { code?: string }).code },
-            "a row's rewrite raised (a trigger, a CHECK or domain constraint, ...): the chunk's batch was rolled back; redoing it row by row, each row in its own savepoint",
-          );
-          return { read: r, ...(await writeChunk(r, s, chunkStarted, true)) };
+          return { read: r, ...(await redoRowByRow(r, s, chunkStarted, e)) };
         }
       });
     } catch (e) {
@@ -399,7 +452,7 @@ async function sweepRelation(
       await restartRelation();
       continue;
     }
-    const { read, counts, reasons, replaced, stuck } = outcome;
+    const { read, counts, reasons, replaced, stuck, walBytes } = outcome;
     // Only after the commit: a rolled-back chunk gave up on nothing.
     for (const sha of stuck) givenUp.add(sha);
     const { total, range, plan } = read;
@@ -421,6 +474,8 @@ async function sweepRelation(
     result.rewritten += counts.rewritten;
     result.conflicts += counts.conflicts;
     result.quarantined += counts.quarantined;
+    result.walBytes += walBytes;
+    if (!dry) result.commits++;
     if (counts.quarantined > 0) log.warn({ quarantined: counts.quarantined, block: range.start, reasons }, 'values could not be rewritten; recorded in pgrekey.quarantine and left untouched');
     if (replaced > 0) log.info({ replaced, block: range.start }, 'a trigger stored other values than the ones written; left as they are');
     const chunkMs = Date.now() - chunkStarted;
@@ -432,23 +487,38 @@ async function sweepRelation(
     }
     opts.progress.chunk(relation, { nextBlock: next, totalBlocks: total, ...result, elapsedMs: Date.now() - started, chunkBlocks, rowsPerSec: controller.rate ?? 0 });
     if (range.end === null) break;
-    if (settings.niceRatio > 0) await sleep(settings.niceRatio * chunkMs, opts.signal);
+    const p = policy(settings);
+    if (p.paced) {
+      await opts.pacer!.afterChunk(counts.rewritten, walBytes, chunkStarted, chunkMs, opts.signal);
+      controller.retune(controllerSettings(settings));
+    } else {
+      const wait = Math.max(p.niceRatio * chunkMs, hardLimitWait(counts.rewritten, walBytes, chunkMs, settings));
+      if (wait > 0) await sleep(wait, opts.signal);
+    }
   }
   // An interrupted relation is not "swept": only its last chunk says that.
   if (!opts.signal?.aborted) opts.progress.finish(relation, result);
   return result;
 }
 
-async function inTransaction<T>(pool: pg.Pool, readOnly: boolean, s: SweepSettings, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+/** Duty and fast modes: the sleep that keeps a chunk under sweep.max_rate and max_wal_rate (pure). */
+export function hardLimitWait(rows: number, walBytes: number, chunkMs: number, s: Pick<SweepSettings, 'maxRate' | 'maxWalRate'>): number {
+  const byRows = s.maxRate > 0 ? (rows * 1000) / s.maxRate : 0;
+  const byWal = s.maxWalRate > 0 ? (walBytes * 1000) / s.maxWalRate : 0;
+  return Math.max(0, Math.max(byRows, byWal) - chunkMs);
+}
+
+async function inTransaction<T>(pool: pg.Pool, readOnly: boolean, s: SweepSettings, fn: (c: pg.PoolClient, walAtBegin: string | null) => Promise<T>): Promise<T> {
   const client = await checkout(pool);
   try {
     await client.query(readOnly ? 'begin read only' : 'begin');
-    // set_config(..., true) is SET LOCAL with the value as a parameter.
-    await client.query(`select set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)`, [
+    // set_config(..., true) is SET LOCAL with the value as a parameter; the WAL insert position
+    // comes with it (the chunk's WAL, for sweep.max_wal_rate and the WAL-per-row figures).
+    const set = await client.query<{ lsn: string }>(`select set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true), pg_current_wal_insert_lsn()::text as lsn`, [
       String(s.statementTimeoutMs),
       String(s.lockTimeoutMs),
     ]);
-    const out = await fn(client);
+    const out = await fn(client, set.rows[0]?.lsn ?? null);
     await client.query(readOnly ? 'rollback' : 'commit');
     client.release();
     return out;

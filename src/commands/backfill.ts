@@ -18,12 +18,16 @@ import { finishRun, startRun } from '../state/runs.js';
 import { onShutdownSignals } from '../signals.js';
 import { LiveSettings } from '../throttle/live-settings.js';
 import { Throttle } from '../throttle/throttle.js';
+import { autoPacer, type AutoPacer } from '../throttle/pacer.js';
+import { withMode } from '../throttle/live-settings.js';
 
 export interface BackfillOptions {
   dryRun?: boolean;
   restart?: boolean;
   from?: string;
   json?: boolean;
+  /** Unthrottled (sweep.mode fast): for a suspected key compromise. */
+  fast?: boolean;
 }
 
 /** Parses --from v1[,v3]: old versions that have a key. */
@@ -68,6 +72,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
   const stopSignals = onShutdownSignals(ctx.log, () => abort.abort());
   const log = ctx.log.child({ component: 'backfill' });
   let runId: number | null = null;
+  let pacer: AutoPacer | undefined;
   try {
     if (!opts.dryRun) await requireState(ctx.pool);
     const tables = await resolveTables(ctx.pool, ctx.config.tables);
@@ -82,12 +87,15 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     if (!opts.dryRun) runId = await startRun(ctx.pool, 'backfill', ring);
     const tty = process.stderr.isTTY === true && !opts.json;
     // A dry run writes nothing (not even the throttle state) and may run before setup: it is not throttled.
-    const live = opts.dryRun ? undefined : new LiveSettings(ctx.pool, ctx.config, ctx.log);
+    const config = withMode(ctx.config, opts.fast ? 'fast' : undefined);
+    const live = opts.dryRun ? undefined : new LiveSettings(ctx.pool, config, ctx.log);
     const throttle = live ? new Throttle(ctx.pool, live, ctx.log) : undefined;
+    pacer = live ? autoPacer(ctx, live) : undefined;
     const sweepOpts = {
-      settings: ctx.config.sweep,
+      settings: config.sweep,
       live,
       throttle,
+      pacer,
       ring,
       dryRun: opts.dryRun,
       onlyVersions,
@@ -139,6 +147,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     }
     throw e;
   } finally {
+    await pacer?.stop();
     stopSignals();
     ring.wipe(memzero);
     await ctx.close();
@@ -161,6 +170,8 @@ export function mergePasses(passes: readonly RelationResult[][]): BackfillRelati
       m.rewritten += r.rewritten;
       m.conflicts += r.conflicts;
       m.quarantined = r.quarantined;
+      m.walBytes += r.walBytes;
+      m.commits += r.commits;
       m.blocks = r.blocks;
       m.alreadyDone = m.alreadyDone && r.alreadyDone;
     }
@@ -180,6 +191,9 @@ export function summarize(results: readonly BackfillRelation[], target: number, 
     relations: results.length,
     rowsScanned: sum('scanned'),
     ...done,
+    /** WAL written during the sweep's write transactions (other sessions' included) and write commits: the cost per row. */
+    walBytes: results.reduce((n, r) => n + r.walBytes, 0),
+    commits: results.reduce((n, r) => n + r.commits, 0),
     conflicts: sum('conflicts'),
     passes,
     /** Counted after the last pass (null for a dry run or an interrupted one, which count nothing). */

@@ -21,7 +21,7 @@ import { onShutdownSignals } from '../signals.js';
  * (exit 2 if another run has it), then everything else. From the first stop
  * on, the process exits within daemon.shutdown_timeout (ShutdownBound).
  */
-export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?: boolean; quietPeriod?: string }): Promise<number> {
+export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?: boolean; quietPeriod?: string; fast?: boolean }): Promise<number> {
   const quietPeriodMs = opts.quietPeriod === undefined ? 0 : parseDurationFlag('--quiet-period', opts.quietPeriod);
   if (opts.quietPeriod !== undefined && !opts.exitWhenConverged) {
     throw new ConfigError('--quiet-period only applies with --exit-when-converged', 'add --exit-when-converged (a run without it keeps running; `pg-rekey status` shows how long it has been quiet)');
@@ -48,7 +48,7 @@ export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?:
   });
   let exit = EXIT_RUNTIME;
   try {
-    exit = await runLeased(ctx, ring, bound, state, opts.exitWhenConverged === true, quietPeriodMs);
+    exit = await runLeased(ctx, ring, bound, state, opts.exitWhenConverged === true, quietPeriodMs, opts.fast === true);
     return exit;
   } catch (e) {
     exit = exitCodeOf(e);
@@ -69,7 +69,7 @@ interface RunState {
   signalled: boolean;
 }
 
-async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, state: RunState, exitWhenConverged: boolean, quietPeriodMs: number): Promise<number> {
+async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, state: RunState, exitWhenConverged: boolean, quietPeriodMs: number, fast: boolean): Promise<number> {
   const { config } = ctx;
   await requireState(ctx.pool);
   // Before anything else that touches the slot or the state: one daemon per slot (exit 2 if taken).
@@ -83,7 +83,7 @@ async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, stat
     await refuseTriggerSurprises(ctx.pool, tables, ctx.log);
     await proveTargetKey(ctx.pool, tables, ring, ctx.log);
     if (state.signalled) return EXIT_OK;
-    const daemon = new Daemon(ctx, ring, tables, { exitWhenConverged, quietPeriodMs, lease, bound });
+    const daemon = new Daemon(ctx, ring, tables, { exitWhenConverged, quietPeriodMs, lease, bound, fast });
     state.daemon = daemon;
     const runId = await startRun(ctx.pool, 'run', ring);
     let code: number | null = null;

@@ -14,6 +14,7 @@ import { readLeaseHolder } from '../daemon/lease.js';
 import { describeNewerBackfill, liveFigures, newerBackfill, shownState, sweepOverall, type RunRow, type SweepOverall, type SweepState } from './status-truth.js';
 import { quietSince, readOldVersionWrites, type OldVersionWrites } from '../state/old-version-writes.js';
 import { describeSightings, latestByVersion, RECENT_MS } from '../rollout/gate.js';
+import type { PacerState } from '../throttle/pacer.js';
 
 export interface ReplicationStatus {
   slot: string;
@@ -60,6 +61,9 @@ export interface ThrottleStatus {
   since: Date | null;
   /** Runtime overrides from `pg-rekey set`. */
   overrides: Record<string, string>;
+  /** sweep.mode auto: the latency controller's state as the sweeping process last published it (about once a second). */
+  controller: PacerState | null;
+  controllerAt: Date | null;
 }
 
 export interface StatusReport {
@@ -182,7 +186,7 @@ export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], sl
   const c = (
     await ctxPool.query(
       `select paused, pause_reason as "pauseReason", paused_by as "pausedBy", paused_at as "pausedAt", throttle_reason as reason,
-              throttle_detail as detail, throttled_since as since from pgrekey.control`,
+              throttle_detail as detail, throttled_since as since, controller, controller_at as "controllerAt" from pgrekey.control`,
     )
   ).rows[0];
   const overrides = Object.fromEntries(await readOverrides(ctxPool));
@@ -279,6 +283,25 @@ function staleHeartbeat(at: Date): boolean {
   return Date.now() - at.getTime() > 60_000;
 }
 
+/** Controller state older than this is from a sweep that is not running any more. */
+export const CONTROLLER_FRESH_MS = 30_000;
+
+const ms = (x: number | null) => (x === null ? '?' : `${x.toFixed(2)} ms`);
+
+/** sweep.mode auto: target, measured, rate, and why it last slowed down. */
+export function renderController(c: PacerState, at: Date): string[] {
+  const limits = [c.maxRate > 0 ? `max_rate ${c.maxRate}` : '', c.maxWalRate > 0 ? `max_wal_rate ${formatBytes(c.maxWalRate)}/s` : ''].filter(Boolean).join(', ');
+  const lines = [
+    c.phase === 'learning'
+      ? `sweep pacing (auto): LEARNING the probe baseline (the sweep pauses for about a second)${c.baselineMs === null ? '' : `; last baseline ${ms(c.baselineMs)}`}`
+      : `sweep pacing (auto): probe ${ms(c.measuredMs)} against target ${ms(c.targetMs)} (baseline ${ms(c.baselineMs)}); rate ${Math.round(c.rate)} rows/s, achieved ${c.achievedRate === null || Number.isNaN(c.achievedRate) ? '?' : Math.round(c.achievedRate)} rows/s, chunk ${c.chunkTimeMs.toFixed(0)} ms${limits ? `; ${limits}` : ''}`,
+  ];
+  if (c.slowedBy) lines.push(`  last slowed down ${c.slowedAt ? new Date(c.slowedAt).toISOString() : '?'}: ${c.slowedBy} (${c.slowedDetail ?? ''}); slowdowns: ${Object.entries(c.cuts).map(([k, n]) => `${k} ${n}`).join(', ')}`);
+  if (c.probeDown) lines.push('  WARNING: the latency probe gets no answers: paced at the minimum rate until it does');
+  lines.push(`  (as of ${at.toISOString()})`);
+  return lines;
+}
+
 function renderThrottle(t: ThrottleStatus): string {
   const lines = [
     t.reason
@@ -288,6 +311,8 @@ function renderThrottle(t: ThrottleStatus): string {
         : 'sweep not throttled',
   ];
   if (t.paused) lines.push(`  paused by ${t.pausedBy ?? '?'} at ${t.pausedAt?.toISOString() ?? '?'}${t.pauseReason ? `: ${t.pauseReason}` : ''}; \`pg-rekey resume\` continues`);
+  const c = t.controller;
+  if (c && t.controllerAt && Date.now() - t.controllerAt.getTime() < CONTROLLER_FRESH_MS) lines.push(...renderController(c, t.controllerAt));
   const o = Object.entries(t.overrides);
   if (o.length) lines.push(`  runtime settings (pg-rekey set): ${o.map(([k, v]) => `${k}=${v}`).join(' ')}`);
   return lines.join('\n');

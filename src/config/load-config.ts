@@ -21,7 +21,19 @@ export interface TableConfig extends QualifiedName {
   triggers?: TriggerDecision;
 }
 
+export type SweepMode = 'auto' | 'duty' | 'fast';
+
 export interface SweepSettings {
+  /** auto: latency-targeted feedback controller; duty: chunk_time and nice_ratio; fast: unthrottled. */
+  mode: SweepMode;
+  /** auto: the probe's latency target, as a multiple of its baseline. */
+  latencyRatio: number;
+  probeIntervalMs: number;
+  baselineIntervalMs: number;
+  /** Rows rewritten per second at most; 0 = no limit. */
+  maxRate: number;
+  /** WAL bytes per second at most; 0 = no limit. */
+  maxWalRate: number;
   /** Target chunk duration; 0 = fixed chunks of chunkBlocks. */
   chunkTimeMs: number;
   /** First chunk of each relation (the fixed size when chunkTimeMs is 0). */
@@ -204,6 +216,12 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
     tables,
     ignore,
     sweep: {
+      mode: s.mode,
+      latencyRatio: s.latency_ratio,
+      probeIntervalMs: toMillis(s.probe_interval),
+      baselineIntervalMs: toMillis(s.baseline_interval),
+      maxRate: s.max_rate,
+      maxWalRate: toBytes(s.max_wal_rate),
       chunkTimeMs: toMillis(s.chunk_time),
       chunkBlocks: s.chunk_blocks,
       minChunkBlocks: s.min_chunk_blocks,

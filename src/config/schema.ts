@@ -18,6 +18,23 @@ export const tableSchema = z.strictObject({
 });
 
 export const sweepSchema = z.strictObject({
+  /**
+   * How the sweep paces itself. auto: a feedback controller holds the foreground's latency (a probe's own
+   * read and commit, against a baseline learned while the sweep pauses) near latency_ratio x baseline,
+   * slowing down on lock waits, standby or slot lag and archiver backlog; duty: chunk_time and nice_ratio
+   * alone (the behaviour before auto); fast: unthrottled (no pacing, large chunks; `--fast`).
+   */
+  mode: z.enum(['auto', 'duty', 'fast']).default('auto'),
+  /** auto: the probe's latency may rise to this many times its baseline (and at least 0.1 ms above it). */
+  latency_ratio: z.number().min(1).max(100).default(1.1),
+  /** auto: how often the probe reads and commits on its own connection. */
+  probe_interval: duration.refine((d) => toMillis(d) >= 10, 'at least 10ms').default('100ms'),
+  /** auto: how often the baseline is learned again (the sweep pauses for about 22 probe intervals). */
+  baseline_interval: duration.refine((d) => toMillis(d) >= 1000, 'at least 1s').default('60s'),
+  /** Hard limit of rows rewritten per second (auto and duty); 0 = none. */
+  max_rate: z.number().min(0).default(0),
+  /** Hard limit of WAL the sweep writes per second (standbys, archiving); 0 = none. */
+  max_wal_rate: size.default(0),
   /** Target duration of one chunk (one short transaction); chunks are sized to it. 0 = fixed chunks of chunk_blocks. */
   chunk_time: duration.default('5ms'),
   /** Heap blocks (8 kB pages) of the first chunk of each relation (the fixed size when chunk_time is 0). */

@@ -22,6 +22,8 @@ import { checkConvergence, type ConvergenceCheck } from './convergence.js';
 import { oldValueIdentities, StuckValues } from './stuck-values.js';
 import { LiveSettings } from '../throttle/live-settings.js';
 import { Throttle } from '../throttle/throttle.js';
+import { withMode } from '../throttle/live-settings.js';
+import { autoPacer, type AutoPacer } from '../throttle/pacer.js';
 import { startHttp } from './http.js';
 import { readStatus } from '../commands/status.js';
 import type { LiveView } from './status-page.js';
@@ -43,6 +45,8 @@ export interface DaemonOptions {
   lease: SlotLease;
   /** Bounds the shutdown (daemon.shutdown_timeout); armed by the first stop. */
   bound: ShutdownBound;
+  /** `run --fast`: sweep.mode fast (unthrottled). */
+  fast?: boolean;
 }
 
 /**
@@ -279,9 +283,19 @@ export class Daemon {
 
   private async sweepLoop(): Promise<void> {
     const { pool, config } = this.ctx;
-    const progress = this.sweepProgress();
-    const live = new LiveSettings(pool, config, this.ctx.log);
+    const live = new LiveSettings(pool, withMode(config, this.opts.fast ? 'fast' : undefined), this.ctx.log);
     const throttle = new Throttle(pool, live, this.ctx.log, this.metrics);
+    const pacer = autoPacer(this.ctx, live, this.metrics);
+    try {
+      await this.sweepPasses(live, throttle, pacer);
+    } finally {
+      await pacer.stop();
+    }
+  }
+
+  private async sweepPasses(live: LiveSettings, throttle: Throttle, pacer: AutoPacer): Promise<void> {
+    const { pool, config } = this.ctx;
+    const progress = this.sweepProgress();
     while (!this.stopping) {
       if (this.sweepStale) {
         this.sweepStale = false;
@@ -298,9 +312,10 @@ export class Daemon {
         }
         // Rewrites, conflicts and quarantined values are counted per chunk by the progress sink.
         await sweepTables(pool, this.tables, {
-          settings: config.sweep,
+          settings: live.current.sweep,
           live,
           throttle,
+          pacer,
           ring: this.ring,
           signal: this.sweepAbort.signal,
           progress,
@@ -309,6 +324,7 @@ export class Daemon {
           onWriteXid: (xid) => this.writer.noteOwnTransaction(xid),
         });
         await throttle.clear();
+        await pacer.stop(); // no probing while no pass runs (the next pass starts it again)
       } catch (e) {
         if (this.stopping) break;
         if (e instanceof RuntimeFailure) {

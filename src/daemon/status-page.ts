@@ -1,6 +1,6 @@
 import { formatDuration } from '../format.js';
 import { formatBytes } from '../replication/slot.js';
-import type { StatusReport } from '../commands/status.js';
+import { CONTROLLER_FRESH_MS, renderController, type StatusReport } from '../commands/status.js';
 import { describeNewerBackfill } from '../commands/status-truth.js';
 
 /** One convergence check as the daemon saw it (the page lists the last few). */
@@ -108,7 +108,8 @@ function throttleSection(t: StatusReport['throttle']): string {
   else if (t.reason) state = `<span class="warn">THROTTLED</span> since ${iso(t.since)}: ${e(t.reason)}${t.detail ? ` (${e(t.detail)})` : ''}`;
   else state = '<span class="ok">not throttled</span>';
   const o = Object.entries(t.overrides);
-  return `<h2>Throttle</h2><p>sweep ${state}</p>${o.length ? `<p>runtime settings (pg-rekey set): ${o.map(([k, x]) => `<code>${e(k)}=${e(x)}</code>`).join(' ')}</p>` : ''}`;
+  const c = t.controller && t.controllerAt && Date.now() - t.controllerAt.getTime() < CONTROLLER_FRESH_MS ? renderController(t.controller, t.controllerAt) : [];
+  return `<h2>Throttle</h2><p>sweep ${state}</p>${c.map((l) => `<p>${e(l.trim())}</p>`).join('')}${o.length ? `<p>runtime settings (pg-rekey set): ${o.map(([k, x]) => `<code>${e(k)}=${e(x)}</code>`).join(' ')}</p>` : ''}`;
 }
 
 /** Per table, per relation: sweep progress, rate, ETA, and the remaining values of the last check. */

@@ -88,8 +88,9 @@ export async function advanceSegment(
   done: boolean,
   c: ChunkCounts,
   pace: { chunkBlocks: number; rowsPerSec: number } | null = null,
-): Promise<void> {
-  await db.query(
+): Promise<string | null> {
+  // The WAL insert position after the chunk's writes (the sweep's WAL per chunk, for sweep.max_wal_rate).
+  const r = await db.query<{ lsn: string }>(
     `update pgrekey.sweep_segment
         set next_block = $2, total_blocks = $3, state = case when $4 then 'done' else 'running' end,
             chunks = chunks + 1, rows_scanned = rows_scanned + $5, rows_rewritten = rows_rewritten + $6,
@@ -97,7 +98,9 @@ export async function advanceSegment(
             started_at = coalesce(started_at, now()), updated_at = now(),
             finished_at = case when $4 then now() end,
             chunk_blocks = coalesce($9, chunk_blocks), rows_per_sec = coalesce($10, rows_per_sec)
-      where relation = $1 and segment_start = 0`,
+      where relation = $1 and segment_start = 0
+  returning pg_current_wal_insert_lsn()::text as lsn`,
     [relation, nextBlock, totalBlocks, done, c.scanned, c.rewritten, c.conflicts, c.quarantined, pace?.chunkBlocks ?? null, pace?.rowsPerSec ?? null],
   );
+  return r.rows[0]?.lsn ?? null;
 }

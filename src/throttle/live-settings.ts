@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { ConfigError } from '../errors.js';
 import { didYouMean } from '../config/suggest.js';
-import type { Config, SweepSettings, ThrottleSettings } from '../config/load-config.js';
+import type { Config, SweepMode, SweepSettings, ThrottleSettings } from '../config/load-config.js';
 import { duration, size, sweepSchema, throttleSchema, toBytes, toMillis } from '../config/schema.js';
 import type { Logger } from '../logger.js';
 
@@ -11,6 +11,10 @@ import type { Logger } from '../logger.js';
  * field and is validated by that field's schema.
  */
 const SETTABLE = {
+  mode: { schema: sweepSchema.shape.mode, apply: (v, s) => void (s.sweep.mode = v as SweepMode), show: (s) => s.sweep.mode },
+  'latency-ratio': { schema: sweepSchema.shape.latency_ratio, apply: (v, s) => void (s.sweep.latencyRatio = v as number), show: (s) => String(s.sweep.latencyRatio) },
+  'max-rate': { schema: sweepSchema.shape.max_rate, apply: (v, s) => void (s.sweep.maxRate = v as number), show: (s) => String(s.sweep.maxRate) },
+  'max-wal-rate': { schema: size, apply: (v, s) => void (s.sweep.maxWalRate = toBytes(v as string | number)), show: (s) => `${s.sweep.maxWalRate}B` },
   'chunk-time': { schema: duration, apply: (v, s) => void (s.sweep.chunkTimeMs = toMillis(v as string | number)), show: (s) => `${s.sweep.chunkTimeMs}ms` },
   'chunk-blocks': { schema: sweepSchema.shape.chunk_blocks, apply: (v, s) => void (s.sweep.chunkBlocks = v as number), show: (s) => String(s.sweep.chunkBlocks) },
   'min-chunk-blocks': { schema: sweepSchema.shape.min_chunk_blocks, apply: (v, s) => void (s.sweep.minChunkBlocks = v as number), show: (s) => String(s.sweep.minChunkBlocks) },
@@ -68,6 +72,11 @@ export function parseAssignments(args: string[]): { name: SettingName; value: st
   }
   if (problems.length) throw new ConfigError('cannot apply these settings', 'fix the assignments listed; `pg-rekey set --help` lists every setting', problems);
   return out;
+}
+
+/** The config with sweep.mode replaced (`--fast`); unchanged without a mode. */
+export function withMode<C extends Pick<Config, 'sweep' | 'throttle'>>(config: C, mode: SweepMode | undefined): C {
+  return mode === undefined ? config : { ...config, sweep: { ...config.sweep, mode } };
 }
 
 /** Config values with runtime overrides applied on top (overrides win). */

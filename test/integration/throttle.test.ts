@@ -4,11 +4,10 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
-import { insertBatched, testRing } from '../support/fixtures.js';
+import { createCallsTable, testRing } from '../support/fixtures.js';
 import { cli, eventually, writeDaemonFiles, type DaemonFiles } from '../support/daemon.js';
 import { spawnCli, type CliProcess } from '../support/cli.js';
 import { startFakeStandby } from '../support/fake-standby.js';
-import { encryptValue } from '../../src/crypto/rewrite.js';
 
 let db: TestDatabase;
 let files: DaemonFiles;
@@ -52,11 +51,7 @@ async function startBackfill(): Promise<CliProcess> {
 
 beforeAll(async () => {
   db = await createTestDatabase('throttle');
-  const ring = await testRing();
-  await db.pool.query(`create table calls (id bigint primary key, title text, pad text)`);
-  const rows: unknown[][] = [];
-  for (let id = 1; id <= 12_000; id++) rows.push([id, encryptValue(Buffer.from(`call ${id}`), 1, ring), 'x'.repeat(200)]);
-  await insertBatched(db.pool, 'calls', ['id', 'title', 'pad'], ['bigint', 'text', 'text'], rows);
+  await createCallsTable(db.pool, 'calls', 12_000, await testRing(), 200);
   files = writeDaemonFiles(db.url, [{ name: 'calls', columns: ['title'] }], { sweep: SWEEP, throttle: THROTTLE });
   pauseFile = path.join(files.dir, 'pause');
   files = writeDaemonFiles(db.url, [{ name: 'calls', columns: ['title'] }], { sweep: SWEEP, throttle: { ...THROTTLE, pause_file: pauseFile } });

@@ -20,7 +20,9 @@ export function writeDaemonFiles(databaseUrl: string, tables: { name: string; co
   const doc = {
     tables,
     ...extra,
-    sweep: { progress_interval: '1s', ...((extra.sweep as object) ?? {}) },
+    // The suite's sweeps are paced by chunk_time and nice_ratio (mode duty) unless a test asks for auto:
+    // auto learns a baseline first and starts slowly, which the tests that watch a sweep do not expect.
+    sweep: { progress_interval: '1s', mode: 'duty', ...((extra.sweep as object) ?? {}) },
     daemon: { http_port: 0, check_interval: '1s', slot_check_interval: '1s', ...((extra.daemon as object) ?? {}) },
     // Slot names are cluster-wide and test files share one cluster: one slot per test database.
     replication: { slot: `s_${new URL(databaseUrl).pathname.slice(1)}`.slice(0, 63), ...((extra.replication as object) ?? {}) },

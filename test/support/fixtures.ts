@@ -41,7 +41,7 @@ export function keyEnv(target = 2, versions = [1, 2]): Record<string, string> {
 export const silentLog = createLogger('silent');
 
 export function sweepSettings(o: Partial<SweepSettings> = {}): SweepSettings {
-  return { chunkTimeMs: 0, chunkBlocks: 256, minChunkBlocks: 1, maxChunkBlocks: 131072, niceRatio: 0, statementTimeoutMs: 30_000, lockTimeoutMs: 2_000, wrongKeyThreshold: 8, progressIntervalMs: 5_000, ...o };
+  return { mode: 'duty', latencyRatio: 1.1, probeIntervalMs: 100, baselineIntervalMs: 30_000, maxRate: 0, maxWalRate: 0, chunkTimeMs: 0, chunkBlocks: 256, minChunkBlocks: 1, maxChunkBlocks: 131072, niceRatio: 0, statementTimeoutMs: 30_000, lockTimeoutMs: 2_000, wrongKeyThreshold: 8, progressIntervalMs: 5_000, ...o };
 }
 
 /** Applies the state migrations and resolves the tables, as `setup` + `backfill` do. */
@@ -67,6 +67,14 @@ export function rng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/** A table `name(id bigint primary key, title text, pad text)` of `rows` v1 titles (`call <id>`), each with `padBytes` of padding. */
+export async function createCallsTable(pool: pg.Pool, name: string, rows: number, ring: KeyRing, padBytes = 0): Promise<void> {
+  await pool.query(`create table ${name} (id bigint primary key, title text, pad text)`);
+  const values: unknown[][] = [];
+  for (let id = 1; id <= rows; id++) values.push([id, encryptValue(Buffer.from(`call ${id}`), 1, ring), 'x'.repeat(padBytes)]);
+  await insertBatched(pool, name, ['id', 'title', 'pad'], ['bigint', 'text', 'text'], values);
 }
 
 export async function createIncidentsTable(pool: pg.Pool, name = 'incidents', opts: { primaryKey?: boolean } = {}): Promise<void> {
@@ -236,7 +244,8 @@ export function writeCliFiles(opts: {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'pg-rekey-cli-'));
   const doc: Record<string, unknown> = { tables: opts.tables };
   if (opts.databaseUrl) doc.database = opts.databaseUrl;
-  if (opts.sweep) doc.sweep = opts.sweep;
+  // mode duty unless a test asks for auto (see writeDaemonFiles in daemon.ts).
+  doc.sweep = { mode: 'duty', ...(opts.sweep ?? {}) };
   if (opts.replication) doc.replication = opts.replication;
   const configPath = path.join(dir, 'pg-rekey.yaml');
   writeFileSync(configPath, stringify(doc));

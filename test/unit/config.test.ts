@@ -34,6 +34,7 @@ describe('loadConfig', () => {
     const c = loadConfig({ config: file(MINIMAL) }, {});
     expect(c.tables).toEqual([{ schema: 'public', name: 'incidents', columns: ['title'] }]);
     expect(c.sweep).toEqual({
+      mode: 'auto', latencyRatio: 1.1, probeIntervalMs: 100, baselineIntervalMs: 60_000, maxRate: 0, maxWalRate: 0,
       chunkTimeMs: 5, chunkBlocks: 8, minChunkBlocks: 1, maxChunkBlocks: 8192, niceRatio: 4,
       statementTimeoutMs: 30_000, lockTimeoutMs: 500, wrongKeyThreshold: 8, progressIntervalMs: 5_000,
     });

@@ -193,6 +193,8 @@ describe('backfill: passes merged, and the report of what is left and why', () =
     relation,
     blocks: 10,
     chunks: 2,
+    walBytes: 0,
+    commits: 2,
     scanned: 5,
     rewritten: 5,
     conflicts: 0,
@@ -208,7 +210,7 @@ describe('backfill: passes merged, and the report of what is left and why', () =
       [result('public.a', { rewritten: 0, scanned: 2, quarantined: 2, blocks: 12 })],
     ]);
     expect(merged).toEqual([
-      { ...result('public.a'), chunks: 6, scanned: 10, rewritten: 6, conflicts: 1, quarantined: 2, blocks: 12, passes: 3 },
+      { ...result('public.a'), chunks: 6, scanned: 10, rewritten: 6, conflicts: 1, quarantined: 2, blocks: 12, commits: 6, passes: 3 },
       { ...result('public.b', { alreadyDone: true, rewritten: 0, scanned: 0, chunks: 0 }), passes: 1 },
     ]);
   });

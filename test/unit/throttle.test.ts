@@ -10,6 +10,7 @@ const t: ThrottleSettings = {
 };
 const calm: Signals = { paused: false, pauseReason: null, pauseFile: false, replicaLagMs: 0, replicaLagBytes: 0, activeBackends: 1 };
 const sweep: SweepSettings = {
+  mode: 'auto', latencyRatio: 1.1, probeIntervalMs: 100, baselineIntervalMs: 30_000, maxRate: 0, maxWalRate: 0,
   chunkTimeMs: 100, chunkBlocks: 8, minChunkBlocks: 1, maxChunkBlocks: 8192, niceRatio: 0.5,
   statementTimeoutMs: 30_000, lockTimeoutMs: 2000, wrongKeyThreshold: 8, progressIntervalMs: 5000,
 };
@@ -46,7 +47,7 @@ describe('runtime settings', () => {
     }
     expect(err).toBeInstanceOf(ConfigError);
     expect((err as ConfigError).problems).toHaveLength(4);
-    expect((err as ConfigError).problems.join('\n')).toMatch(/bogus: not a runtime setting; one of chunk-time/);
+    expect((err as ConfigError).problems.join('\n')).toMatch(/bogus: not a runtime setting; one of mode, latency-ratio, max-rate, max-wal-rate, chunk-time/);
   });
 
   it('overrides win over the config, and show what is in effect', () => {
