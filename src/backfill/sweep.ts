@@ -238,13 +238,13 @@ async function sweepRelation(
    */
   const readChunk = (start: number, blocks: number, s: SweepSettings): Promise<ChunkRead> => inTransaction(pool, true, s, (client) => readOn(client, start, blocks));
   const readOn = async (client: pg.ClientBase, start: number, blocks: number): Promise<ChunkRead> => {
-      const total = await relationBlocks(client, start, blocks);
-      const range = planChunk(start, total, blocks);
-      const rows = await client.query({ text: selectChunkSql(leaf, columns, withKeys ? table.keyColumns : null, range), values: selectArgs(range.start, range.end), rowMode: 'array' });
-      const scanned: ScannedRow[] = withKeys
-        ? rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, rowKey: r[1] as RowKey, values: r.slice(2) as (string | null)[] }))
-        : rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, values: r.slice(1) as (string | null)[] }));
-      return { total, range, blocks, scanned: scanned.length, node: knownNode, plan: evaluateRows(scanned, columns, opts.ring, { onlyVersions: opts.onlyVersions }) };
+    const total = await relationBlocks(client, start, blocks);
+    const range = planChunk(start, total, blocks);
+    const rows = await client.query({ text: selectChunkSql(leaf, columns, withKeys ? table.keyColumns : null, range), values: selectArgs(range.start, range.end), rowMode: 'array' });
+    const scanned: ScannedRow[] = withKeys
+      ? rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, rowKey: r[1] as RowKey, values: r.slice(2) as (string | null)[] }))
+      : rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, values: r.slice(1) as (string | null)[] }));
+    return { total, range, blocks, scanned: scanned.length, node: knownNode, plan: evaluateRows(scanned, columns, opts.ring, { onlyVersions: opts.onlyVersions }) };
   };
 
   /**
@@ -306,48 +306,48 @@ async function sweepRelation(
   const writeChunk = (r: ChunkRead, s: SweepSettings, chunkStarted: number, rowByRow: boolean): Promise<ChunkWrite> =>
     inTransaction(pool, false, s, (client, walAtBegin) => writeOn(client, walAtBegin, r, chunkStarted, rowByRow));
   const writeOn = async (client: pg.ClientBase, walAtBegin: string | null, r: ChunkRead, chunkStarted: number, rowByRow: boolean): Promise<ChunkWrite> => {
-      const { range, total } = r;
-      if (range.end === null) {
-        // The last chunk marks the relation done: make sure no rewrite (VACUUM FULL, CLUSTER, ...) moved its
-        // rows since the read. The lock holds any rewrite off until this commits.
-        await client.query(`lock table only ${quoteQualified(leaf)} in access share mode`);
-        const now = (await relationSize(client, quoteQualified(leaf))).node;
-        if (now !== r.node) {
-          knownNode = now;
-          throw new RelationRewritten();
-        }
+    const { range, total } = r;
+    if (range.end === null) {
+      // The last chunk marks the relation done: make sure no rewrite (VACUUM FULL, CLUSTER, ...) moved its
+      // rows since the read. The lock holds any rewrite off until this commits.
+      await client.query(`lock table only ${quoteQualified(leaf)} in access share mode`);
+      const now = (await relationSize(client, quoteQualified(leaf))).node;
+      if (now !== r.node) {
+        knownNode = now;
+        throw new RelationRewritten();
       }
-      if (opts.onWriteXid) {
-        const x = await client.query<{ x: string }>(`select pg_current_xact_id()::text as x`);
-        opts.onWriteXid(Number(BigInt(x.rows[0]!.x) & 0xffffffffn));
-      }
-      // Before the CAS: a row it rewrites (another column of it) moves to a new ctid.
-      const failures: (QuarantineEntry & { ctid: string })[] = (await withRowKeys(client, r.plan.failures)).map((f) => ({ ...f, table: table.display }));
-      let judged: CasJudgement = { written: [], conflicts: 0, replaced: 0, failures: [] };
-      // Values whose rewrite did not stick earlier in this pass (their rows moved ahead): not again.
-      const { plan } = withoutGivenUp(r.plan, columns, givenUp);
-      if (plan.ctids.length > 0) {
-        // `triggers: skip`: the CAS alone runs in replica mode (db/triggers.ts), not the state writes below.
-        const cas = await withTriggersSkipped(client, skipsTriggers(table), () => compareAndSwap(client, plan, range, rowByRow));
-        judged = judgeCas(plan, columns, cas.returned, cas.raised);
-        // A row that raised was rolled back: it is still at its ctid, with the value that failed.
-        for (const f of await withRowKeys(client, judged.failures)) failures.push({ ...f, table: table.display });
-      }
-      const written = judged.written;
-      // A failure whose row moved since the read is not recorded (nor counted): its new version is judged anew.
-      const counts: ChunkCounts = { scanned: r.scanned, rewritten: written.length, conflicts: judged.conflicts + judged.replaced, quarantined: failures.length };
-      await recordQuarantine(client, failures, 'sweep');
-      if (hadQuarantine) await clearQuarantine(client, table.display, written.map((k) => ({ column: k.column, rowKey: k.rowKey! })));
-      const took = Date.now() - chunkStarted;
-      const walAtEnd = await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts, {
-        chunkBlocks: r.blocks,
-        rowsPerSec: controller.rate === null ? (counts.rewritten * 1000) / Math.max(took, 1) : controller.rate,
-      });
-      const walBytes = walAtBegin && walAtEnd ? Number(parseLsn(walAtEnd) - parseLsn(walAtBegin)) : 0;
-      const reasons: Record<string, number> = {};
-      for (const f of failures) reasons[f.reason] = (reasons[f.reason] ?? 0) + 1;
-      const stuck = judged.failures.filter((f) => f.reason === 'did-not-stick').map((f) => f.sha256.toString('hex'));
-      return { counts, reasons, replaced: judged.replaced, stuck, walBytes };
+    }
+    if (opts.onWriteXid) {
+      const x = await client.query<{ x: string }>(`select pg_current_xact_id()::text as x`);
+      opts.onWriteXid(Number(BigInt(x.rows[0]!.x) & 0xffffffffn));
+    }
+    // Before the CAS: a row it rewrites (another column of it) moves to a new ctid.
+    const failures: (QuarantineEntry & { ctid: string })[] = (await withRowKeys(client, r.plan.failures)).map((f) => ({ ...f, table: table.display }));
+    let judged: CasJudgement = { written: [], conflicts: 0, replaced: 0, failures: [] };
+    // Values whose rewrite did not stick earlier in this pass (their rows moved ahead): not again.
+    const { plan } = withoutGivenUp(r.plan, columns, givenUp);
+    if (plan.ctids.length > 0) {
+      // `triggers: skip`: the CAS alone runs in replica mode (db/triggers.ts), not the state writes below.
+      const cas = await withTriggersSkipped(client, skipsTriggers(table), () => compareAndSwap(client, plan, range, rowByRow));
+      judged = judgeCas(plan, columns, cas.returned, cas.raised);
+      // A row that raised was rolled back: it is still at its ctid, with the value that failed.
+      for (const f of await withRowKeys(client, judged.failures)) failures.push({ ...f, table: table.display });
+    }
+    const written = judged.written;
+    // A failure whose row moved since the read is not recorded (nor counted): its new version is judged anew.
+    const counts: ChunkCounts = { scanned: r.scanned, rewritten: written.length, conflicts: judged.conflicts + judged.replaced, quarantined: failures.length };
+    await recordQuarantine(client, failures, 'sweep');
+    if (hadQuarantine) await clearQuarantine(client, table.display, written.map((k) => ({ column: k.column, rowKey: k.rowKey! })));
+    const took = Date.now() - chunkStarted;
+    const walAtEnd = await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts, {
+      chunkBlocks: r.blocks,
+      rowsPerSec: controller.rate === null ? (counts.rewritten * 1000) / Math.max(took, 1) : controller.rate,
+    });
+    const walBytes = walAtBegin && walAtEnd ? Number(parseLsn(walAtEnd) - parseLsn(walAtBegin)) : 0;
+    const reasons: Record<string, number> = {};
+    for (const f of failures) reasons[f.reason] = (reasons[f.reason] ?? 0) + 1;
+    const stuck = judged.failures.filter((f) => f.reason === 'did-not-stick').map((f) => f.sha256.toString('hex'));
+    return { counts, reasons, replaced: judged.replaced, stuck, walBytes };
   };
 
   /** "Wrong key?": the values of a version read so far (this chunk included) all failed to open. */
