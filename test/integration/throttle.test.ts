@@ -69,7 +69,7 @@ describe('throttle signals hold a running sweep back and release it', () => {
     let p: ReturnType<typeof spawnCli> | undefined;
     try {
       await locker.query('begin');
-      await locker.query(`select 1 from calls where id = 600 for update`); // a row a few blocks in
+      await locker.query(`select 1 from calls where id = 150 for update`); // a row a few blocks in (block ~6: reached within seconds even on a busy machine)
       p = spawnCli(['backfill', ...f.args]);
       await p.waitForLine(/lock_timeout/, { timeoutMs: 20_000 });
     } finally {
