@@ -42,7 +42,9 @@ export async function reportCommand(flags: GlobalFlags, opts: { format?: string;
       }
     } else process.stdout.write(text);
     const sha256 = createHash('sha256').update(text).digest('hex');
-    await recordEvent(ctx.pool, 'report', { format, file, sha256, oldKeyMayGo: record.verdict.oldKeyMayGo, summary: record.verdict.summary });
+    await recordEvent(ctx.pool, 'report', { format, file, sha256, oldKeyMayGo: record.verdict.oldKeyMayGo, summary: record.verdict.summary }).catch((e) =>
+      ctx.log.error({ component: 'report', err: e }, 'the report was written, but recording it in pgrekey.event failed: `teardown --drop-state` will still refuse; run the report as the role pg-rekey runs as'),
+    );
     ctx.log.child({ component: 'report' }).info({ format, file, sha256, oldKeyMayGo: record.verdict.oldKeyMayGo }, 'report written');
     if (file) process.stderr.write(`report written to ${file} (sha256 ${sha256}): ${record.verdict.summary}\n`);
     return record.verdict.oldKeyMayGo ? EXIT_OK : EXIT_NOT_CONVERGED;

@@ -112,7 +112,12 @@ export async function verifyCommand(flags: GlobalFlags, opts: VerifyOptions): Pr
       .child({ component: 'verify' })
       .info({ converged: report.converged, remaining: report.remaining, quarantined: report.quarantined, openTransactions: report.openTransactions.length, unfollowed: report.unfollowed.length, outside: outside.length }, 'verify finished');
     // The rotation record: when verify ran and what it found (`report`, `teardown --drop-state`).
-    if (report.rollout) await recordEvent(ctx.pool, 'verify', verifyEventDetail(report));
+    // Not fatal: verify's own output and exit code stand (a role that may not write pgrekey.event).
+    if (report.rollout) {
+      await recordEvent(ctx.pool, 'verify', verifyEventDetail(report)).catch((e) =>
+        ctx.log.warn({ component: 'verify', err: e }, 'could not record this verify in pgrekey.event (the rotation record will not show it); its output stands'),
+      );
+    }
     process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : `${renderVerify(report, opts.strict === true)}\n`);
     if (decrypt?.interrupted) throw new RuntimeFailure('verify --decrypt was interrupted by a signal', 'its counts cover only part of the values: run it again');
     return report.converged && problems.length === 0 ? EXIT_OK : EXIT_NOT_CONVERGED;
@@ -161,7 +166,12 @@ export async function collectVerify(ctx: Context, tables: TableInfo[], target: n
     unfollowed,
     outside,
     ignore: ctx.config.ignore.map(displayName),
-    rollout: withState ? await readRollout(ctx.pool, ctx.config.replication.slot) : null,
+    rollout: withState
+      ? await readRollout(ctx.pool, ctx.config.replication.slot).catch((e) => {
+          ctx.log.warn({ component: 'verify', err: e }, 'could not read the rollout gate from the state (pgrekey.old_version_write); verify goes on without it');
+          return null;
+        })
+      : null,
   };
 }
 
