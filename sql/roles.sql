@@ -39,6 +39,12 @@ grant pg_monitor to "rekey_worker";
 -- ordinary triggers (updated_at, audit) do not fire: a superuser, or from PostgreSQL 15 on this grant.
 -- grant set on parameter session_replication_role to "rekey_worker";
 
+-- PostgreSQL 16+ (replication.origin: auto): pg-rekey's rewrites carry a replication origin, so consumers with
+-- origin = none (subscriptions, Debezium) skip them. Optional: without it setup and run say the origin is off, and why.
+select 'select pg_replication_origin_create(''pgrekey_pg_rekey_sweep'')' where not exists (select from pg_replication_origin where roname = 'pgrekey_pg_rekey_sweep') \gexec
+select 'select pg_replication_origin_create(''pgrekey_pg_rekey_stream'')' where not exists (select from pg_replication_origin where roname = 'pgrekey_pg_rekey_stream') \gexec
+grant execute on function pg_replication_origin_session_setup(text), pg_replication_origin_session_reset() to "rekey_worker";
+
 -- PostgreSQL 14 and older let every role create objects in schema public (15+ do not): consider
 -- REVOKE CREATE ON SCHEMA public FROM PUBLIC there (check your applications first).
 
@@ -47,4 +53,4 @@ select 'create publication "pg_rekey" for table "public"."incidents", "public"."
 
 commit;
 
--- Afterwards (after `pg-rekey teardown --drop-state`): DROP PUBLICATION "pg_rekey"; DROP OWNED BY "rekey_worker"; DROP ROLE "rekey_worker";
+-- Afterwards (after `pg-rekey teardown --drop-state`): DROP PUBLICATION "pg_rekey"; DROP OWNED BY "rekey_worker"; DROP ROLE "rekey_worker"; The origins: teardown drops them when it may, else prints the pg_replication_origin_drop to run as a superuser.

@@ -93,7 +93,11 @@ Typical rotation:
         'triggers that still fire under it. Warns about CHECK and domain constraints on the columns\n' +
         '(a rewrite that violates one is quarantined) and nondeterministic collations.\n' +
         'Then applies migrations, creates the publication (insert, update) and the slot (pgoutput).\n' +
-        'Creating a slot restarts the sweep from block 0.',
+        'Creating a slot restarts the sweep from block 0.\n' +
+        'PostgreSQL 16+ (replication.origin: auto): creates the replication origins pgrekey_<slot>_sweep and\n' +
+        '_stream if the role may, and says whether rewrites will carry them (consumers with origin = none\n' +
+        'skip them); if not, why, with the GRANT EXECUTE / pg_replication_origin_create to run as a\n' +
+        'superuser. replication.origin: on makes that a problem (exit 2).',
     )
     .action(run((cmd) => setupCommand(globals(cmd))));
 
@@ -143,7 +147,8 @@ Typical rotation:
         '(up to 3 times) the relations that still hold non-quarantined old-version values (rows moved\n' +
         'behind the sweep by the application), then reports what is left: exit 1 while anything is.\n' +
         'Progress: a bar on a terminal, JSON log lines on stderr otherwise. Ctrl-C finishes the chunk\n' +
-        'in flight and exits 3; a second Ctrl-C exits at once.',
+        'in flight and exits 3; a second Ctrl-C exits at once.\n' +
+        'Chunk writes carry the replication origin pgrekey_<slot>_sweep when it is on (see setup).',
     )
     .action(run((cmd) => backfillCommand(globals(cmd), cmd.opts())));
 
@@ -172,13 +177,16 @@ Typical rotation:
         'own rewrites aside) is recorded per version, table and column with its commit time (pgrekey.old_version_write,\n' +
         'pg_rekey_old_version_writes_total, pg_rekey_old_version_last_write_timestamp_seconds): an application\n' +
         'instance still writes the old key. With --quiet-period, --exit-when-converged waits until no such write\n' +
-        'was committed for that long (counted from the last one, or the slot\'s creation; a new one restarts it).',
+        'was committed for that long (counted from the last one, or the slot\'s creation; a new one restarts it).\n' +
+        'PostgreSQL 16+: rewrites carry the replication origins pgrekey_<slot>_sweep / _stream (logged at start;\n' +
+        'off, with the reason, without the grant; never for a table with UPDATE triggers or rules), so\n' +
+        'consumers with origin = none skip them; the stream skips its own rewrites instead of comparing them.',
     )
     .action(run((cmd) => runCommand(globals(cmd), cmd.opts())));
 
   program
     .command('teardown')
-    .description('drop the replication slot and publication once converged (refuses otherwise)')
+    .description('drop the replication slot, publication and replication origins once converged (refuses otherwise)')
     .option('--force', 'drop even if not converged or the daemon is running (terminates it)')
     .option('--drop-state', 'also drop the pgrekey schema (progress, quarantine, history); refused unless `pg-rekey report` was written after the last verify (or --force)')
     .addHelpText(

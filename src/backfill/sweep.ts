@@ -7,6 +7,7 @@ import { relationSize, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { checkout, isRetryable } from '../db/connect.js';
 import { skipsTriggers, withTriggersSkipped } from '../db/triggers.js';
+import type { OriginRelation, RewriteOrigin } from '../replication/origin.js';
 import { RuntimeFailure } from '../errors.js';
 import { backoffMs, sleep } from '../timing.js';
 import { ensureSegment, advanceSegment, recordFilenode, restartSegments, rewindSegment, type ChunkCounts } from '../state/segments.js';
@@ -47,6 +48,8 @@ export interface SweepOptions {
   onWriteXid?: (xid32: number) => void;
   /** sweep.mode auto: paces chunks to the latency controller's rate; without it auto sweeps as duty does. */
   pacer?: AutoPacer;
+  /** The replication origin chunk writes carry (replication/origin.ts); without it, none. */
+  origin?: RewriteOrigin;
 }
 
 /** The fast mode's chunk duration: much larger chunks were slower (2 s: ~75k rows/s against ~95k). */
@@ -173,6 +176,8 @@ async function sweepRelation(
   const columns = table.config.columns;
   const result: RelationResult = { table: table.display, relation, blocks: 0, chunks: 0, scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0, alreadyDone: false, walBytes: 0, commits: 0 };
   const dry = opts.dryRun === true;
+  // Chunk writes carry the replication origin when the leaf fires nothing on UPDATE (replication/origin.ts).
+  const origin = opts.origin && !dry ? { origin: opts.origin, relations: [{ quoted: quoteQualified(leaf), replica: skipsTriggers(table) }] } : undefined;
   let next = 0;
   const seg = dry ? null : await ensureSegment(pool, table.display, relation);
   if (seg?.state === 'done') {
@@ -236,7 +241,7 @@ async function sweepRelation(
    * Reads a chunk and decides every value's fate: in its own read-only transaction when read ahead
    * (the CAS makes a stale read harmless), else at the start of the chunk's write transaction.
    */
-  const readChunk = (start: number, blocks: number, s: SweepSettings): Promise<ChunkRead> => inTransaction(pool, true, s, (client) => readOn(client, start, blocks));
+  const readChunk = (start: number, blocks: number, s: SweepSettings): Promise<ChunkRead> => inTransaction(pool, true, s, undefined, (client) => readOn(client, start, blocks));
   const readOn = async (client: pg.ClientBase, start: number, blocks: number): Promise<ChunkRead> => {
     const total = await relationBlocks(client, start, blocks);
     const range = planChunk(start, total, blocks);
@@ -304,7 +309,7 @@ async function sweepRelation(
 
   /** The CAS, the quarantine and the checkpoint of one chunk, committed together. */
   const writeChunk = (r: ChunkRead, s: SweepSettings, chunkStarted: number, rowByRow: boolean): Promise<ChunkWrite> =>
-    inTransaction(pool, false, s, (client, walAtBegin) => writeOn(client, walAtBegin, r, chunkStarted, rowByRow));
+    inTransaction(pool, false, s, origin, (client, walAtBegin) => writeOn(client, walAtBegin, r, chunkStarted, rowByRow));
   const writeOn = async (client: pg.ClientBase, walAtBegin: string | null, r: ChunkRead, chunkStarted: number, rowByRow: boolean): Promise<ChunkWrite> => {
     const { range, total } = r;
     if (range.end === null) {
@@ -420,7 +425,7 @@ async function sweepRelation(
           // One transaction reads and writes the chunk (3 round trips fewer than a read-only one before it).
           let read: ChunkRead | null = null;
           try {
-            return await inTransaction(pool, false, s, async (client, walAtBegin) => {
+            return await inTransaction(pool, false, s, origin, async (client, walAtBegin) => {
               const r = (read = await readOn(client, next, chunkBlocks));
               checkKeys(r, s);
               return { read: r, ...(await writeOn(client, walAtBegin, r, chunkStarted, false)) };
@@ -508,9 +513,11 @@ export function hardLimitWait(rows: number, walBytes: number, chunkMs: number, s
   return Math.max(0, Math.max(byRows, byWal) - chunkMs);
 }
 
-async function inTransaction<T>(pool: pg.Pool, readOnly: boolean, s: SweepSettings, fn: (c: pg.PoolClient, walAtBegin: string | null) => Promise<T>): Promise<T> {
+async function inTransaction<T>(pool: pg.Pool, readOnly: boolean, s: SweepSettings, marked: { origin: RewriteOrigin; relations: OriginRelation[] } | undefined, fn: (c: pg.PoolClient, walAtBegin: string | null) => Promise<T>): Promise<T> {
   const client = await checkout(pool);
+  let withOrigin = false;
   try {
+    withOrigin = marked ? await marked.origin.start(client, marked.relations) : false;
     await client.query(readOnly ? 'begin read only' : 'begin');
     // set_config(..., true) is SET LOCAL with the value as a parameter; the WAL insert position
     // comes with it (the chunk's WAL, for sweep.max_wal_rate and the WAL-per-row figures).
@@ -519,12 +526,15 @@ async function inTransaction<T>(pool: pg.Pool, readOnly: boolean, s: SweepSettin
       String(s.lockTimeoutMs),
     ]);
     const out = await fn(client, set.rows[0]?.lsn ?? null);
+    if (withOrigin) await marked!.origin.confirm(client, marked!.relations);
     await client.query(readOnly ? 'rollback' : 'commit');
-    client.release();
+    // Committed: a failed reset only costs the connection.
+    client.release(withOrigin && !(await marked!.origin.end(client).then(() => true, () => false)) ? true : undefined);
     return out;
   } catch (e) {
     await client.query('rollback').catch(() => undefined);
-    client.release(isRetryable(e) ? true : undefined);
+    // A session that may still carry the origin never goes back to the pool.
+    client.release(isRetryable(e) || withOrigin ? true : undefined);
     throw e;
   }
 }

@@ -20,6 +20,7 @@ import { LiveSettings } from '../throttle/live-settings.js';
 import { Throttle } from '../throttle/throttle.js';
 import { autoPacer, type AutoPacer } from '../throttle/pacer.js';
 import { withMode } from '../throttle/live-settings.js';
+import { rewriteOrigins } from '../replication/origin.js';
 
 export interface BackfillOptions {
   dryRun?: boolean;
@@ -84,6 +85,8 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     if (unlogged) log.warn({ relations: unlogged.relations }, unlogged.message);
     // Before anything is written (a dry run too): the target key must open what the applications wrote with it.
     await proveTargetKey(ctx.pool, tables, ring, ctx.log);
+    // A dry run writes nothing, so it carries no origin either.
+    const origin = opts.dryRun ? undefined : (await rewriteOrigins(ctx.pool, ctx.config.replication.origin, ctx.config.replication.slot, ctx.log)).sweep;
     if (!opts.dryRun) runId = await startRun(ctx.pool, 'backfill', ring);
     const tty = process.stderr.isTTY === true && !opts.json;
     // A dry run writes nothing (not even the throttle state) and may run before setup: it is not throttled.
@@ -92,6 +95,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     const throttle = live ? new Throttle(ctx.pool, live, ctx.log) : undefined;
     pacer = live ? autoPacer(ctx, live) : undefined;
     const sweepOpts = {
+      origin,
       settings: config.sweep,
       live,
       throttle,

@@ -40,6 +40,7 @@ export async function grantsCommand(flags: GlobalFlags, opts: { role?: string })
       unpublished: unpublished === null ? null : unpublished.map((d) => quotedOf.get(d) ?? d),
       stateSchema: STATE_SCHEMA,
       skipTriggers: tables.filter((t) => t.config.triggers === 'skip').map((t) => t.display),
+      originSlot: ctx.config.replication.origin === 'off' ? undefined : ctx.config.replication.slot,
       database: facts.db,
       serverVersion: facts.version,
       configPath: ctx.config.configPath,

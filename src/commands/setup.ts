@@ -15,6 +15,7 @@ import { readServerFacts, replicationProblems, serverProblems, stateProblems, ty
 import { ConfigError, EXIT_OK } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { ensureSegment, restartSegments } from '../state/segments.js';
+import { originProblems, setupOrigins } from '../replication/origin.js';
 import { createSlot, dropSlot, logSlotCreationWait, logSlotWait, readSlot, slotBeingCreated, slotUnusable, waitForSlotCreation, type SlotInfo } from '../replication/slot.js';
 
 /**
@@ -46,7 +47,7 @@ export async function setupCommand(flags: GlobalFlags): Promise<number> {
       try {
         // Serializes setups (and migrations): a second setup checks what the first one made.
         await lockMigrations(client);
-        ({ facts, tables, pub, notes } = await check(client, ctx.config.tables, slot, publication));
+        ({ facts, tables, pub, notes } = await check(client, ctx.config.tables, slot, publication, ctx.config.replication.origin));
         applied = await migrate(client, { inTransaction: true });
         for (const sql of pub.statements) await client.query(sql);
         for (const t of tables) for (const leaf of t.leaves) await ensureSegment(client, t.display, displayName(leaf));
@@ -60,6 +61,7 @@ export async function setupCommand(flags: GlobalFlags): Promise<number> {
     }
     if (pub.changes.length) log.info({ publication, changes: pub.changes }, `publication ${publication} ${pub.state}`);
     const slotLine = await readySlot(ctx.pool, log, slot, facts.database);
+    const originLine = await setupOrigins(ctx.pool, ctx.config.replication.origin, slot, log);
     log.info({ applied, tables: tables.map((t) => t.display) }, 'setup complete');
     process.stdout.write(
       [
@@ -74,6 +76,7 @@ export async function setupCommand(flags: GlobalFlags): Promise<number> {
         `publication ${publication}: ${pub.state} (${pub.summary})`,
         ...pub.changes.map((c) => `  ${c}`),
         slotLine,
+        originLine,
         'setup complete; a replication slot retains WAL until `pg-rekey teardown`: keep `pg-rekey run` running',
       ].join('\n') + '\n',
     );
@@ -89,6 +92,7 @@ async function check(
   configured: Parameters<typeof resolveTables>[1],
   slot: string,
   publication: string,
+  origin: 'auto' | 'on' | 'off' = 'auto',
 ): Promise<{ facts: ServerFacts; tables: TableInfo[]; pub: PublicationPlan; notes: string[] }> {
   const facts = await readServerFacts(db);
   const slotInfo = await readSlot(db, slot);
@@ -112,6 +116,7 @@ async function check(
   // The publication is judged against the tables that resolved (the others are problems above already).
   const pub = tablesOk && tables.length ? await planPublication(db, publication, tables, facts) : { state: 'unchanged' as const, statements: [], problems: [], changes: [], summary: '' };
   problems.push(...pub.problems);
+  problems.push(...(await originProblems(db, origin, slot)));
   if (problems.length) {
     throw new ConfigError(`setup found ${problems.length} problem(s); nothing was changed`, 'fix each problem listed, then run `pg-rekey setup` again', problems);
   }

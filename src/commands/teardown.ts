@@ -9,6 +9,7 @@ import { sleep } from '../timing.js';
 import { countVersions } from '../verify/count-versions.js';
 import { findOutsideRelations, outsideProblems } from '../verify/outside.js';
 import { dropSlot, readSlot } from '../replication/slot.js';
+import { dropOrigins } from '../replication/origin.js';
 import { describeHolder, readLeaseHolder, terminateLeaseHolder } from '../daemon/lease.js';
 import { lastEventAt } from '../state/events.js';
 
@@ -78,6 +79,7 @@ export async function teardownCommand(flags: GlobalFlags, opts: { force?: boolea
     const pubRow = pub.rows[0];
     // A least-privilege role (sql/roles.sql) does not own the publication its DBA made.
     if (pubRow?.mine) await ctx.pool.query(`drop publication ${quoteIdent(publication)}`);
+    const origins = await dropOrigins(ctx.pool, slot);
     let stateDropped = false;
     if (opts.dropState && (await stateIsCurrent(ctx.pool).catch(() => false))) {
       await ctx.pool.query(`drop schema ${STATE_SCHEMA} cascade`);
@@ -93,6 +95,8 @@ export async function teardownCommand(flags: GlobalFlags, opts: { force?: boolea
       [
         dropped ? `dropped replication slot ${slot}` : `no replication slot ${slot} (already gone)`,
         pubLine,
+        ...origins.dropped.map((o) => `dropped replication origin ${o}`),
+        ...(origins.left.length ? [`kept replication origin(s): this role may not drop them; as a superuser run ${origins.left.join(' ')}`] : []),
         stateDropped ? `dropped schema ${STATE_SCHEMA}` : opts.dropState ? `no schema ${STATE_SCHEMA}` : `kept schema ${STATE_SCHEMA} (history, quarantine); --drop-state removes it`,
         'teardown complete',
       ].join('\n') + '\n',

@@ -79,7 +79,7 @@ export interface Config {
   ignore: readonly QualifiedName[];
   sweep: SweepSettings;
   throttle: ThrottleSettings;
-  replication: { slot: string; publication: string; /** 0 = no warning. */ maxRetainedWalBytes: number };
+  replication: { slot: string; publication: string; /** 0 = no warning. */ maxRetainedWalBytes: number; origin: 'auto' | 'on' | 'off' };
   daemon: DaemonSettings;
   /** undefined: the command's own default (see schema.ts). */
   logLevel: FileConfig['log_level'];
@@ -242,7 +242,7 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
       pauseFile: file.throttle.pause_file,
       checkIntervalMs: toMillis(file.throttle.check_interval),
     },
-    replication: { slot: file.replication.slot, publication: file.replication.publication, maxRetainedWalBytes: toBytes(file.replication.max_retained_wal) },
+    replication: { slot: file.replication.slot, publication: file.replication.publication, maxRetainedWalBytes: toBytes(file.replication.max_retained_wal), origin: file.replication.origin },
     daemon: {
       httpHost: file.daemon.http_host,
       httpPort: file.daemon.http_port,

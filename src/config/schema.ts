@@ -83,6 +83,13 @@ export const replicationSchema = z.strictObject({
   publication: z.string().min(1).max(63).default('pg_rekey'),
   /** Warn (log, status, metrics) while the slot holds back more WAL than this: the server cannot recycle it. 0 = off. */
   max_retained_wal: size.default('10GB'),
+  /**
+   * Replication origin on pg-rekey's rewrites (PostgreSQL 16+, see replication/origin.ts), so that
+   * consumers with `origin = none` (subscriptions, Debezium) can skip them. auto: on when the server
+   * is 16+ and the role may set it up (otherwise off, with a log line saying why); on: refuse to run
+   * without it; off: never.
+   */
+  origin: z.enum(['auto', 'on', 'off']).default('auto'),
 });
 
 export const daemonSchema = z.strictObject({

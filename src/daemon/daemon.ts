@@ -15,6 +15,7 @@ import { summarizeQuarantine } from '../state/quarantine.js';
 import { formatLsn, parseLsn } from '../replication/lsn.js';
 import { RelationMap } from '../replication/relation-map.js';
 import { createSlot, dropSlot, formatBytes, logSlotWait, readSlot, retainedWalExceeded, slotUnusable, type SlotInfo } from '../replication/slot.js';
+import { rewriteOrigins, type RewriteOrigins } from '../replication/origin.js';
 import { ReplicationStream } from '../replication/stream.js';
 import { StreamWriter, type BatchLimits, type FlushResult } from '../replication/stream-writer.js';
 import { CatalogWatch } from './catalog-watch.js';
@@ -76,6 +77,8 @@ export class Daemon {
   /** The tables changed during a sweep pass: run another pass before calling it complete. */
   private sweepAgain = false;
   private serverVersionNum = 0;
+  /** replication.origin as resolved at start (replication/origin.ts). */
+  private origins: RewriteOrigins = { state: { on: false, names: { sweep: '', stream: '' }, fixes: [] } };
   private lastCheckAt: Date | null = null;
   private rateSample = { at: Date.now(), rewrites: 0, perSec: 0 };
   private retainedWalHigh = false;
@@ -183,6 +186,8 @@ export class Daemon {
     await this.catalog.init(); // refuses UNLOGGED leaves; adds INHERITS children created since setup to the publication
     this.serverVersionNum = Number((await pool.query<{ v: string }>(`select current_setting('server_version_num') as v`)).rows[0]!.v);
     await this.ensureSlot('startup check');
+    this.origins = await rewriteOrigins(pool, config.replication.origin, config.replication.slot, this.ctx.log);
+    this.metrics.rewriteOrigin.set(this.origins.state.on ? 1 : 0);
     const writer = (this.writer = new CatalogFollowingWriter(pool, this.ring, { maxRows: config.daemon.streamBatchRows, maxBytes: 32 * 1024 * 1024, maxDelayMs: config.daemon.streamBatchDelayMs, lockTimeoutMs: config.sweep.lockTimeoutMs }, () =>
       this.refreshCatalog('stream write failed'),
     ));
@@ -205,6 +210,7 @@ export class Daemon {
       metrics: this.metrics,
       onSlotLost: (reason) => this.ensureSlot(reason),
       onUnknownRelation: (schema, name) => this.refreshTables(schema, name),
+      origins: this.origins.stream,
     });
   }
 
@@ -322,6 +328,7 @@ export class Daemon {
           log: this.ctx.log,
           // The stream must not take the sweep's own rewrites for an application's old-version writes.
           onWriteXid: (xid) => this.writer.noteOwnTransaction(xid),
+          origin: this.origins.sweep,
         });
         await throttle.clear();
         await pacer.stop(); // no probing while no pass runs (the next pass starts it again)

@@ -26,6 +26,8 @@ export interface GrantFacts {
   stateSchema: string;
   /** Configured tables with `triggers: skip` (rewrites set session_replication_role = replica). */
   skipTriggers?: readonly string[];
+  /** replication.slot when replication.origin is not off: the origins pgrekey_<slot>_sweep/_stream (16+). */
+  originSlot?: string;
   /** For the header. */
   database: string;
   serverVersion: string;
@@ -62,6 +64,27 @@ function skipTriggersGrant(f: GrantFacts, role: string): string[] {
     return [...head, `-- ${safe(skip.join(', '))} say triggers: skip, and PostgreSQL ${safe(f.serverVersion)} cannot grant it: run pg-rekey as a superuser, or use triggers: fire.`];
   }
   return [...head, `-- ${safe(skip.join(', '))} say triggers: skip.`, grant];
+}
+
+/**
+ * PostgreSQL 16+: the replication origins pg-rekey's rewrites carry (replication/origin.ts), made
+ * here so the role needs no right to create or drop origins (a right over every origin of the
+ * cluster), and the two session functions it calls.
+ */
+function originGrants(f: GrantFacts, role: string): string[] {
+  if (f.originSlot === undefined) return [];
+  const head = [
+    '',
+    "-- PostgreSQL 16+ (replication.origin: auto): pg-rekey's rewrites carry a replication origin, so consumers with",
+    "-- origin = none (subscriptions, Debezium) skip them. Optional: without it setup and run say the origin is off, and why.",
+  ];
+  if (Number.parseInt(f.serverVersion, 10) < 16) return [...head, `-- PostgreSQL ${f.serverVersion}: consumers cannot skip an origin before 16; nothing to grant.`];
+  const names = [`pgrekey_${f.originSlot}_sweep`, `pgrekey_${f.originSlot}_stream`];
+  return [
+    ...head,
+    ...names.map((n) => gexecIf(`select pg_replication_origin_create(${lit(n)})`, `not exists (select from pg_replication_origin where roname = ${lit(n)})`)),
+    `grant execute on function pg_replication_origin_session_setup(text), pg_replication_origin_session_reset() to ${role};`,
+  ];
 }
 
 export function renderGrants(f: GrantFacts): string {
@@ -117,6 +140,7 @@ export function renderGrants(f: GrantFacts): string {
     `grant pg_monitor to ${role};`,
     '',
     ...skipTriggersGrant(f, role),
+    ...originGrants(f, role),
     '',
     '-- PostgreSQL 14 and older let every role create objects in schema public (15+ do not): consider',
     '-- REVOKE CREATE ON SCHEMA public FROM PUBLIC there (check your applications first).',
@@ -158,7 +182,7 @@ export function renderGrants(f: GrantFacts): string {
     '',
     'commit;',
     '',
-    `-- Afterwards (after \`pg-rekey teardown --drop-state\`): DROP PUBLICATION ${safe(quoteIdent(f.publication))}; DROP OWNED BY ${safe(role)}; DROP ROLE ${safe(role)};`,
+    `-- Afterwards (after \`pg-rekey teardown --drop-state\`): DROP PUBLICATION ${safe(quoteIdent(f.publication))}; DROP OWNED BY ${safe(role)}; DROP ROLE ${safe(role)};${f.originSlot !== undefined && Number.parseInt(f.serverVersion, 10) >= 16 ? ` The origins: teardown drops them when it may, else prints the pg_replication_origin_drop to run as a superuser.` : ''}`,
     '',
   );
   return out.join('\n');

@@ -5,8 +5,8 @@ import { rewriteValue } from '../crypto/rewrite.js';
 import { parseVersioned } from '../crypto/envelope.js';
 import { displayName, quoteIdent } from '../db/ident.js';
 import { casColumnsSql, versionExpr } from '../backfill/sweep-sql.js';
-import { inTransaction } from '../db/connect.js';
 import { withTriggersSkipped } from '../db/triggers.js';
+import { inOriginTransaction, type OriginRelation, type RewriteOrigin } from './origin.js';
 import type { Logger } from '../logger.js';
 import { backoffMs, sleep } from '../timing.js';
 import { classifyMiss, isolatedByRow, OwnTransactions, RecentXids, rowErrorReason, SanitizedDbError } from './cas-outcome.js';
@@ -57,6 +57,8 @@ export interface WriterHooks {
   log?: Logger;
   /** Aborted when the stream stops: a visibility wait or retry pause ends, the batch replays. */
   signal?: AbortSignal;
+  /** The origin flush transactions carry (replication/origin.ts); unset: none. */
+  origin?: RewriteOrigin;
 }
 
 /** Attempts of a row whose CAS matched nothing although it still holds the old value. */
@@ -176,7 +178,7 @@ export class StreamWriter {
     for (let attempt = 1; work.length > 0; attempt++) {
       const last = attempt >= MAX_ATTEMPTS;
       const left: Pending[] = [];
-      await this.inTransaction(async (client) => {
+      await this.inTransaction(work.map((b) => ({ quoted: b.rel.quoted, replica: b.rel.skipTriggers === true })), async (client) => {
         for (const b of work) {
           const rows = await this.flushRelation(client, b, result, last);
           if (rows.length) left.push({ rel: b.rel, rows: new Map(rows.map((r) => [JSON.stringify(r.key), r])) });
@@ -194,10 +196,10 @@ export class StreamWriter {
     return result;
   }
 
-  private inTransaction(fn: (c: pg.PoolClient) => Promise<void>): Promise<void> {
+  private inTransaction(relations: OriginRelation[], fn: (c: pg.PoolClient) => Promise<void>): Promise<void> {
     // READ COMMITTED whatever default_transaction_isolation says: the CAS argument relies on an
     // UPDATE that waited for a row lock re-checking the new row version, not failing with 40001.
-    return inTransaction(this.pool, 'begin isolation level read committed', async (client) => {
+    return inOriginTransaction(this.pool, this.hooks.origin, relations, 'begin isolation level read committed', async (client) => {
       // Constraints immediate: a deferred one raises in the row's savepoint, not at COMMIT.
       await client.query('set constraints all immediate');
       const xid = await client.query<{ x: string }>(`select pg_current_xact_id()::text as x`);

@@ -10,6 +10,7 @@ import { planRowWork } from './rewrite-plan.js';
 import { oldVersionColumns, type DecodedTransaction } from './old-version-sightings.js';
 import { versionLabel } from '../crypto/envelope.js';
 import type { StreamWriter } from './stream-writer.js';
+import type { RewriteOrigin } from './origin.js';
 
 /**
  * pgoutput with every column left as raw text: the library would otherwise
@@ -39,6 +40,12 @@ export interface StreamOptions {
   /** A relation of a configured table the map does not know (partition attached): refresh. */
   onUnknownRelation?: (schema: string, name: string) => Promise<boolean>;
   maxBackoffMs?: number;
+  /**
+   * Replication origins (replication/origin.ts): `writer` is set up on the stream's own flush
+   * transactions; the changes of a transaction whose origin is in `skip` (pg-rekey's own rewrites
+   * of this slot, which carry only what needs no work) are not compared.
+   */
+  origins?: { writer: RewriteOrigin; skip: ReadonlySet<string> };
 }
 
 const STATUS_INTERVAL_MS = 2_000;
@@ -70,6 +77,8 @@ export class ReplicationStream {
   private txn: DecodedTransaction | null = null;
   /** Last "still writes an old version" log line per version and table (at most one a minute). */
   private readonly staleLogged = new Map<string, number>();
+  /** The transaction being decoded is one of pg-rekey's own rewrites (its origin message named one of ours). */
+  private ownOrigin = false;
   private chain: Promise<unknown> = Promise.resolve();
   private service: LogicalReplicationService | null = null;
   private stopping = false;
@@ -85,7 +94,7 @@ export class ReplicationStream {
 
   constructor(private readonly o: StreamOptions) {
     this.log = o.log.child({ component: 'stream', slot: o.slot });
-    o.writer.attach({ log: this.log, signal: this.stopped.signal });
+    o.writer.attach({ log: this.log, signal: this.stopped.signal, origin: o.origins?.writer });
   }
 
   get appliedLsn(): Lsn {
@@ -219,9 +228,16 @@ export class ReplicationStream {
         this.inTxn = true;
         this.xid = msg.xid;
         this.txn = msg.commitLsn ? { commitTimeMicros: BigInt(msg.commitTime as bigint), commitLsn: msg.commitLsn } : null;
+        this.ownOrigin = false;
+        return;
+      case 'origin':
+        // Sent after BEGIN when the transaction's commit carries an origin.
+        this.ownOrigin = this.o.origins?.skip.has(msg.originName) ?? false;
         return;
       case 'insert':
       case 'update': {
+        this.o.metrics.streamChanges.inc({ handling: this.ownOrigin ? 'skipped_own_origin' : 'decoded' });
+        if (this.ownOrigin) return;
         let rel = this.o.relations().get(msg.relation.schema, msg.relation.name);
         if (!rel && this.o.onUnknownRelation && (await this.o.onUnknownRelation(msg.relation.schema, msg.relation.name))) {
           rel = this.o.relations().get(msg.relation.schema, msg.relation.name);
@@ -243,7 +259,7 @@ export class ReplicationStream {
         if (this.o.writer.size === 0) this.advance(this.lastCommitEnd);
         return;
       default:
-        return; // delete, truncate, relation, type, origin, message: nothing to rewrite
+        return; // delete, truncate, relation, type, message: nothing to rewrite
     }
   }
 

@@ -196,7 +196,9 @@ export async function startCluster(major: PgMajor, opts: ClusterOptions = {}): P
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
   let server: ServerProcess;
   try {
-    server = await startServer({ major, dataDir, port, url, settings: { ...defaultSettings(), ...opts.settings } });
+    // 18 counts replication origins in use against their own limit (default 10): test files run in parallel.
+    const origins: Record<string, number> = major >= 18 ? { max_active_replication_origins: 64 } : {};
+    server = await startServer({ major, dataDir, port, url, settings: { ...defaultSettings(), ...origins, ...opts.settings } });
   } catch (err) {
     rmSync(dataDir, { recursive: true, force: true });
     throw err;

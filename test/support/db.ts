@@ -88,6 +88,12 @@ export async function dropDatabase(name: string): Promise<void> {
       name,
     ]);
     await dropSlots(client, name);
+    // Replication origins are cluster-wide too (and each used one holds a server slot until dropped):
+    // those of this database's slot (test/support/daemon.ts names it).
+    const slot = `s_${name}`.slice(0, 63);
+    await client
+      .query(`select pg_replication_origin_drop(roname) from pg_replication_origin where roname = any($1::text[])`, [[`pgrekey_${slot}_sweep`, `pgrekey_${slot}_stream`]])
+      .catch(() => undefined);
     // WITH (FORCE) (PostgreSQL 13+) also terminates sessions that connected after the terminate above.
     await client.query(`DROP DATABASE IF EXISTS ${client.escapeIdentifier(name)} WITH (FORCE)`);
   });

@@ -42,7 +42,7 @@ describe('loadConfig', () => {
       maxReplicaLagMs: 10_000, maxReplicaLagBytes: 1024 ** 3, maxActiveBackends: 0, criticalActiveBackends: 0,
       criticalAction: 'stop', hibernateMs: 60_000, pauseFile: undefined, checkIntervalMs: 1_000,
     });
-    expect(c.replication).toEqual({ slot: 'pg_rekey', publication: 'pg_rekey', maxRetainedWalBytes: 10 * 1024 ** 3 });
+    expect(c.replication).toEqual({ slot: 'pg_rekey', publication: 'pg_rekey', maxRetainedWalBytes: 10 * 1024 ** 3, origin: 'auto' });
     expect(c.connectionString).toBeUndefined();
     expect(c.connectionSource).toBe('PG* variables');
     expect(c.logLevel).toBeUndefined(); // each command picks its default
@@ -86,6 +86,8 @@ describe('loadConfig', () => {
     expect(loadConfig({ config: file(MINIMAL) }, {}).daemon.shutdownTimeoutMs).toBe(10_000);
     expect(loadConfig({ config: file(`${MINIMAL}daemon:\n  shutdown_timeout: 30s\n`) }, {}).daemon.shutdownTimeoutMs).toBe(30_000);
     expect(loadConfig({ config: file(MINIMAL) }, { PG_REKEY_DAEMON_SHUTDOWN_TIMEOUT: '2500ms' }).daemon.shutdownTimeoutMs).toBe(2_500);
+    expect(loadConfig({ config: file(MINIMAL) }, { PG_REKEY_REPLICATION_ORIGIN: 'off' }).replication.origin).toBe('off');
+    expect(configError(() => loadConfig({ config: file(MINIMAL) }, { PG_REKEY_REPLICATION_ORIGIN: 'yes' })).text).toMatch(/replication\.origin/);
     const { err } = configError(() => loadConfig({ config: file(`${MINIMAL}daemon:\n  shutdown_timeout: 200ms\n`) }, {}));
     expect(err.problems).toEqual([expect.stringMatching(/^daemon\.shutdown_timeout: at least 1s/)]);
   });

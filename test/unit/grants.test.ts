@@ -15,6 +15,7 @@ export const SAMPLE: GrantFacts = {
   publication: 'pg_rekey',
   unpublished: null,
   stateSchema: 'pgrekey',
+  originSlot: 'pg_rekey',
   database: 'cad',
   serverVersion: '18',
   configPath: 'pg-rekey.yaml',
