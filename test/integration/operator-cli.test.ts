@@ -10,15 +10,6 @@ import { repoRoot, runCli, spawnCli, type CliResult } from '../support/cli.js';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
 import { createIncidentsTable, fillIncidents, keyEnv, testRing, writeCliFiles, type CliFiles } from '../support/fixtures.js';
 
-const dbs: TestDatabase[] = [];
-afterAll(async () => {
-  for (const db of dbs) await db.drop();
-});
-async function database(prefix: string): Promise<TestDatabase> {
-  const db = await createTestDatabase(prefix);
-  dbs.push(db);
-  return db;
-}
 const output = (r: CliResult) => r.stdout + r.stderr;
 
 describe('the CLI as a user runs it', () => {
@@ -53,8 +44,11 @@ describe('the CLI as a user runs it', () => {
 describe('against PostgreSQL', () => {
   let db: TestDatabase;
   let f: CliFiles;
+  afterAll(async () => {
+    await db?.drop();
+  });
   beforeAll(async () => {
-    db = await database('operator_cli');
+    db = await createTestDatabase('operator_cli');
     await createIncidentsTable(db.pool, 'incidents');
     await db.pool.query(`alter table incidents add column "Note" text`);
     await fillIncidents(db.pool, 'incidents', await testRing(), { rows: 300, mix: { v1: 0.5, v2: 0.5, null: 0, notOurs: 0 } });
