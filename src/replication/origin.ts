@@ -169,12 +169,9 @@ export class OriginRecheckFailed extends Error {
 
 /** One writer's origin (the sweep's or the stream's), used one transaction at a time. */
 export class RewriteOrigin {
-  /** Relations known to fire triggers or rules: their transactions carry no origin. */
+  /** Relations known to fire triggers or rules: their transactions carry no origin (until restart, even if the trigger is dropped). */
   private readonly fires = new Set<string>();
   private busyLogged = false;
-  /** Transactions written with the origin, and without it (triggers, rules, origin in use). */
-  marked = 0;
-  unmarked = 0;
 
   constructor(
     readonly name: string | null,
@@ -190,7 +187,6 @@ export class RewriteOrigin {
     if (this.name === null) return false;
     if (relations.some((r) => this.fires.has(key(r))) || (await firesAnything(client, relations))) {
       relations.forEach((r) => this.fires.add(key(r)));
-      this.unmarked++;
       return false;
     }
     try {
@@ -202,10 +198,8 @@ export class RewriteOrigin {
       const why = code === '55006' ? 'is in use by another session (another pg-rekey process for this slot?)' : 'cannot be set up: the server has no free replication origin slot (max_active_replication_origins, max_replication_slots before 18)';
       if (!this.busyLogged) this.log?.warn({ origin: this.name, code }, `replication origin ${this.name} ${why}: rewrites are written without it while it is so`);
       this.busyLogged = true;
-      this.unmarked++;
       return false;
     }
-    this.marked++;
     return true;
   }
 
@@ -219,11 +213,6 @@ export class RewriteOrigin {
   /** After the transaction ended: the session no longer carries the origin. */
   async end(client: pg.ClientBase): Promise<void> {
     await client.query(`select pg_replication_origin_session_reset()`);
-  }
-
-  /** A catalog change (a new leaf, a trigger dropped): judge every relation afresh. */
-  forget(): void {
-    this.fires.clear();
   }
 }
 
