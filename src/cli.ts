@@ -23,8 +23,9 @@ Exit codes:
      (values left after its passes, quarantined ones included), run --exit-when-converged (only
      quarantined values left), report (its verdict: the old key must stay)
   2  usage or configuration error (flags, config file, keys, a target key that does not open the
-     stored target values, tables, row security hiding rows, unlogged tables, a slot held by another run,
-     teardown --drop-state without a report written after the last verify)
+     stored target values, tables, row security hiding rows, unlogged tables, triggers without a
+     decision, a slot held by another run; teardown refusing while old-version values remain, or
+     --drop-state without a report written after the last verify)
   3  runtime failure (database unreachable, wrong key, interrupted)`;
 
 const KEYS = `
