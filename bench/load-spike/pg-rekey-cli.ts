@@ -12,12 +12,12 @@ export const ROOT = path.resolve(import.meta.dirname, '..', '..');
 let BIN = path.join(ROOT, 'bin', 'pg-rekey.js');
 
 /**
- * Copies bin/, dist/ and sql/ into `dir` and runs the CLI from there from now on, so every scenario of a
+ * Copies bin/, dist/, sql/ and package.json (the version) into `dir` and runs the CLI from there from now on, so every scenario of a
  * run uses the same build even if the working tree is rebuilt meanwhile (node_modules and package.json
  * still resolve from the checkout above it).
  */
 export function snapshotBuild(dir: string): void {
-  for (const d of ['bin', 'dist', 'sql']) cpSync(path.join(ROOT, d), path.join(dir, d), { recursive: true });
+  for (const d of ['bin', 'dist', 'sql', 'package.json']) cpSync(path.join(ROOT, d), path.join(dir, d), { recursive: true });
   BIN = path.join(dir, 'bin', 'pg-rekey.js');
 }
 
