@@ -103,7 +103,7 @@ export async function verifyCommand(flags: GlobalFlags, opts: VerifyOptions): Pr
     if (opts.strict) {
       if (!oc.result) problems.push(`--strict: the check outside the configuration could not run`);
       else {
-        if (!oc.result.ok) problems.push(`--strict: ${oc.result.unconfiguredOld} old-version value(s) outside the configuration`);
+        if (oc.result.unconfiguredOld > 0) problems.push(`--strict: ${oc.result.unconfiguredOld} old-version value(s) outside the configuration`);
         if (oc.result.notChecked.length) problems.push(`--strict: ${oc.result.notChecked.length} relation(s) or column(s) outside the configuration could not be checked`);
       }
     }

@@ -87,7 +87,7 @@ export async function discover(pool: pg.Pool, tables: readonly TableInfo[], opts
     matviews,
     unconfiguredOld: old.reduce((n, c) => n + c.oldValues, 0),
     snippet: renderSnippet(tables.map((t) => ({ ...t.config, display: t.display })), columns),
-    ok: old.length === 0,
+    ok: old.length === 0 && notChecked.length === 0,
     startedAt,
     finishedAt: new Date().toISOString(),
   };

@@ -56,7 +56,7 @@ export interface DiscoverResult {
   unconfiguredOld: number;
   /** `tables:` as it would be with the rewritable unconfigured columns added. */
   snippet: string;
-  /** No old-version value outside the configuration was found (in what was read). */
+  /** No old-version value outside the configuration was found (in what was read), and nothing was left unchecked. */
   ok: boolean;
   startedAt: string;
   finishedAt: string;

@@ -35,11 +35,15 @@ export async function recordCheck(db: pg.Pool, rec: CheckRecord, log: Logger): P
   }
 }
 
-/** The latest result of each kind and mode (for `report`). */
+/**
+ * The latest result of each kind, mode, outcome and target version (for `report`): the verdict
+ * needs the latest full pass AND the latest failure of any mode, so that a later sampled
+ * pass (every plain `verify` records one) cannot hide a failed full pass.
+ */
 export async function latestChecks(db: pg.Pool | pg.ClientBase): Promise<(CheckRecord & { finishedAt: string; host: string | null })[]> {
   const r = await db.query<{ kind: CheckRecord['kind']; mode: CheckRecord['mode']; command: string; target_version: number; started_at: Date; finished_at: Date; ok: boolean; host: string | null; result: object }>(
-    `select distinct on (kind, mode) kind, mode, command, target_version, started_at, finished_at, ok, host, result
-       from pgrekey.check_result order by kind, mode, finished_at desc`,
+    `select * from (select distinct on (kind, mode, ok, target_version) kind, mode, command, target_version, started_at, finished_at, ok, host, result
+       from pgrekey.check_result order by kind, mode, ok, target_version, started_at desc, finished_at desc) x order by finished_at`,
   );
   return r.rows.map((x) => ({ kind: x.kind, mode: x.mode, command: x.command, targetVersion: x.target_version, startedAt: x.started_at.toISOString(), finishedAt: x.finished_at.toISOString(), ok: x.ok, host: x.host, result: x.result }));
 }

@@ -87,31 +87,77 @@ function record(o: Partial<Omit<RotationRecord, 'verdict'>> = {}): Omit<Rotation
   };
 }
 
+type Check = RotationRecord['checks']['discover'][number];
+const at = (s: number) => new Date(3_600_000 + s * 1000).toISOString();
+/** A recorded check, started at `s` seconds after the record's quiet-since + 1h (finished 10 s later). */
+function check(kind: Check['kind'], mode: Check['mode'], ok: boolean, s: number, o: Partial<Check> = {}): Check {
+  const command = kind === 'discover' ? (mode === 'full' ? 'discover --full' : 'verify') : mode === 'full' ? 'verify --decrypt' : 'verify --decrypt --sample 100';
+  const result = kind === 'discover' ? { columns: [{ relation: 'public.incidents', column: 'title', configured: 'public.incidents' }] } : {};
+  return { kind, mode, command, targetVersion: 2, startedAt: at(s), finishedAt: at(s + 10), ok, host: null, result, ...o };
+}
+const passed = { deepVerify: [check('deep-verify', 'full', true, 0)], discover: [check('discover', 'full', true, 0)] };
+const criterion = (v: ReturnType<typeof decideVerdict>, name: string) => v.criteria.find((c) => c.name.startsWith(name))!;
+
 describe('the verdict', () => {
-  it('converged and quiet: the old key may go; checks not run are reported, not blocking', () => {
-    const v = decideVerdict(record());
+  it('converged, quiet, and a full deep verify and a full discover passed since the rollout ended: the old key may go', () => {
+    const v = decideVerdict(record({ checks: passed }));
     expect(v.oldKeyMayGo).toBe(true);
-    expect(v.criteria.filter((c) => c.ok === null).map((c) => c.evidence)).toEqual(['not run', 'not run']);
+    expect(criterion(v, 'discover').evidence).toMatch(/^passed: `discover --full` \(full\) started /);
   });
   it('not quiet, not observed, a changed key, quarantine or a failed deep check: the old key must stay', () => {
     const rollout = (observedUntil: Date | null) => ({ ...record().rollout, observedUntil, gate: quietState(new Date(0), observedUntil, 900) });
-    expect(decideVerdict(record({ rollout: rollout(new Date(60_000)) })).summary).toMatch(/^the old key must stay: quiet for 15m/);
-    expect(decideVerdict(record({ rollout: rollout(null) })).criteria[2]!.evidence).toMatch(/not observed: no `pg-rekey run` convergence check passed/);
-    expect(decideVerdict(record({ rollout: rollout(null) })).oldKeyMayGo).toBe(false);
+    expect(decideVerdict(record({ checks: passed, rollout: rollout(new Date(60_000)) })).summary).toMatch(/^the old key must stay: quiet for 15m/);
+    expect(decideVerdict(record({ checks: passed, rollout: rollout(null) })).criteria[2]!.evidence).toMatch(/not observed: no `pg-rekey run` convergence check passed/);
+    expect(decideVerdict(record({ checks: passed, rollout: rollout(null) })).oldKeyMayGo).toBe(false);
     const changed = keyEntries([{ id: 1, command: 'run', host: null, pid: null, role: null, startedAt: '', finishedAt: null, outcome: null, fingerprints: { v2: 'fp1:b' } }], { v2: 'fp1:c' }, 2);
     expect(changed[0]!.changed).toBe(true);
-    expect(decideVerdict(record({ keys: changed })).oldKeyMayGo).toBe(false);
-    expect(decideVerdict(record({ quarantine: { total: 2, byReason: [{ reason: 'mac-failure', count: 2 }], byColumn: [] }, verify: { ...record().verify, quarantined: 2 } })).oldKeyMayGo).toBe(false);
-    const failed = { kind: 'deep-verify' as const, mode: 'full' as const, command: 'verify --decrypt', targetVersion: 2, startedAt: '1970-01-01T00:00:00.000Z', finishedAt: '1970-01-01T00:00:00.000Z', ok: false, host: null, result: {} };
-    const v = decideVerdict(record({ checks: { deepVerify: [failed], discover: [] } }));
+    expect(decideVerdict(record({ checks: passed, keys: changed })).oldKeyMayGo).toBe(false);
+    expect(decideVerdict(record({ checks: passed, quarantine: { total: 2, byReason: [{ reason: 'mac-failure', count: 2 }], byColumn: [] }, verify: { ...record().verify, quarantined: 2 } })).oldKeyMayGo).toBe(false);
+    const v = decideVerdict(record({ checks: { ...passed, deepVerify: [check('deep-verify', 'full', false, 5)] } }));
     expect(v.oldKeyMayGo).toBe(false);
-    expect(v.criteria.find((c) => c.name.startsWith('discover'))!.evidence).toBe('not run');
+    expect(criterion(v, 'deep verify').evidence).toMatch(/^FAILED: `verify --decrypt` \(full\)/);
+  });
+  it('deep checks not run, or only sampled: the old key must stay (a sample proves nothing about what it did not read)', () => {
+    const none = decideVerdict(record());
+    expect(none.oldKeyMayGo).toBe(false);
+    expect(none.criteria.filter((c) => c.ok !== true).map((c) => c.evidence)).toEqual(['not run at v2: run `verify --decrypt`', 'not run at v2: run `discover --full`']);
+    const sampled = decideVerdict(record({ checks: { deepVerify: [check('deep-verify', 'sample', true, 0)], discover: [check('discover', 'sample', true, 0)] } }));
+    expect(sampled.oldKeyMayGo).toBe(false);
+    expect(criterion(sampled, 'discover').evidence).toMatch(/^only sampled: `verify` \(sample\)/);
+    expect(criterion(sampled, 'deep verify').evidence).toMatch(/^only sampled: `verify --decrypt --sample 100` \(sample\)/);
+  });
+  it('a failed discover --full is not hidden by a later sampled pass (every plain verify records one); a later full pass lifts it', () => {
+    const failedFull = check('discover', 'full', false, 0);
+    const hidden = decideVerdict(record({ checks: { deepVerify: passed.deepVerify, discover: [failedFull, check('discover', 'sample', true, 60)] } }));
+    expect(hidden.oldKeyMayGo).toBe(false);
+    expect(criterion(hidden, 'discover').evidence).toMatch(/^FAILED: `discover --full` \(full\) started .*until a later `discover --full` passes/);
+    // An earlier full pass does not outweigh a later failure either.
+    expect(decideVerdict(record({ checks: { deepVerify: passed.deepVerify, discover: [check('discover', 'full', true, -60), failedFull] } })).oldKeyMayGo).toBe(false);
+    // A sample that found something is evidence: it blocks a full pass older than it.
+    expect(decideVerdict(record({ checks: { deepVerify: passed.deepVerify, discover: [check('discover', 'full', true, 0), check('discover', 'sample', false, 60)] } })).oldKeyMayGo).toBe(false);
+    expect(decideVerdict(record({ checks: { deepVerify: [check('deep-verify', 'full', true, 0), check('deep-verify', 'sample', false, 60)], discover: passed.discover } })).oldKeyMayGo).toBe(false);
+    // A full pass after the failure lifts it.
+    expect(decideVerdict(record({ checks: { deepVerify: passed.deepVerify, discover: [failedFull, check('discover', 'sample', true, 60), check('discover', 'full', true, 120)] } })).oldKeyMayGo).toBe(true);
+  });
+  it('a full pass from before the rollout ended, at another target, or with a column configured then and not now does not count', () => {
+    // Started before the last old-version write (quiet since): an instance wrote old values after it.
+    const late = { ...record().rollout, quietSince: new Date(7_200_000), gate: quietState(new Date(7_200_000), new Date(9_000_000), 900) };
+    const early = decideVerdict(record({ rollout: late, checks: passed }));
+    expect(early.oldKeyMayGo).toBe(false);
+    expect(early.criteria.filter((c) => c.ok !== true).map((c) => c.evidence.split(':')[0])).toEqual(['too old', 'too old']);
+    const v1 = decideVerdict(record({ checks: { deepVerify: [check('deep-verify', 'full', true, 0, { targetVersion: 1 })], discover: passed.discover } }));
+    expect(criterion(v1, 'deep verify').evidence).toBe('not run at v2: run `verify --decrypt`');
+    // The discover took incidents.notes as configured (so did not count its old values); it is not configured now.
+    const wider = check('discover', 'full', true, 0, { result: { columns: [{ configured: 'public.incidents', column: 'title' }, { configured: 'public.incidents', column: 'notes' }] } });
+    const stale = decideVerdict(record({ checks: { deepVerify: passed.deepVerify, discover: [wider] } }));
+    expect(stale.oldKeyMayGo).toBe(false);
+    expect(criterion(stale, 'discover').evidence).toMatch(/^stale: .* took public\.incidents\.notes as configured/);
   });
 });
 
 describe('layouts', () => {
   it('HTML escapes every name; Markdown escapes pipes', () => {
-    const r = record({ counts: { ...record().counts, now: [{ table: 'public."<script>alert(1)</script>"', column: 'a|b', byVersion: { v2: 1 }, notOurs: 0, nulls: 0, nonTarget: 0, quarantined: 0, nonTargetByLeaf: {} }] } });
+    const r = record({ checks: { ...passed, discover: [check('discover', 'full', true, 0, { result: {} })] }, counts: { ...record().counts, now: [{ table: 'public."<script>alert(1)</script>"', column: 'a|b', byVersion: { v2: 1 }, notOurs: 0, nulls: 0, nonTarget: 0, quarantined: 0, nonTargetByLeaf: {} }] } });
     const full = { ...r, verdict: decideVerdict(r) };
     const html = renderHtml(layoutRecord(full));
     expect(html).not.toContain('<script>');
