@@ -16,6 +16,8 @@ import { keyFingerprint } from '../../src/crypto/fingerprint.js';
 import { chromium, dumpDom, screenshot } from '../support/chromium.js';
 
 const ROWS = 120;
+/** Narrow rows (about 220 per block): a table of about 270 blocks, past discover's sampled read of 5000 rows. */
+const ARCHIVE_ROWS = 60_000;
 const plaintext = (id: number) => `CJIS-PLAINTEXT-${id}-caller reports smoke at 17 Elm St`;
 
 let db: TestDatabase;
@@ -64,9 +66,11 @@ describe('pg-rekey report', () => {
     const run = await cli('run', '--exit-when-converged', '--quiet-period', '1s');
     expect(run.code, run.stderr.slice(-1500)).toBe(0);
     for (const r of (await db.pool.query<{ title: string; raw_xml: string }>(`select title, raw_xml from incidents where id <= 5`)).rows) ciphertexts.push(r.title, r.raw_xml);
-    // Runbook step 6: every value opens (deep verify), nothing outside the configuration (verify's sampled discover).
+    // Runbook step 6: every value opens (a full deep verify), nothing outside the configuration (a full discover).
     const deep = await cli('verify', '--decrypt');
     expect(deep.code, deep.stderr.slice(-1500)).toBe(0);
+    const found = await cli('discover', '--full');
+    expect(found.code, found.stdout.slice(-1500)).toBe(0);
 
     // No report yet: the state stays.
     const refused = await cli('teardown', '--drop-state');
@@ -87,7 +91,7 @@ describe('pg-rekey report', () => {
     expect(mdText).toMatch(/backfill #\d+ finished: ok/);
     expect(mdText).toMatch(/run: CONVERGED/);
     expect(mdText).toMatch(/Before \(the first recorded verify/);
-    expect(mdText).toMatch(/\| deep verify \(verify --decrypt: target values open with the target key\) \| yes \| passed: `verify --decrypt` \(full\)/);
+    expect(mdText).toMatch(/\| deep verify \(a full `verify --decrypt`: every target value opens with the target key\) \| yes \| passed: `verify --decrypt` \(full\)/);
     expect(mdText).toMatch(/\| deep-verify \| full \| verify --decrypt \|/);
 
     // A verify after the report: the report no longer describes the last state.
@@ -125,6 +129,33 @@ describe('pg-rekey report', () => {
       ['discover', true],
     ]);
     expect(rec.checks.deepVerify.map((c: { command: string; mode: string; ok: boolean }) => [c.command, c.mode, c.ok])).toEqual([['verify --decrypt', 'full', true]]);
+
+    // A column nobody configured holds a few v1 values at the end of a table of many rows: the
+    // full discover finds them; the sample a plain verify takes (5000 rows from about 64 random
+    // blocks, read in block order) stops long before the last block and finds nothing. The
+    // report must not let that later sampled pass hide the failed full one.
+    await db.pool.query(`create table call_archive (id bigint primary key, note text)`);
+    await db.pool.query(`insert into call_archive select g, null from generate_series(1, $1) g`, [ARCHIVE_ROWS]);
+    const ring = await testRing();
+    await db.pool.query(`insert into call_archive values ($1, $2), ($3, $4)`, [ARCHIVE_ROWS + 1, encryptValue(Buffer.from(plaintext(1)), 1, ring), ARCHIVE_ROWS + 2, encryptValue(Buffer.from(plaintext(2)), 1, ring)]);
+    const full = await cli('discover', '--full', '--json');
+    expect(full.code, full.stderr.slice(-1500)).toBe(1);
+    expect(JSON.parse(full.stdout).unconfiguredOld).toBe(2);
+    const plain = await cli('verify', '--json');
+    expect(plain.code, plain.stderr.slice(-1500)).toBe(0);
+    const sampled = JSON.parse(plain.stdout).outsideConfiguration as { ok: boolean; mode: string; columns: { relation: string; rowsRead: number; exact: boolean }[] };
+    expect([sampled.mode, sampled.ok], 'the sample misses the two v1 values at the end of call_archive').toEqual(['sample', true]);
+    const blocked = await cli('report', '--format', 'json', '--quiet-period', '1s');
+    expect(blocked.code, blocked.stderr.slice(-1500)).toBe(1);
+    const blockedRec = JSON.parse(blocked.stdout);
+    expect(blockedRec.verdict.oldKeyMayGo).toBe(false);
+    expect(blockedRec.verdict.summary).toMatch(/^the old key must stay: discover/);
+    expect(blockedRec.verdict.criteria.filter((c: { ok: boolean | null }) => c.ok !== true).map((c: { evidence: string }) => c.evidence)).toEqual([
+      expect.stringMatching(/^FAILED: `discover --full` \(full\) started .*the old key must stay until a later `discover --full` passes/),
+    ]);
+    // Those values dealt with (here: gone), a later full discover lifts it.
+    await db.pool.query(`drop table call_archive`);
+    expect((await cli('discover', '--full')).code).toBe(0);
 
     const html = path.join(dir, 'rotation.html');
     expect((await cli('report', '--format', 'html', '-o', html, '--quiet-period', '1s')).code).toBe(0);
