@@ -104,6 +104,14 @@ export function suspectWrongKey(opened: Map<number, number>, macFailures: Map<nu
   return null;
 }
 
+/** The first version of which at least one value was read, every one failed to open (MAC failure) and none opened, or null. */
+export function everyValueFailed(opened: Map<number, number>, macFailures: Map<number, number>): number | null {
+  for (const [version, failed] of macFailures) {
+    if (failed > 0 && (opened.get(version) ?? 0) === 0) return version;
+  }
+  return null;
+}
+
 export function mergeCounts(into: Map<number, number>, from: Map<number, number>): void {
   for (const [k, v] of from) into.set(k, (into.get(k) ?? 0) + v);
 }

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { Logger } from '../logger.js';
-import type { KeyRing } from '../crypto/key-ring.js';
+import { keyVarName, type KeyRing } from '../crypto/key-ring.js';
 import { parseVersionLabel, versionLabel } from '../crypto/envelope.js';
 import type { SweepSettings } from '../config/load-config.js';
 import { relationSize, type TableInfo } from '../db/catalog.js';
@@ -14,7 +14,7 @@ import { ensureSegment, advanceSegment, recordFilenode, restartSegments, rewindS
 import { clearQuarantine, countQuarantine, recordQuarantine, type QuarantineEntry } from '../state/quarantine.js';
 import { planChunk, type ChunkRange } from './chunk-plan.js';
 import {
-  evaluateRows, isRowError, judgeCas, mergeCounts, suspectWrongKey, withoutGivenUp, type CasJudgement, type CasReturned, type ChunkPlan, type RowKey, type ScannedRow,
+  evaluateRows, everyValueFailed, isRowError, judgeCas, mergeCounts, suspectWrongKey, withoutGivenUp, type CasJudgement, type CasReturned, type ChunkPlan, type RowKey, type ScannedRow,
 } from './evaluate-rows.js';
 import { casUpdateSql, rowKeysByCtidSql, selectChunkSql } from './sweep-sql.js';
 import type { ProgressSink } from './progress.js';
@@ -138,6 +138,14 @@ export async function sweepTables(pool: pg.Pool, tables: TableInfo[], opts: Swee
       }
     }
   }
+  // Below wrong_key_threshold the guard above never fired, yet every value of a version that
+  // was read may have failed: a wrong key just as surely (an old version with few values left).
+  // Stop as the threshold does, so that the operator hears it instead of "values left".
+  const unopened = opts.signal?.aborted ? null : everyValueFailed(guard.opened, guard.macFailures);
+  if (unopened !== null) {
+    if (!opts.dryRun) for (const [rel, block] of guard.firstFailure.get(unopened) ?? []) await rewindSegment(pool, rel, block);
+    throw new NoneOpenedError(unopened, guard.macFailures.get(unopened)!);
+  }
   return results;
 }
 
@@ -160,6 +168,24 @@ class WrongKeyError extends RuntimeFailure {
       `wrong key for ${label}? the first ${failed} ${label} values read (in ${relation}) all failed to decrypt, none succeeded; stopped`,
       `check that the ${label} key variable holds the key the application used for ${label}; nothing was written for the failing chunk, ` +
         `and the next run resumes from before the first ${label} value that failed (entries already in the quarantine are cleared when those values are rewritten)`,
+    );
+  }
+}
+
+/**
+ * Whatever the count: every value of a version that was read failed to open (MAC failure), at
+ * least one was read, and none opened. Threshold-free twin of the "wrong key?" guard (below it).
+ */
+class NoneOpenedError extends RuntimeFailure {
+  constructor(
+    readonly version: number,
+    failed: number,
+  ) {
+    const label = versionLabel(version);
+    super(
+      `none of the ${failed} ${label} value(s) read opened with ${keyVarName(version)}: is it the application's ${label} key? stopped (below wrong_key_threshold, but not one ${label} value opened)`,
+      `check that ${keyVarName(version)} holds the key the application used for ${label} (if it does, those values were corrupt before pg-rekey: see pgrekey.quarantine); ` +
+        `they were left untouched (quarantined), and the next run reads them again from before the first one that failed`,
     );
   }
 }

@@ -12,8 +12,8 @@ import { encryptValue } from '../../src/crypto/rewrite.js';
 let db: TestDatabase;
 let files: DaemonFiles;
 
-function writeEnv(v2: string): void {
-  writeFileSync(files.envPath, `LIBSODIUM_ENCRYPTION_KEY=${KEY_HEX[1]}\nLIBSODIUM_ENCRYPTION_KEY_V2=${v2}\nLIBSODIUM_ENCRYPTION_KEY_VERSION=v2\n`, { mode: 0o600 });
+function writeEnv(v2: string, v1 = KEY_HEX[1]!): void {
+  writeFileSync(files.envPath, `LIBSODIUM_ENCRYPTION_KEY=${v1}\nLIBSODIUM_ENCRYPTION_KEY_V2=${v2}\nLIBSODIUM_ENCRYPTION_KEY_VERSION=v2\n`, { mode: 0o600 });
 }
 
 beforeAll(async () => {
@@ -59,6 +59,30 @@ describe('the target key', () => {
     const r = await cli(files, 'backfill');
     expect(r.code, r.stderr.slice(-800)).toBe(0);
     expect(r.stderr).toMatch(/the target key opens the v2 values already stored/);
+    expect(Number((await db.pool.query(`select count(*) from incidents where starts_with(title, 'v1:')`)).rows[0].count)).toBe(0);
+  });
+
+  it('a wrong v1 key with fewer v1 values than wrong_key_threshold: backfill, its dry run and run stop (exit 3) saying so, data byte-identical', async () => {
+    // The applications' v1 key wrote 5 new values (threshold 8); pg-rekey is given another v1 key.
+    const ring = await testRing();
+    for (let id = 101; id <= 105; id++) await db.pool.query(`insert into incidents values ($1, $2)`, [id, encryptValue(Buffer.from(`late incident ${id}`), 1, ring)]);
+    writeEnv(KEY_HEX[2]!, KEY_HEX[9]!);
+    const before = await tableChecksum(db.pool, 'incidents');
+    const said = /none of the 5 v1 value\(s\) read opened with LIBSODIUM_ENCRYPTION_KEY: is it the application's v1 key\?/;
+    for (const args of [['backfill', '--dry-run'], ['backfill']]) {
+      const r = await cli(files, ...args);
+      expect(r.code, `${args.join(' ')}: ${r.stderr.slice(-800)}`).toBe(3);
+      expect(r.stderr).toMatch(said);
+      expect(r.stderr + r.stdout).not.toContain(KEY_HEX[9]!.slice(0, 16));
+    }
+    const run = await runCli(['run', '--exit-when-converged', ...files.args], { timeoutMs: 60_000 });
+    expect(run.code, run.stderr.slice(-800)).toBe(3);
+    expect(run.stderr).toMatch(said);
+    expect(await tableChecksum(db.pool, 'incidents')).toBe(before);
+    // The right v1 key: the values that failed are read again and rewritten.
+    writeEnv(KEY_HEX[2]!);
+    const fixed = await cli(files, 'backfill');
+    expect(fixed.code, fixed.stderr.slice(-800)).toBe(0);
     expect(Number((await db.pool.query(`select count(*) from incidents where starts_with(title, 'v1:')`)).rows[0].count)).toBe(0);
   });
 });
