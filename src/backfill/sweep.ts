@@ -11,6 +11,7 @@ import type { OriginRelation, RewriteOrigin } from '../replication/origin.js';
 import { RuntimeFailure } from '../errors.js';
 import { backoffMs, sleep } from '../timing.js';
 import { ensureSegment, advanceSegment, recordFilenode, restartSegments, rewindSegment, type ChunkCounts } from '../state/segments.js';
+import { keyOpenedBefore } from '../state/runs.js';
 import { clearQuarantine, countQuarantine, recordQuarantine, type QuarantineEntry } from '../state/quarantine.js';
 import { planChunk, type ChunkRange } from './chunk-plan.js';
 import {
@@ -50,6 +51,8 @@ export interface SweepOptions {
   pacer?: AutoPacer;
   /** The replication origin chunk writes carry (replication/origin.ts); without it, none. */
   origin?: RewriteOrigin;
+  /** Values that opened, by version, added to at the end of the sweep (backfill records them: state/runs.ts keyOpenedBefore). */
+  opened?: Map<number, number>;
 }
 
 /** The fast mode's chunk duration: much larger chunks were slower (2 s: ~75k rows/s against ~95k). */
@@ -141,8 +144,10 @@ export async function sweepTables(pool: pg.Pool, tables: TableInfo[], opts: Swee
   // Below wrong_key_threshold the guard above never fired, yet every value of a version that
   // was read may have failed: a wrong key just as surely (an old version with few values left).
   // Stop as the threshold does, so that the operator hears it instead of "values left".
+  if (opts.opened) mergeCounts(opts.opened, guard.opened);
   const unopened = opts.signal?.aborted ? null : everyValueFailed(guard.opened, guard.macFailures);
-  if (unopened !== null) {
+  // Unless this very key opened values of that version in an earlier run: then the ones left are corrupt (a --restart re-examining the quarantine).
+  if (unopened !== null && !(await keyOpenedBefore(pool, opts.ring, unopened))) {
     if (!opts.dryRun) for (const [rel, block] of guard.firstFailure.get(unopened) ?? []) await rewindSegment(pool, rel, block);
     throw new NoneOpenedError(unopened, guard.macFailures.get(unopened)!);
   }

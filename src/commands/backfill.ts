@@ -14,7 +14,7 @@ import { LogProgress, TtyProgress } from '../backfill/progress.js';
 import { countLeftBehind, sweepTables, type LeftBehind, type RelationResult } from '../backfill/sweep.js';
 import { displayName } from '../db/ident.js';
 import { restartSegments } from '../state/segments.js';
-import { finishRun, startRun } from '../state/runs.js';
+import { finishRun, openedSummary, startRun } from '../state/runs.js';
 import { onShutdownSignals } from '../signals.js';
 import { LiveSettings } from '../throttle/live-settings.js';
 import { Throttle } from '../throttle/throttle.js';
@@ -94,7 +94,10 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     const live = opts.dryRun ? undefined : new LiveSettings(ctx.pool, config, ctx.log);
     const throttle = live ? new Throttle(ctx.pool, live, ctx.log) : undefined;
     pacer = live ? autoPacer(ctx, live) : undefined;
+    // Values that opened, by version: recorded with the run (the evidence that these keys are right).
+    const opened = new Map<number, number>();
     const sweepOpts = {
+      opened,
       origin,
       settings: config.sweep,
       live,
@@ -127,7 +130,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     await throttle?.clear();
     const relations = mergePasses(passes);
     const summary = summarize(relations, ring.target, opts.dryRun === true, passes.length, abort.signal.aborted ? null : left);
-    if (runId !== null) await finishRun(ctx.pool, runId, abort.signal.aborted ? 'interrupted' : summary.converged === false ? 'not-converged' : 'ok', summary);
+    if (runId !== null) await finishRun(ctx.pool, runId, abort.signal.aborted ? 'interrupted' : summary.converged === false ? 'not-converged' : 'ok', { ...summary, opened: openedSummary(opened) });
     process.stdout.write(opts.json ? `${JSON.stringify({ ...summary, relations }, null, 2)}\n` : `${renderBackfill(relations, summary)}\n`);
     if (abort.signal.aborted) {
       throw new RuntimeFailure(

@@ -3,7 +3,7 @@ import { openContext, requireState, type Context } from '../context.js';
 import { ConnectWaitInterrupted } from '../db/connect.js';
 import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK, EXIT_RUNTIME, exitCodeOf } from '../errors.js';
 import { parseDurationFlag } from '../config/duration-flag.js';
-import { finishRun, startRun, type RunOutcome } from '../state/runs.js';
+import { finishRun, openedSummary, startRun, type RunOutcome } from '../state/runs.js';
 import { loadKeyRing, type KeyRing } from '../crypto/key-ring.js';
 import { initSodium, memzero } from '../crypto/secretbox.js';
 import { resolveTables } from '../db/catalog.js';
@@ -94,7 +94,7 @@ async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, stat
       const outcome: RunOutcome =
         code === null ? 'failed' : state.signalled ? 'interrupted' : code === EXIT_OK ? 'ok' : code === EXIT_NOT_CONVERGED ? 'not-converged' : 'failed';
       // This run's own history row: written even after a lost lease (no other daemon writes it).
-      await bound.track('the run history row', finishRun(ctx.pool, runId, outcome, { exitCode: code, converged: daemon.converged })).catch(() => undefined);
+      await bound.track('the run history row', finishRun(ctx.pool, runId, outcome, { exitCode: code, converged: daemon.converged, opened: openedSummary(daemon.opened) })).catch(() => undefined);
     }
   } finally {
     await bound.track('releasing the slot lease', lease.release());

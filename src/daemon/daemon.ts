@@ -84,6 +84,8 @@ export class Daemon {
   private retainedWalHigh = false;
   /** The last convergence checks, for the status page. */
   private readonly checks = new CheckHistory();
+  /** Values the sweep opened, by version (the run history records them: state/runs.ts keyOpenedBefore). */
+  readonly opened = new Map<number, number>();
   private readonly page: StatusPageSource;
   private writer!: StreamWriter;
   private readonly startedAtMs = Date.now();
@@ -329,6 +331,7 @@ export class Daemon {
           // The stream must not take the sweep's own rewrites for an application's old-version writes.
           onWriteXid: (xid) => this.writer.noteOwnTransaction(xid),
           origin: this.origins.sweep,
+          opened: this.opened,
         });
         await throttle.clear();
         await pacer.stop(); // no probing while no pass runs (the next pass starts it again)

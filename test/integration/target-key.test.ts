@@ -10,6 +10,8 @@ import { runCli } from '../support/cli.js';
 import { encryptValue } from '../../src/crypto/rewrite.js';
 
 let db: TestDatabase;
+/** Narrow rows (about 220 per block): 70,000 of them fill about 310 blocks. */
+const FILLER_ROWS = 70_000;
 let files: DaemonFiles;
 
 function writeEnv(v2: string, v1 = KEY_HEX[1]!): void {
@@ -84,5 +86,28 @@ describe('the target key', () => {
     const fixed = await cli(files, 'backfill');
     expect(fixed.code, fixed.stderr.slice(-800)).toBe(0);
     expect(Number((await db.pool.query(`select count(*) from incidents where starts_with(title, 'v1:')`)).rows[0].count)).toBe(0);
+  });
+
+  it('v2 values only in the middle blocks of a table, and a v2 key that is not the applications\': found, and backfill and its dry run refuse (exit 2)', async () => {
+    // About 620 blocks of narrow rows: the applications' v2 values sit near block 310, outside the
+    // first and the last 256 blocks.
+    const ring = await testRing();
+    await db.pool.query(`create table archive (id bigint primary key, title text)`);
+    await db.pool.query(`insert into archive select g, null from generate_series(1, $1) g`, [FILLER_ROWS]);
+    for (let id = FILLER_ROWS + 1; id <= FILLER_ROWS + 20; id++) await db.pool.query(`insert into archive values ($1, $2)`, [id, encryptValue(Buffer.from(`archived ${id}`), 2, ring)]);
+    await db.pool.query(`insert into archive select g, null from generate_series($1::bigint + 21, 2 * $1::bigint) g`, [FILLER_ROWS]);
+    const { blocks, first, last } = (await db.pool.query(
+      `select pg_relation_size('archive') / current_setting('block_size')::int as blocks, min((ctid::text::point)[0]) as first, max((ctid::text::point)[0]) as last from archive where title is not null`,
+    )).rows[0];
+    expect([Number(first) >= 256, Number(last) < Number(blocks) - 256], `v2 values in blocks ${first}-${last} of ${blocks}: the middle`).toEqual([true, true]);
+    const archive = writeDaemonFiles(db.url, [{ name: 'archive', columns: ['title'] }]);
+    writeFileSync(archive.envPath, `LIBSODIUM_ENCRYPTION_KEY=${KEY_HEX[1]}\nLIBSODIUM_ENCRYPTION_KEY_V2=${KEY_HEX[9]}\nLIBSODIUM_ENCRYPTION_KEY_VERSION=v2\n`, { mode: 0o600 });
+    const before = await tableChecksum(db.pool, 'archive');
+    for (const args of [['backfill', '--dry-run'], ['backfill']]) {
+      const r = await cli(archive, ...args);
+      expect(r.code, `${args.join(' ')}: ${r.stderr.slice(-800)}`).toBe(2);
+      expect(r.stderr).toMatch(/your v2 key does not decrypt the v2 values already stored: is LIBSODIUM_ENCRYPTION_KEY_V2 the application's\? \(20 sampled in the \d+ block\(s\) of the configured columns \(all read\), none opened\)/);
+    }
+    expect(await tableChecksum(db.pool, 'archive')).toBe(before);
   });
 });

@@ -5,6 +5,7 @@ import { parse } from 'yaml';
 import { checkValue, encryptValue } from '../../src/crypto/rewrite.js';
 import { emptyColumn, tally, totals } from '../../src/verify/deep-tally.js';
 import { sampleRanges } from '../../src/verify/deep-verify.js';
+import { proofRanges } from '../../src/crypto/target-proof.js';
 import { renderSnippet, unconfiguredOld, type DiscoveredColumn } from '../../src/discover/findings.js';
 import { parseIdentifierPath } from '../../src/db/ident.js';
 import { KEY_HEX, rng, testRing } from '../support/fixtures.js';
@@ -99,5 +100,22 @@ describe('renderSnippet', () => {
 
   it('unconfiguredOld: only columns outside the configuration holding old values', () => {
     expect(unconfiguredOld([found({}), found({ configured: 'public.incidents' }), found({ oldValues: 0, byVersion: { v2: 4 } })]).length).toBe(1);
+  });
+});
+
+describe('the target-key proof\'s block ranges', () => {
+  it('the edges first, then the middle: whole within the budget, else windows spread evenly over it', () => {
+    expect(proofRanges(0)).toEqual([[0, 0]]);
+    expect(proofRanges(500)).toEqual([[0, 500]]);
+    expect(proofRanges(620)).toEqual([[0, 256], [364, 620], [256, 364]]);
+    const big = proofRanges(1_000_000, 16_384, 32);
+    expect(big.slice(0, 2)).toEqual([[0, 256], [999_744, 1_000_000]]);
+    const middle = big.slice(2);
+    expect(middle).toHaveLength(32);
+    expect(middle[0]![0]).toBe(256);
+    expect(middle.at(-1)![1]).toBe(999_744);
+    expect(middle.reduce((n, [a, b]) => n + b - a, 0)).toBeLessThanOrEqual(16_384);
+    // Spread: no gap between windows wider than 1/31 of the middle.
+    for (let i = 1; i < middle.length; i++) expect(middle[i]![0] - middle[i - 1]![0]).toBeLessThanOrEqual(Math.ceil((999_744 - 256) / 31));
   });
 });
