@@ -20,7 +20,7 @@ describe('judgeServer', () => {
     expect(v).toEqual({ kind: 'new-timeline', from: 1, to: 2, failover: true });
     expect(distrustReason(v)).toBeNull();
     expect(missingAfterFailover(v, 180004)).toMatch(/^failover: .*timeline 2 .*not synced to this standby yet/);
-    expect(missingAfterFailover({ ...v, failover: false }, 170000)).toMatch(/not created as a failover slot/);
+    expect(missingAfterFailover({ kind: 'new-timeline', from: 1, to: 2, failover: false }, 170000)).toMatch(/not created as a failover slot/);
     expect(missingAfterFailover(v, 140012)).toMatch(/PostgreSQL 14 does not carry logical slots over a promotion/);
     expect(missingAfterFailover({ kind: 'same' }, 180004)).toBeNull();
   });
