@@ -10,7 +10,8 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startCluster, type Cluster, type PgMajor } from '../support/cluster.js';
+import { freePort, startCluster, type Cluster, type PgMajor } from '../support/cluster.js';
+import { runCli } from '../support/cli.js';
 import { startSyncStandby, type SyncStandby } from '../support/standby.js';
 import { testRing } from '../support/fixtures.js';
 import { cli, eventually, startDaemon, writeDaemonFiles, type RunningDaemon } from '../support/daemon.js';
@@ -105,6 +106,13 @@ describe('database failover under run', () => {
       replication: { slot: SLOT },
       sweep: { chunk_time: 0, chunk_blocks: 16, nice_ratio: 0.5 },
     });
+    // No primary among the hosts: the error names each host and why, and never the password.
+    const dead = await freePort();
+    const noPrimary = await runCli(['status', '-c', files.configPath, '--env-file', files.envPath, '--database-url', `postgres://postgres:sekret-pw@127.0.0.1:${dead},127.0.0.1:${standby.port}/${DB}`]);
+    expect(noPrimary.code, noPrimary.stderr).toBe(3);
+    expect(noPrimary.stderr).toMatch(new RegExp(`no server with target_session_attrs=read-write among the hosts of the connection string: 127\\.0\\.0\\.1:${dead} unreachable or refused: .*ECONNREFUSED.*; 127\\.0\\.0\\.1:${standby.port} is in recovery \\(a standby\\)`));
+    expect(noPrimary.stderr + noPrimary.stdout).not.toContain('sekret-pw');
+
     const setup = await cli(files, 'setup');
     expect(setup.code, setup.stderr).toBe(0);
     const slotRow = (await p1.query<{ failover: boolean }>(`select ${pg18 ? 'failover' : 'false as failover'} from pg_replication_slots where slot_name = $1`, [SLOT])).rows[0];
