@@ -403,7 +403,7 @@ export class Daemon {
       }
       if (!problem) return;
       if (problem.startsWith('failover:')) this.metrics.slotFailovers.inc({ outcome: 'recreated' });
-      this.log.error({ slot, problem, trigger: reason }, 'REPLICATION SLOT LOST, MISSING OR NOT TRUSTED: changes may have been missed; recreating the slot and re-sweeping every table from block 0');
+      this.log.error({ slot, problem, trigger: reason }, 'REPLICATION SLOT LOST OR MISSING, OR NOT TRUSTED ON THIS SERVER: changes may have been missed; recreating the slot and re-sweeping every table from block 0');
       if (info.exists) await dropSlot(pool, slot, problem);
       const lsn = await createSlot(pool, slot, 'recreated', problem, { onWait: logSlotWait(this.log, slot) });
       this.metrics.slotRecreations.inc();

@@ -178,7 +178,7 @@ describe('database failover under run', () => {
       expect(server).toMatchObject({ timeline: 2, failedOver: true, failover: true });
     } else {
       // The slot did not survive: recreated, everything swept again, and the log says why.
-      expect(after.some((t) => /REPLICATION SLOT LOST, MISSING OR NOT TRUSTED/.test(t) && /did not survive the promotion/.test(t))).toBe(true);
+      expect(after.some((t) => /REPLICATION SLOT LOST OR MISSING, OR NOT TRUSTED ON THIS SERVER/.test(t) && /did not survive the promotion/.test(t))).toBe(true);
       expect(after.some((t) => /sweep restarted from block 0/.test(t))).toBe(true);
       expect(events.filter((e) => e.event === 'recreated').map((e) => e.reason)).toEqual([expect.stringMatching(/^failover: .*timeline 2.*does not carry logical slots/)]);
       expect(await metric(d, 'pg_rekey_slot_failovers_total', '{outcome="recreated"}')).toBe(1);
