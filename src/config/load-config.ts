@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { HostListError, parseHostTargets } from '../db/hosts.js';
 import { parseDocument } from 'yaml';
 import { ConfigError } from '../errors.js';
 import { parseIdentifierPath, type QualifiedName } from '../db/ident.js';
@@ -207,6 +208,12 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
       : file.database
         ? [file.database, 'file' as const]
         : [undefined, 'PG* variables' as const];
+  try {
+    parseHostTargets(connectionString, env);
+  } catch (e) {
+    if (!(e instanceof HostListError)) throw e;
+    throw new ConfigError(`the database connection (${connectionSource}): ${e.message}`, 'fix the host list or target_session_attrs (libpq syntax: postgres://user@h1:5432,h2:5432/db?target_session_attrs=read-write)');
+  }
 
   const s = file.sweep;
   return deepFreeze({

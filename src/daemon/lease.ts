@@ -1,4 +1,5 @@
-import { connectionConfig } from '../db/connect.js';
+import { connectionConfig, locatorFor } from '../db/connect.js';
+import { primaryClientClass } from '../db/primary.js';
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import pg from 'pg';
@@ -116,7 +117,9 @@ export class LeaseHeld extends ConfigError {
 
 /** The lease's own connection: named in pg_stat_activity, with TCP keepalive so a dead peer is noticed. */
 function leaseClient(connectionString: string | undefined, connectionTimeoutMillis: number): pg.Client {
-  return new pg.Client({ ...connectionConfig(connectionString, { rowSecurityOff: false }), application_name: 'pg-rekey-lease', keepAlive: true, keepAliveInitialDelayMillis: 10_000, connectionTimeoutMillis });
+  // To the primary of a host list (db/primary.ts): after a failover, regain() finds the new one.
+  const Client = primaryClientClass(locatorFor(connectionString));
+  return new Client({ ...connectionConfig(connectionString, { rowSecurityOff: false }), application_name: 'pg-rekey-lease', keepAlive: true, keepAliveInitialDelayMillis: 10_000, connectionTimeoutMillis });
 }
 
 /** The session advisory lock keyed on the slot; false when another session holds it. */

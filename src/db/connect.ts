@@ -5,6 +5,8 @@ import pg from 'pg';
 import { RuntimeFailure } from '../errors.js';
 import { backoffMs, sleep } from '../timing.js';
 import type { Logger } from '../logger.js';
+import type { HostPort } from './hosts.js';
+import { NoPrimaryError, primaryClientClass, PrimaryLocator, WrongSessionError } from './primary.js';
 
 export const APPLICATION_NAME = 'pg-rekey';
 
@@ -48,7 +50,30 @@ function pgpassOption(): { password?: () => Promise<string> } {
  * settings (an empty password included, dropping a password function), so a URL without a password
  * is parsed here, with pg's own parser. `rowSecurityOff`: see withRowSecurityOff.
  */
-export function connectionConfig(connectionString: string | undefined, opts: { rowSecurityOff?: boolean } = {}): pg.ClientConfig {
+export function connectionConfig(connectionString: string | undefined, opts: { rowSecurityOff?: boolean; host?: HostPort } = {}): pg.ClientConfig {
+  // A host list (hosts.ts): the settings of one of its hosts (the first unless told); PrimaryClient
+  // and PrimaryLocator (primary.ts) point the connection at the one they choose.
+  const targets = locatorFor(connectionString).targets;
+  const host = opts.host ?? targets.hosts[0]!;
+  const one = targets.forHost(host);
+  const at = targets.hosts.length > 1 ? { host: host.host, port: host.port } : {};
+  const config = singleHostConfig(one, opts);
+  return 'connectionString' in config && config.connectionString ? config : { ...config, ...at };
+}
+
+/** One locator per connection string: the pool, the lease and the stream share what it learnt. */
+const locators = new Map<string, PrimaryLocator>();
+export function locatorFor(connectionString: string | undefined): PrimaryLocator {
+  const k = connectionString ?? '';
+  let l = locators.get(k);
+  if (!l) {
+    l = new PrimaryLocator(connectionString, (h) => connectionConfig(connectionString, { rowSecurityOff: false, host: h }));
+    locators.set(k, l);
+  }
+  return l;
+}
+
+function singleHostConfig(connectionString: string | undefined, opts: { rowSecurityOff?: boolean }): pg.ClientConfig {
   const base = opts.rowSecurityOff === false ? { connectionString } : withRowSecurityOff(connectionString);
   if (!base.connectionString) return { ...base, ...pgpassOption() };
   let parsed: pg.ClientConfig;
@@ -74,6 +99,7 @@ export function connectionConfig(connectionString: string | undefined, opts: { r
 export function createPool(opts: ConnectOptions): pg.Pool {
   const pool = new pg.Pool({
     ...connectionConfig(opts.connectionString),
+    Client: primaryClientClass(locatorFor(opts.connectionString)),
     application_name: opts.applicationName ?? APPLICATION_NAME,
     max: opts.max ?? 4,
     idleTimeoutMillis: 30_000,
@@ -174,6 +200,9 @@ const SSL_HINT = 'set the TLS mode the server expects: PGSSLMODE=require / verif
 export function connectHint(e: unknown): string {
   const err = e as { code?: string; message?: string };
   const msg = err.message ?? '';
+  if (e instanceof NoPrimaryError || e instanceof WrongSessionError) {
+    return 'pg-rekey writes, so it connects only to a primary: start it, or wait for the failover to finish; list every host that can become the primary, libpq style (postgres://user@h1:5432,h2:5432/db); ' + CONNECT_HINT;
+  }
   if (err.code === '28P01' || /password must be a string|password authentication failed|SASL|SCRAM/i.test(msg)) return PASSWORD_HINT;
   if (/\bSSL\b|certificate|no encryption/i.test(msg)) return `${SSL_HINT}; ${CONNECT_HINT}`;
   return CONNECT_HINT;

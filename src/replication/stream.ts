@@ -1,4 +1,4 @@
-import { connectionConfig } from '../db/connect.js';
+import { connectionConfig, locatorFor } from '../db/connect.js';
 import { LogicalReplicationService, PgoutputPlugin, type Pgoutput } from 'pg-logical-replication';
 import type { Logger } from '../logger.js';
 import type { KeyRing } from '../crypto/key-ring.js';
@@ -37,6 +37,11 @@ export interface StreamOptions {
   metrics: Metrics;
   /** The slot is gone or unusable: recreate it (and restart the sweep) before reconnecting. */
   onSlotLost: (reason: string) => Promise<void>;
+  /**
+   * Before every (re)connect, once the primary is found: checks the server and the slot
+   * (server-identity.ts), recreating the slot when it cannot be trusted there.
+   */
+  beforeSession?: () => Promise<void>;
   /** A relation of a configured table the map does not know (partition attached): refresh. */
   onUnknownRelation?: (schema: string, name: string) => Promise<boolean>;
   maxBackoffMs?: number;
@@ -157,8 +162,12 @@ export class ReplicationStream {
   private async session(): Promise<void> {
     this.o.writer.discard(); // anything unacknowledged replays from the slot
     this.inTxn = false;
+    // The library connects by itself: to the primary of a host list, found now (db/primary.ts).
+    const host = await locatorFor(this.o.connectionString).locate();
+    // A different server, a new timeline: what the slot of that name is worth there (daemon.ts).
+    if (this.o.beforeSession) await this.o.beforeSession();
     const svc = new LogicalReplicationService(
-      { ...connectionConfig(this.o.connectionString, { rowSecurityOff: false }), application_name: 'pg-rekey-stream' },
+      { ...connectionConfig(this.o.connectionString, { rowSecurityOff: false, host }), application_name: 'pg-rekey-stream' },
       { acknowledge: { auto: false, timeoutSeconds: 0 }, flowControl: { enabled: true } },
     );
     this.service = svc;
