@@ -77,6 +77,11 @@ export interface PatroniCluster {
   switchover(): Promise<{ from: PatroniNode; to: PatroniNode; output: string }>;
   /** kill -9 of the leader's postmaster (read from postmaster.pid). */
   killPrimaryPostmaster(): Promise<{ node: PatroniNode; pid: number }>;
+  /**
+   * Adds a permanent logical slot to the dynamic configuration (`patronictl edit-config`): an
+   * existing slot of that name, database and plugin on the primary is kept as it is (created if missing).
+   */
+  addPermanentSlot(slot: string, database: string): Promise<string>;
   /** `patronictl <args>` with this cluster's configuration. */
   patronictl(...args: string[]): Promise<string>;
   /** The last 256 KiB of a node's Patroni (and PostgreSQL) output, or etcd's. */
@@ -92,6 +97,11 @@ export interface PatroniOptions {
   database: string;
   /** The permanent logical slot's name (pg-rekey's replication.slot); omit for none. */
   slot?: string;
+  /**
+   * Slots Patroni must leave alone on the primary (it drops every slot it does not know while it
+   * is inactive): pg-rekey's, between `pg-rekey setup` and addPermanentSlot().
+   */
+  ignoreSlots?: string[];
   /** Extra PostgreSQL parameters for the dynamic configuration. */
   parameters?: Record<string, string | number>;
 }
@@ -392,6 +402,8 @@ export async function startPatroniCluster(opts: PatroniOptions): Promise<Patroni
     waitForSlotReady,
     waitForNewLeader,
     patronictl,
+    addPermanentSlot: (slot, database) =>
+      patronictl('edit-config', scope, '--force', '-s', `slots.${slot}.type=logical`, '-s', `slots.${slot}.database=${database}`, '-s', `slots.${slot}.plugin=pgoutput`),
     async switchover() {
       const from = await leader();
       const to = nodes.find((n) => n !== from)!;
@@ -461,6 +473,7 @@ function patroniConfig(o: PatroniOptions & {
         // Patroni keeps this logical slot on the primary (creating it if missing) and copies it to
         // the replicas, advancing their copies to the primary's confirmed_flush_lsn: it survives a
         // switchover or failover (PostgreSQL 15 has no failover slots of its own).
+        ...(o.ignoreSlots?.length ? { ignore_slots: o.ignoreSlots.map((name) => ({ name, type: 'logical' })) } : {}),
         ...(o.slot ? { slots: { [o.slot]: { type: 'logical', database: o.database, plugin: 'pgoutput' } } } : {}),
       },
       initdb: [{ encoding: 'UTF8' }, { locale: 'C' }],
