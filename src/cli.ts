@@ -49,7 +49,7 @@ export function buildProgram(setExitCode: (code: number) => void): Command {
     .version('0.1.0')
     .addOption(new Option('-c, --config <file>', 'config file (or PG_REKEY_CONFIG)').default(undefined, './pg-rekey.yaml'))
     .option('--env-file <file>', "dotenv file with the key variables (the application's .env.local)")
-    .option('--database-url <url>', 'connection string; overrides DATABASE_URL and `database:` in the config')
+    .option('--database-url <url>', 'connection string; overrides DATABASE_URL and `database:` in the config; several hosts, libpq style (postgres://u@h1:5432,h2:5432/db), and pg-rekey connects to the primary')
     .addOption(new Option('--log-level <level>', 'log level of the log lines on stderr (or PG_REKEY_LOG_LEVEL)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
     .addOption(
       new Option('--log-format <format>', 'pretty (time, level, component, message) or json lines; default pretty on a terminal, json otherwise (or PG_REKEY_LOG_FORMAT)').choices(['pretty', 'json']),

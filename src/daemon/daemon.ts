@@ -15,6 +15,7 @@ import { summarizeQuarantine } from '../state/quarantine.js';
 import { formatLsn, parseLsn } from '../replication/lsn.js';
 import { RelationMap } from '../replication/relation-map.js';
 import { createSlot, dropSlot, formatBytes, logSlotWait, readSlot, retainedWalExceeded, slotUnusable, type SlotInfo } from '../replication/slot.js';
+import { assessSlotServer } from '../replication/server-identity.js';
 import { rewriteOrigins, type RewriteOrigins } from '../replication/origin.js';
 import { ReplicationStream } from '../replication/stream.js';
 import { StreamWriter, type BatchLimits, type FlushResult } from '../replication/stream-writer.js';
@@ -209,6 +210,7 @@ export class Daemon {
       log: this.ctx.log,
       metrics: this.metrics,
       onSlotLost: (reason) => this.ensureSlot(reason),
+      beforeSession: () => this.ensureSlot('stream (re)connect'),
       onUnknownRelation: (schema, name) => this.refreshTables(schema, name),
       origins: this.origins.stream,
     });
@@ -389,9 +391,19 @@ export class Daemon {
       const { pool, config } = this.ctx;
       const slot = config.replication.slot;
       const info = await readSlot(pool, slot);
-      const problem = slotUnusable(info);
+      // A different cluster, or a promotion the slot did or did not survive (server-identity.ts).
+      const { problem, survived } = await assessSlotServer(pool, slot, info, slotUnusable(info), this.serverVersionNum);
+      if (survived) {
+        this.metrics.slotFailovers.inc({ outcome: 'continued' });
+        this.invalidate(); // a verdict of the old primary is not one of this server's: check again
+        this.log.warn(
+          { slot, fromTimeline: survived.from, toTimeline: survived.to, confirmedFlushLsn: info.confirmedFlushLsn, trigger: reason },
+          `FAILOVER: the server is a promoted standby (timeline ${survived.from} -> ${survived.to}) and replication slot ${slot} survived it (a synced failover slot, or one an HA manager carried): continuing from it, no re-sweep; the stream replays from the slot's position`,
+        );
+      }
       if (!problem) return;
-      this.log.error({ slot, problem, trigger: reason }, 'REPLICATION SLOT LOST OR MISSING: changes may have been missed; recreating the slot and re-sweeping every table from block 0');
+      if (problem.startsWith('failover:')) this.metrics.slotFailovers.inc({ outcome: 'recreated' });
+      this.log.error({ slot, problem, trigger: reason }, 'REPLICATION SLOT LOST, MISSING OR NOT TRUSTED: changes may have been missed; recreating the slot and re-sweeping every table from block 0');
       if (info.exists) await dropSlot(pool, slot, problem);
       const lsn = await createSlot(pool, slot, 'recreated', problem, { onWait: logSlotWait(this.log, slot) });
       this.metrics.slotRecreations.inc();

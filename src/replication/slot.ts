@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { checkout } from '../db/connect.js';
+import { readServerIdentity, recordSlotServer } from './server-identity.js';
 
 export interface SlotInfo {
   exists: boolean;
@@ -89,13 +90,15 @@ export interface CreateSlotOptions {
  * `idle in transaction` session or `PREPARE TRANSACTION` holds setup up
  * indefinitely. While it waits, `onWait` is told who blocks it. Throws
  * PostgreSQL's 42710 (duplicate_object) if another session created or is
- * creating a slot of that name meanwhile.
+ * creating a slot of that name meanwhile. Records the server it was created on (server-identity.ts).
  */
 export async function createSlot(pool: pg.Pool, slot: string, event: 'created' | 'recreated', reason: string | null, opts: CreateSlotOptions = {}): Promise<string> {
   const creator = await checkout(pool);
   let lsn: string;
+  let failover = false;
   try {
-    const me = (await creator.query<{ pid: number; since: string }>(`select pg_backend_pid() as pid, clock_timestamp()::text as since`)).rows[0]!;
+    const me = (await creator.query<{ pid: number; since: string; v: number }>(`select pg_backend_pid() as pid, clock_timestamp()::text as since, current_setting('server_version_num')::int as v`)).rows[0]!;
+    failover = me.v >= 170000;
     const started = Date.now();
     let timer: NodeJS.Timeout | undefined;
     let done = false;
@@ -115,7 +118,10 @@ export async function createSlot(pool: pg.Pool, slot: string, event: 'created' |
     };
     if (opts.onWait) arm(opts.firstReportMs ?? 3_000);
     try {
-      lsn = (await creator.query<{ lsn: string }>(`select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')`, [slot])).rows[0]!.lsn;
+      // 17+: a failover slot (temporary false, two_phase false, failover true), which standbys with
+      // sync_replication_slots = on keep a copy of, so that it survives a promotion.
+      const sql = failover ? `select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)` : `select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')`;
+      lsn = (await creator.query<{ lsn: string }>(sql, [slot])).rows[0]!.lsn;
     } finally {
       done = true;
       clearTimeout(timer);
@@ -124,6 +130,7 @@ export async function createSlot(pool: pg.Pool, slot: string, event: 'created' |
     creator.release();
   }
   await pool.query(`insert into pgrekey.slot_event (slot_name, event, lsn, reason) values ($1, $2, $3, $4)`, [slot, event, lsn, reason]);
+  await recordSlotServer(pool, slot, await readServerIdentity(pool), failover);
   return lsn;
 }
 

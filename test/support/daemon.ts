@@ -25,7 +25,7 @@ export function writeDaemonFiles(databaseUrl: string, tables: { name: string; co
     sweep: { progress_interval: '1s', mode: 'duty', ...((extra.sweep as object) ?? {}) },
     daemon: { http_port: 0, check_interval: '1s', slot_check_interval: '1s', ...((extra.daemon as object) ?? {}) },
     // Slot names are cluster-wide and test files share one cluster: one slot per test database.
-    replication: { slot: `s_${new URL(databaseUrl).pathname.slice(1)}`.slice(0, 63), ...((extra.replication as object) ?? {}) },
+    replication: { slot: `s_${databaseUrl.replace(/[?#].*$/, '').split('/').pop() ?? ''}`.slice(0, 63), ...((extra.replication as object) ?? {}) },
   };
   const configPath = path.join(dir, 'pg-rekey.yaml');
   writeFileSync(configPath, stringify(doc));

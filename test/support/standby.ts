@@ -28,6 +28,14 @@ export interface SyncStandby {
   replicationState(): Promise<ReplicationState | null>;
   /** Resolves once the standby has replayed past `lsn` (text form), or fails after timeoutMs. */
   waitForReplay(lsn: string, timeoutMs?: number): Promise<void>;
+  /** The standby's port (for a multi-host connection string) and the last 16 KiB of its log. */
+  port: number;
+  log(): string;
+  /**
+   * Promotes the standby (pg_promote, waiting for the end of recovery): it becomes a primary on
+   * a new timeline. Meant for after the primary was stopped; stop() still cleans up after it.
+   */
+  promote(timeoutMs?: number): Promise<void>;
   /**
    * Resumes replay, takes the standby out of synchronous_standby_names (so no commit on the
    * primary waits for it any more), stops it, drops its slot and removes its data directory.
@@ -56,6 +64,13 @@ export interface StandbyOptions {
    * as a standby in another building adds its network round trip.
    */
   linkDelayMs?: number;
+  /**
+   * PostgreSQL 17+: keep copies of the primary's failover slots of database `database`
+   * (sync_replication_slots = on, hot_standby_feedback = on, dbname in primary_conninfo) and
+   * make the primary wait for this standby before sending logical changes
+   * (synchronized_standby_slots naming its physical slot), as README "HA and failover" says.
+   */
+  syncSlotsOf?: string;
 }
 
 /** A TCP relay to 127.0.0.1:`targetPort` that delivers every chunk `delayMs` later, in order, both ways. */
@@ -188,6 +203,15 @@ async function setSyncNames(primaryUrl: string, value: string | null): Promise<v
   });
 }
 
+/** synchronized_standby_slots (17+) on the primary: logical walsenders wait for these physical slots. */
+async function setStandbySlots(primaryUrl: string, value: string | null): Promise<void> {
+  await withClient(primaryUrl, async (c) => {
+    if (value === null) await c.query(`alter system reset synchronized_standby_slots`);
+    else await c.query(`alter system set synchronized_standby_slots = ${c.escapeLiteral(value)}`);
+    await c.query(`select pg_reload_conf()`);
+  });
+}
+
 /**
  * Starts a hot standby of `primary` on its own port, streaming through a physical slot, and (by
  * default) makes it the primary's synchronous standby: a session there with synchronous_commit =
@@ -206,8 +230,11 @@ export async function startSyncStandby(primary: PrimaryLike, opts: StandbyOption
   let relay: { port: number; close(): Promise<void> } | undefined;
   let slotCreated = false;
   let syncSet = false;
+  let standbySlotsSet = false;
 
   const cleanup = async (): Promise<void> => {
+    if (standbySlotsSet) await setStandbySlots(primary.url, null).catch(() => undefined);
+    standbySlotsSet = false;
     if (syncSet) await setSyncNames(primary.url, null).catch(() => undefined);
     syncSet = false;
     await server?.shutdown().catch(() => undefined);
@@ -252,7 +279,10 @@ export async function startSyncStandby(primary: PrimaryLike, opts: StandbyOption
     const port = await freePort();
     const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
     if (opts.linkDelayMs) relay = await startDelayRelay(Number(pu.port), opts.linkDelayMs);
-    const conninfo = `host=${relay ? '127.0.0.1' : pu.hostname} port=${relay?.port ?? pu.port} user=${decodeURIComponent(pu.username) || 'postgres'} application_name=${name}`;
+    const conninfo =
+      `host=${relay ? '127.0.0.1' : pu.hostname} port=${relay?.port ?? pu.port} user=${decodeURIComponent(pu.username) || 'postgres'} application_name=${name}` +
+      (opts.syncSlotsOf ? ` dbname=${opts.syncSlotsOf}` : '');
+    if (opts.syncSlotsOf && major < 17) throw new Error(`syncSlotsOf needs PostgreSQL 17+ (failover slots), not ${major}`);
     server = await startServer({
       major,
       dataDir,
@@ -265,6 +295,7 @@ export async function startSyncStandby(primary: PrimaryLike, opts: StandbyOption
         primary_slot_name: name,
         // Replies soon after each flush/apply (a remote_apply commit asks for one anyway).
         wal_receiver_status_interval: '1s',
+        ...(opts.syncSlotsOf ? { sync_replication_slots: 'on', hot_standby_feedback: 'on' } : {}),
       },
     });
 
@@ -287,6 +318,11 @@ export async function startSyncStandby(primary: PrimaryLike, opts: StandbyOption
       );
     }
 
+    if (opts.syncSlotsOf) {
+      await setStandbySlots(primary.url, name);
+      standbySlotsSet = true;
+    }
+
     const onStandby = <T>(fn: (c: pg.Client) => Promise<T>) => withClient(url, fn);
     const waitForReplay = async (lsn: string, ms = 30_000): Promise<void> => {
       await until(`standby ${name} to replay past ${lsn}`, ms, () =>
@@ -301,6 +337,17 @@ export async function startSyncStandby(primary: PrimaryLike, opts: StandbyOption
       name,
       slot: name,
       url,
+      port,
+      log: () => server?.log() ?? '',
+      async promote(ms = 60_000) {
+        await onStandby(async (c) => {
+          const ok = (await c.query<{ ok: boolean }>(`select pg_promote(true, $1) as ok`, [Math.ceil(ms / 1000)])).rows[0]!.ok;
+          if (!ok) throw new Error(`standby ${name} was not promoted within ${ms} ms\n${logTail()}`);
+        });
+        // Nothing waits for it any more: the primary is gone, and the cleanup must not try to reach it for long.
+        syncSet = false;
+        standbySlotsSet = false;
+      },
       replicationState: state,
       waitForReplay,
       async pauseReplay() {
