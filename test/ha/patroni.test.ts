@@ -63,6 +63,16 @@ async function slotOn(url: string): Promise<{ confirmed: string | null; active: 
   }
 }
 
+async function sweepState(url: string): Promise<unknown> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    return (await c.query(`select state, next_block, total_blocks from pgrekey.sweep_segment`)).rows;
+  } finally {
+    await c.end();
+  }
+}
+
 describe('Patroni', () => {
   it('switchover and kill -9 of the primary under load: pg-rekey follows the primary on the slot Patroni carried, converges, the ledger is intact', async () => {
     const c = cluster!;
@@ -113,7 +123,8 @@ describe('Patroni', () => {
     await c.waitForSlotReady(SLOT, permanentAt, 90_000);
     await waitFor('the sweep to have started (a chunk done)', async () => logLines(d, /sweep progress|"msg":"sweep/).length > 0, 60_000);
 
-    // 1. Switchover.
+    // 1. Switchover, with the sweep part-way through the table.
+    const sweepAtSwitch = await sweepState(c.url(first, DB));
     const beforeSwitch = d.proc.lines.length;
     const switchedAt = Date.now();
     const sw = await c.switchover();
@@ -160,10 +171,15 @@ describe('Patroni', () => {
       expect(logLines(d, /REPLICATION SLOT LOST|replication slot recreated|RE-SWEEP/)).toEqual([]);
       const generations = (await pool.query<{ generation: number }>(`select distinct generation from pgrekey.sweep_segment`)).rows.map((g) => Number(g.generation));
       expect(generations).toHaveLength(1);
+      // Both promotions were seen and the slot found to have survived them (server-identity check).
+      const failovers = logLines(d, /"msg":"FAILOVER: the server is a promoted standby/);
+      expect(failovers.length, 'FAILOVER lines').toBeGreaterThanOrEqual(2);
+      expect(failovers.every((l) => /survived it/.test(l))).toBe(true);
 
       console.log(
         `[ha patroni] seed ${SEED}: switchover ${sw.from.name} -> ${sw.to.name}, kill -9 of ${killed.node.name} (pid ${killed.pid}) -> ${third.name}; ` +
           `writer commits ${stats.commits}, failed ${stats.failed}, in doubt ${stats.inDoubt}; proxy routes ${JSON.stringify([...proxy!.routed])}; ` +
+          `sweep at the switchover ${JSON.stringify(sweepAtSwitch)}; FAILOVER lines ${failovers.length}; ` +
           `stream reconnects ${logLines(d, /reconnecting to the replication slot/).length}; slot events ${JSON.stringify(events)}; generations ${JSON.stringify(generations)}`,
       );
     } finally {
