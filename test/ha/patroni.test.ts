@@ -128,6 +128,7 @@ describe('Patroni', () => {
     const beforeSwitch = d.proc.lines.length;
     const switchedAt = Date.now();
     const sw = await c.switchover();
+    const switchoverMs = Date.now() - switchedAt;
     const second = await c.waitForHealthy({ notLeader: sw.from.name });
     expect(second.name).toBe(sw.to.name);
     await d.proc.waitForLine(/"msg":"streaming"/, { fromIndex: beforeSwitch, timeoutMs: 60_000 });
@@ -142,6 +143,7 @@ describe('Patroni', () => {
     const killed = await c.killPrimaryPostmaster();
     expect(killed.node.name).toBe(second.name);
     const third = await c.waitForNewLeader(killed.node.name, 90_000);
+    const failoverMs = Date.now() - killedAt;
     await d.proc.waitForLine(/"msg":"streaming"/, { fromIndex: beforeKill, timeoutMs: 60_000 });
     await waitFor('application commits on the primary after the failover', async () => commitsSince(workload!.stats, killedAt + 1) >= 20, 60_000);
     await sleep(2_000);
@@ -177,7 +179,7 @@ describe('Patroni', () => {
       expect(failovers.every((l) => /survived it/.test(l))).toBe(true);
 
       console.log(
-        `[ha patroni] seed ${SEED}: switchover ${sw.from.name} -> ${sw.to.name}, kill -9 of ${killed.node.name} (pid ${killed.pid}) -> ${third.name}; ` +
+        `[ha patroni] seed ${SEED}: switchover ${sw.from.name} -> ${sw.to.name} (${switchoverMs} ms), kill -9 of ${killed.node.name} (pid ${killed.pid}) -> ${third.name} writable after ${failoverMs} ms; ` +
           `writer commits ${stats.commits}, failed ${stats.failed}, in doubt ${stats.inDoubt}; proxy routes ${JSON.stringify([...proxy!.routed])}; ` +
           `sweep at the switchover ${JSON.stringify(sweepAtSwitch)}; FAILOVER lines ${failovers.length}; ` +
           `stream reconnects ${logLines(d, /reconnecting to the replication slot/).length}; slot events ${JSON.stringify(events)}; generations ${JSON.stringify(generations)}`,
