@@ -4,6 +4,8 @@
 // 18: the slot is a failover slot the standby synced, and run continues from it without a
 // re-sweep. 14: no logical slot survives a promotion: run recreates it and sweeps everything again,
 // and says so. Both: the writers move to the new primary, run converges, the ledger is intact.
+// Then the record of the slot's server is made to name another cluster (a restored copy): run
+// does not trust the slot, recreates it and sweeps again.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
@@ -182,6 +184,17 @@ describe('database failover under run', () => {
     expect(problems).toEqual({ notTarget: [], doubleEncrypted: [], mismatched: [], regressed: [], missing: [] });
     expect(report.values).toBeGreaterThanOrEqual(PREFILL);
     expect(Object.keys(report.byVersion)).toEqual(['v2']);
+
+    // Then a server that is not the one the slot was made on (a restored copy whose state schema
+    // came along): a slot of that name there is not trusted; recreated and re-swept, saying why.
+    const otherLine = d.proc.lines.length;
+    const realSysid = (await sp.query<{ s: string }>(`select system_identifier::text as s from pg_control_system()`)).rows[0]!.s;
+    await sp.query(`update pgrekey.slot_server set system_identifier = '1' where slot_name = $1`, [SLOT]);
+    await sp.query(`select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = $1 and active_pid is not null`, [SLOT]);
+    await d.proc.waitForLine((t) => /NOT TRUSTED/.test(t) && /different PostgreSQL cluster \(system identifier \d+, the slot was created on 1: /.test(t), { fromIndex: otherLine, timeoutMs: 60_000 });
+    await d.proc.waitForLine(/sweep restarted from block 0/, { fromIndex: otherLine, timeoutMs: 60_000 });
+    await d.proc.waitForLine(/"msg":"CONVERGED/, { fromIndex: otherLine, timeoutMs: 90_000 });
+    expect((await sp.query(`select system_identifier as s from pgrekey.slot_server where slot_name = $1`, [SLOT])).rows[0]).toEqual({ s: realSysid });
     console.log(`[failover] PG ${major()}: ${JSON.stringify({ reconnectedMs, killedToPromotedMs: promotedAt - killedAt, commits: stats.commits, inDoubt: ledger.inDoubt, events: events.map((e) => e.event) })}`);
   }, 300_000);
 });
