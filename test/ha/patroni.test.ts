@@ -11,7 +11,7 @@ import { testRing } from '../support/fixtures.js';
 import { cli, countPrefix, startDaemon, writeDaemonFiles, type DaemonFiles, type RunningDaemon } from '../support/daemon.js';
 import { checkWorkloadLedger, commitsSince, createWorkloadTable, prefill, startWorkload, WriteLedger, type Workload } from '../support/workload.js';
 import type { KeyRing } from '../../src/crypto/key-ring.js';
-import { startPatroniCluster, waitFor, type PatroniCluster } from './support/patroni.js';
+import { missingTools, startPatroniCluster, waitFor, type PatroniCluster } from './support/patroni.js';
 import { startLeaderProxy, type LeaderProxy } from './support/leader-proxy.js';
 
 const DB = 'app';
@@ -28,8 +28,13 @@ let proxy: LeaderProxy | undefined;
 let workload: Workload | undefined;
 let daemon: RunningDaemon | undefined;
 let ring: KeyRing;
+// Outside CI a machine without the Debian packages skips this file, saying why; in CI (CI=true) it fails.
+const missing = missingTools();
+const skip = missing !== null && process.env.CI !== 'true';
+if (skip) console.log(`[ha patroni] skipped: ${missing}`);
 
 beforeAll(async () => {
+  if (skip) return;
   ring = await testRing();
   // No permanent slot yet: Patroni must not create pg-rekey's slot before `pg-rekey setup` has created the
   // publication (on PostgreSQL 15 a pgoutput slot cannot decode changes from before its publication
@@ -73,7 +78,7 @@ async function sweepState(url: string): Promise<unknown> {
   }
 }
 
-describe('Patroni', () => {
+describe.skipIf(skip)('Patroni', () => {
   it('switchover and kill -9 of the primary under load: pg-rekey follows the primary on the slot Patroni carried, converges, the ledger is intact', async () => {
     const c = cluster!;
     onTestFailed(() => {
