@@ -1,4 +1,4 @@
-.PHONY: node_modules build lint test test-unit test-integration demo bench clean
+.PHONY: node_modules build lint test test-unit test-integration test-ha demo bench clean
 # `make -j` must not reorder test: build, unit tests, then integration tests per PostgreSQL major.
 .NOTPARALLEL:
 
@@ -23,6 +23,10 @@ test-unit: node_modules
 test-integration: build
 	PG_REKEY_TEST_PG_MAJOR=18 npx vitest run --project integration
 	PG_REKEY_TEST_PG_MAJOR=14 npx vitest run --project integration
+
+# Patroni + etcd + PostgreSQL 15 from Debian (packages patroni, etcd-server, postgresql-15; .ci/run installs them).
+test-ha: build
+	npx vitest run --project ha
 
 demo: node_modules build
 	node --import tsx demo/demo.ts

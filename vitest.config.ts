@@ -24,6 +24,17 @@ export default defineConfig({
           sequence: { groupOrder: 1 },
         },
       },
+      {
+        test: {
+          // Real Patroni + etcd + PostgreSQL 15 from Debian (make test-ha): one file at a time.
+          name: 'ha',
+          include: ['test/ha/**/*.test.ts'],
+          testTimeout: 300_000,
+          hookTimeout: 180_000,
+          maxWorkers: 1,
+          sequence: { groupOrder: 2 },
+        },
+      },
     ],
   },
 });
