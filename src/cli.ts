@@ -8,6 +8,7 @@ import { discoverCommand } from './commands/discover.js';
 import { statusCommand } from './commands/status.js';
 import { keygenCommand } from './commands/keygen.js';
 import { runCommand } from './commands/run.js';
+import { sweepWorkerCommand } from './commands/sweep-worker.js';
 import { teardownCommand } from './commands/teardown.js';
 import { grantsCommand } from './commands/grants.js';
 import { reportCommand } from './commands/report.js';
@@ -152,6 +153,23 @@ Typical rotation:
         'Chunk writes carry the replication origin pgrekey_<slot>_sweep when it is on (see setup).',
     )
     .action(run((cmd) => backfillCommand(globals(cmd), cmd.opts())));
+
+  program
+    .command('sweep-worker')
+    .description('join the sweep of a running `pg-rekey run` (or backfill) from another host: lease block ranges until none is left, then exit 0')
+    .option('--workers <n>', 'connections of this process (default: sweep.workers)')
+    .addHelpText(
+      'after',
+      '\nWith sweep.workers > 1, run and backfill split each relation into block ranges\n' +
+        '(pgrekey.sweep_range) that workers lease with FOR UPDATE SKIP LOCKED for sweep.range_lease\n' +
+        '(renewed while they work). sweep-worker joins them: the same keys and config as run; it creates\n' +
+        'no slot and starts no sweep (exit 2 when none is started). A relation is done only when every\n' +
+        'range of its current generation is; the range of a worker that died is taken again when its\n' +
+        'lease expires, from its last checkpoint. The pacing (max_rate, max_wal_rate, nice_ratio, the\n' +
+        'auto rate) is split between the live workers of every process (pgrekey.sweep_worker); each\n' +
+        'process runs its own latency probe in auto mode.',
+    )
+    .action(run((cmd) => sweepWorkerCommand(globals(cmd), cmd.opts())));
 
   program
     .command('run')
