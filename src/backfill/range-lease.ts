@@ -131,7 +131,7 @@ export async function rangesLeft(db: pg.Pool | pg.ClientBase, relation: string, 
  * chunk back) when this owner no longer holds an unexpired lease on the range.
  */
 export async function advanceRange(
-  c: pg.ClientBase,
+  c: pg.Pool | pg.ClientBase,
   r: LeasedRange,
   owner: string,
   leaseMs: number,

@@ -6,6 +6,7 @@ import { relationSize, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { ensureSegment, restartSegments, rewindSegment } from '../state/segments.js';
 import { sleep } from '../timing.js';
+import type { ProgressSink } from './progress.js';
 import {
   advanceRange, claimRange, completeRelation, heartbeat, LeaseLost, planRanges, rangesLeft, releaseRange, renewLease, rewindRanges, segmentGeneration, unregister, type LeasedRange,
 } from './range-lease.js';
@@ -115,7 +116,7 @@ export async function sweepWithWorkers(pool: pg.Pool, tables: TableInfo[], opts:
         const c = await completeRelation(pool, relation, quoted, seg.generation);
         if (c === 'done') {
           wlog.info({ relation, generation: seg.generation, ranges: left.total }, 'every range of the generation swept: relation done');
-          opts.progress.finish(relation, results.get(relation) ?? { chunks: 0, scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0 });
+          opts.progress.finish(relation, totals.get(relation) ?? { chunks: 0, scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0 });
         } else if (c === 'rewritten') await restartGeneration(relation, seg.generation, wlog);
         continue;
       }
@@ -145,7 +146,7 @@ export async function sweepWithWorkers(pool: pg.Pool, tables: TableInfo[], opts:
       pace: (rows, wal, started, chunkMs, s) => pace(rows, wal, started, chunkMs, s),
     };
     try {
-      merge(range.relation, table.display, await sweepRelation(pool, table, leaf, { ...opts, signal }, guard, span));
+      merge(range.relation, table.display, await sweepRelation(pool, table, leaf, { ...opts, signal, progress: rangeProgress(range.relation) }, guard, span));
     } catch (e) {
       if (e instanceof LeaseLost) wlog.warn({ err: e }, 'range lease lost: leaving the range to its new owner');
       else if (e instanceof TableRewritten) await restartGeneration(range.relation, range.generation, wlog);
@@ -155,6 +156,29 @@ export async function sweepWithWorkers(pool: pg.Pool, tables: TableInfo[], opts:
       // A stop leaves the range at its checkpoint for the next worker, without waiting for the lease to expire.
       if (signal.aborted) await releaseRange(pool, range, owner).catch(() => undefined);
     }
+  };
+
+  // The sink sees one relation's progress, added up over the ranges its workers sweep at once
+  // (each range's sweep counts from 0): started once, counts that only grow.
+  const totals = new Map<string, { chunks: number; scanned: number; rewritten: number; conflicts: number; quarantined: number }>();
+  const rangeProgress = (relation: string): ProgressSink => {
+    const last = { chunks: 0, scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0 };
+    return {
+      start: (rel, next) => {
+        if (totals.has(rel)) return;
+        totals.set(rel, { chunks: 0, scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0 });
+        opts.progress.start(rel, next);
+      },
+      chunk: (rel, p) => {
+        const t = totals.get(relation)!;
+        for (const k of ['chunks', 'scanned', 'rewritten', 'conflicts', 'quarantined'] as const) {
+          t[k] += p[k] - last[k];
+          last[k] = p[k];
+        }
+        opts.progress.chunk(rel, { ...p, ...t });
+      },
+      finish: () => undefined,
+    };
   };
 
   /** The pause after a chunk: each worker's share of the rate budget (max_rate, max_wal_rate, the auto rate, nice_ratio). */
