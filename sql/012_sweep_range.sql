@@ -29,10 +29,3 @@ create table if not exists pgrekey.sweep_range (
 );
 create index if not exists sweep_range_pending on pgrekey.sweep_range (relation, generation) where state = 'pending';
 
--- Workers of every process register here while they sweep: the cross-host share of the rate
--- budget (sweep.max_rate, the auto controller's rate) is divided by the live workers.
-create table if not exists pgrekey.sweep_worker (
-  owner       text primary key,
-  process     text not null,
-  seen_until  timestamptz not null
-);

@@ -225,18 +225,11 @@ export async function completeRelation(pool: pg.Pool, relation: string, quoted: 
   });
 }
 
-/** Registers (or refreshes) a worker for the cross-host rate share; returns the live workers of every process. */
-export async function heartbeat(db: pg.Pool | pg.ClientBase, owner: string, process: string, ttlMs: number): Promise<number> {
-  const r = await db.query<{ n: number }>(
-    `with me as (
-       insert into pgrekey.sweep_worker (owner, process, seen_until) values ($1, $2, now() + $3::float8 * interval '1 millisecond')
-       on conflict (owner) do update set seen_until = excluded.seen_until returning owner)
-     select (select count(*)::int from pgrekey.sweep_worker where seen_until > now() and owner <> $1) + 1 as n`,
-    [owner, process, ttlMs],
-  );
-  return r.rows[0]?.n ?? 1;
-}
-
-export async function unregister(db: pg.Pool | pg.ClientBase, owner: string): Promise<void> {
-  await db.query(`delete from pgrekey.sweep_worker where owner = $1 or seen_until < now() - interval '1 hour'`, [owner]);
+/**
+ * The workers sweeping now, of every process: unexpired leases on ranges not done. The rate
+ * budget's divisor (a worker that died counts until its lease expires: its share goes unused).
+ */
+export async function liveWorkers(db: pg.Pool | pg.ClientBase): Promise<number> {
+  const r = await db.query<{ n: number }>(`select count(distinct owner)::int as n from pgrekey.sweep_range where state = 'pending' and lease_until > clock_timestamp()`);
+  return r.rows[0]?.n ?? 0;
 }

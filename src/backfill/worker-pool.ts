@@ -8,7 +8,7 @@ import { ensureSegment, restartSegments, rewindSegment } from '../state/segments
 import { sleep } from '../timing.js';
 import type { ProgressSink } from './progress.js';
 import {
-  advanceRange, claimRange, completeRelation, heartbeat, LeaseLost, planRanges, rangesLeft, releaseRange, renewLease, rewindRanges, segmentGeneration, unregister, type LeasedRange,
+  advanceRange, claimRange, completeRelation, LeaseLost, liveWorkers, planRanges, rangesLeft, releaseRange, renewLease, rewindRanges, segmentGeneration, type LeasedRange,
 } from './range-lease.js';
 import {
   chunkPolicy, hardLimitWait, newKeyGuard, sweepRelation, sweepTables, TableRewritten, WrongKeyError, type KeyGuard, type RangeSpan, type RelationResult, type SweepOptions,
@@ -34,9 +34,9 @@ export async function sweepAll(pool: pg.Pool, tables: TableInfo[], opts: SweepOp
   return sweepWithWorkers(pool, tables, opts);
 }
 
-/** The live workers of every process (pgrekey.sweep_worker), read by heartbeats: the rate budget's divisor. */
+/** The workers holding a lease now, of every process (read every lease/3): the rate budget's divisor. */
 class Share {
-  current = 1;
+  constructor(public current: number) {}
 }
 
 /**
@@ -55,7 +55,8 @@ export async function sweepWithWorkers(pool: pg.Pool, tables: TableInfo[], opts:
   const stop = new AbortController();
   const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
   const guard = newKeyGuard();
-  const share = new Share();
+  // Until the first count: this process's workers.
+  const share = new Share(opts.workers);
   const results = new Map<string, RelationResult>();
   const pollMs = Math.max(50, Math.min(1000, opts.leaseMs / 4));
   let failure: unknown = null;
@@ -73,23 +74,13 @@ export async function sweepWithWorkers(pool: pg.Pool, tables: TableInfo[], opts:
   const worker = async (n: number): Promise<void> => {
     const owner = `${processId}/${n}`;
     const wlog = log.child({ worker: n });
-    const beat = async () => {
-      share.current = await heartbeat(pool, owner, processId, opts.leaseMs).catch(() => share.current);
-    };
-    await beat();
-    const beating = setInterval(() => void beat(), Math.max(100, opts.leaseMs / 3));
-    try {
-      for (const table of tables) {
-        for (const leaf of table.leaves) {
-          if (signal.aborted) return;
-          // sweep-worker joins relations whose sweep run or backfill started; it never starts one.
-          if (!opts.join) await ensureSegment(pool, table.display, displayName(leaf));
-          await sweepLeaf(table, leaf, owner, wlog);
-        }
+    for (const table of tables) {
+      for (const leaf of table.leaves) {
+        if (signal.aborted) return;
+        // sweep-worker joins relations whose sweep run or backfill started; it never starts one.
+        if (!opts.join) await ensureSegment(pool, table.display, displayName(leaf));
+        await sweepLeaf(table, leaf, owner, wlog);
       }
-    } finally {
-      clearInterval(beating);
-      await unregister(pool, owner).catch(() => undefined);
     }
   };
 
@@ -192,6 +183,12 @@ export async function sweepWithWorkers(pool: pg.Pool, tables: TableInfo[], opts:
     if (wait > 0) await sleep(wait, signal);
   };
 
+  const counting = setInterval(() => {
+    void liveWorkers(pool).then(
+      (n) => (share.current = Math.max(1, n)),
+      () => undefined,
+    );
+  }, Math.max(100, opts.leaseMs / 3));
   const runners = Array.from({ length: opts.workers }, (_, i) =>
     worker(i + 1).catch((e) => {
       failure ??= e;
@@ -199,6 +196,7 @@ export async function sweepWithWorkers(pool: pg.Pool, tables: TableInfo[], opts:
     }),
   );
   await Promise.all(runners);
+  clearInterval(counting);
   if (failure) {
     if (failure instanceof WrongKeyError) await rewindAfterWrongKey(pool, guard, failure.version);
     throw failure;
