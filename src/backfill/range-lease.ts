@@ -62,13 +62,12 @@ export function splitRanges(from: number, totalBlocks: number, size: number): { 
 
 /**
  * Plans the ranges of a relation's current generation unless they exist, under the segment
- * row's lock (two processes never plan two different splits). Starts at the segment's checkpoint
- * (what a single-worker sweep already did in this generation). Returns the generation.
+ * row's lock (two processes never plan two different splits). Returns the generation.
  */
 export async function planRanges(pool: pg.Pool, relation: string, blocks: (c: pg.ClientBase) => Promise<number>, workers: number): Promise<number> {
   return inTransaction(pool, 'begin', async (c) => {
-    const seg = await c.query<{ generation: number; next: string; state: string }>(
-      `select generation, next_block::text as next, state from pgrekey.sweep_segment where relation = $1 and segment_start = 0 for update`,
+    const seg = await c.query<{ generation: number; state: string }>(
+      `select generation, state from pgrekey.sweep_segment where relation = $1 and segment_start = 0 for update`,
       [relation],
     );
     const row = seg.rows[0];
@@ -76,8 +75,12 @@ export async function planRanges(pool: pg.Pool, relation: string, blocks: (c: pg
     if (row.state === 'done') return row.generation;
     const has = await c.query(`select 1 from pgrekey.sweep_range where relation = $1 and generation = $2 limit 1`, [relation, row.generation]);
     if (has.rowCount) return row.generation;
+    // Ranges of older generations mean nothing any more (a late checkpoint on one fails its fence).
+    await c.query(`delete from pgrekey.sweep_range where relation = $1 and generation < $2`, [relation, row.generation]);
     const total = await blocks(c);
-    const ranges = splitRanges(Number(row.next), total, rangeBlocks(total - Number(row.next), workers));
+    // From block 0 even when a single-worker sweep of this generation had got further: that part
+    // was swept under a file node no range records, so the completion check could not vouch for it.
+    const ranges = splitRanges(0, total, rangeBlocks(total, workers));
     await c.query(
       `insert into pgrekey.sweep_range (relation, generation, first_block, end_block, next_block)
        select $1, $2, f, e, f from unnest($3::bigint[], $4::bigint[]) as r(f, e)`,
@@ -143,7 +146,10 @@ export async function advanceRange(
   const q = await c.query<{ lsn: string }>(
     lease(
       `update pgrekey.sweep_range
-          set next_block = $5, lease_until = ${LEASE}, relfilenode = $7::oid,
+          set next_block = $5, lease_until = ${LEASE},
+              -- A range swept partly under another file node (a worker before this one, then a table
+              -- rewrite) is poisoned: null never matches, so the relation's generation starts over.
+              relfilenode = case when next_block = first_block or relfilenode = $7::oid then $7::oid end,
               rows_rewritten = rows_rewritten + $8,
               state = case when $6 then 'done' else 'pending' end,
               done_at = case when $6 then now() end, done_by = case when $6 then $4 end

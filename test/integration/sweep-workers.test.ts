@@ -5,13 +5,13 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
-import { testRing } from '../support/fixtures.js';
+import { incidentsConfig, prepareSweep, testRing } from '../support/fixtures.js';
 import { cli, countPrefix, eventually, startDaemon, writeDaemonFiles, type DaemonFiles } from '../support/daemon.js';
 import { spawnCli, type CliProcess } from '../support/cli.js';
 import { checkWorkloadLedger, createWorkloadTable, prefill, startWorkload, WriteLedger } from '../support/workload.js';
 import type { KeyRing } from '../../src/crypto/key-ring.js';
 import { advanceRange, claimRange, completeRelation, LeaseLost, planRanges } from '../../src/backfill/range-lease.js';
-import { ensureSegment } from '../../src/state/segments.js';
+import { ensureSegment, restartSegments } from '../../src/state/segments.js';
 
 const ROWS = 24_000;
 const LEASE = '2s';
@@ -126,25 +126,48 @@ describe('sweep workers', () => {
     await daemon.proc.stop('SIGTERM');
   }, 240_000);
 
-  it('a worker whose lease expired can neither checkpoint nor mark its range done; the relation is not done while a range is pending', async () => {
+  it('fencing: a worker whose lease expired can neither checkpoint nor finish its range; the relation is done only when every range is, each under the current file node', async () => {
     const pool = db.pool;
     await pool.query(`create table fenced (id bigint primary key, title text)`);
-    await pool.query(`insert into fenced select g, 'x' from generate_series(1, 2000) g`);
+    await prepareSweep(pool, [incidentsConfig('fenced', ['title'])]); // the state migrations (setup's)
     await ensureSegment(pool, 'public.fenced', 'public.fenced');
+    const node = (await pool.query<{ n: string }>(`select pg_relation_filenode('fenced')::text as n`)).rows[0]!.n;
+    const none = { scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0 };
+    const quoted = '"public"."fenced"';
     const gen = await planRanges(pool, 'public.fenced', async () => 40, 1);
+    // 40 blocks, one worker: ranges [0,16) [16,32) [32,...).
     const a = (await claimRange(pool, 'public.fenced', gen, 'A', 1000))!;
-    expect(a.first).toBe(0);
-    const b0 = (await claimRange(pool, 'public.fenced', gen, 'B', 60_000))!;
-    expect(b0.first).toBeGreaterThan(0);
-    // B finishes its range; A's is pending: the relation is not done.
-    await advanceRange(pool, b0, 'B', 60_000, b0.end!, true, null, { scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0 });
+    expect([a.first, a.end, a.next]).toEqual([0, 16, 0]);
+    await advanceRange(pool, a, 'A', 1000, 8, false, node, none);
+    const b = (await claimRange(pool, 'public.fenced', gen, 'B', 60_000))!;
+    expect(b.first).toBe(16);
+    await advanceRange(pool, b, 'B', 60_000, 32, true, node, none);
     await eventually("A's lease to expire", async () => (await pool.query(`select 1 from pgrekey.sweep_range where owner = 'A' and lease_until < clock_timestamp()`)).rowCount === 1, 10_000);
-    expect(await completeRelation(pool, 'public.fenced', '"public"."fenced"', gen)).toBe('not-yet');
-    // A's late checkpoint is refused (fenced): nothing moved.
-    await expect(advanceRange(pool, a, 'A', 1000, a.end ?? 16, true, null, { scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0 })).rejects.toBeInstanceOf(LeaseLost);
+    expect(await completeRelation(pool, 'public.fenced', quoted, gen)).toBe('not-yet');
+    // A's late checkpoint is refused: its range stays where A last checkpointed it.
+    await expect(advanceRange(pool, a, 'A', 1000, 16, true, node, none)).rejects.toBeInstanceOf(LeaseLost);
     const c = (await claimRange(pool, 'public.fenced', gen, 'C', 60_000))!;
-    expect(c.first).toBe(a.first);
-    expect(c.leases).toBe(2);
-    expect(await completeRelation(pool, 'public.fenced', '"public"."fenced"', gen)).toBe('not-yet');
+    expect([c.first, c.next, c.leases]).toEqual([0, 8, 2]);
+    // C finishes it under another file node (the table was rewritten between A's chunks and C's).
+    await advanceRange(pool, c, 'C', 60_000, 16, true, '1', none);
+    const d = (await claimRange(pool, 'public.fenced', gen, 'D', 60_000))!;
+    expect([d.first, d.end]).toEqual([32, null]);
+    expect(await completeRelation(pool, 'public.fenced', quoted, gen)).toBe('not-yet');
+    await advanceRange(pool, d, 'D', 60_000, 40, true, node, none);
+    expect(await claimRange(pool, 'public.fenced', gen, 'E', 60_000)).toBeNull();
+    expect(await completeRelation(pool, 'public.fenced', quoted, gen)).toBe('rewritten');
+    expect((await pool.query(`select state from pgrekey.sweep_segment where relation = 'public.fenced'`)).rows[0].state).not.toBe('done');
+
+    // A new generation swept under one file node: done.
+    await restartSegments(pool, ['public.fenced']);
+    const gen2 = await planRanges(pool, 'public.fenced', async () => 40, 1);
+    expect(gen2).toBe(gen + 1);
+    for (let r = await claimRange(pool, 'public.fenced', gen2, 'E', 60_000); r; r = await claimRange(pool, 'public.fenced', gen2, 'E', 60_000)) {
+      await advanceRange(pool, r, 'E', 60_000, r.end ?? 40, true, node, none);
+    }
+    expect(await completeRelation(pool, 'public.fenced', quoted, gen2)).toBe('done');
+    expect((await pool.query(`select state from pgrekey.sweep_segment where relation = 'public.fenced'`)).rows[0].state).toBe('done');
+    // The old generation's ranges are gone.
+    expect((await pool.query(`select 1 from pgrekey.sweep_range where relation = 'public.fenced' and generation = $1`, [gen])).rowCount).toBe(0);
   });
 });
