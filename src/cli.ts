@@ -150,7 +150,9 @@ Typical rotation:
         'behind the sweep by the application), then reports what is left: exit 1 while anything is.\n' +
         'Progress: a bar on a terminal, JSON log lines on stderr otherwise. Ctrl-C finishes the chunk\n' +
         'in flight and exits 3; a second Ctrl-C exits at once.\n' +
-        'Chunk writes carry the replication origin pgrekey_<slot>_sweep when it is on (see setup).',
+        'Chunk writes carry the replication origin pgrekey_<slot>_sweep when it is on (see setup).\n' +
+        'sweep.workers > 1: that many connections sweep each relation on leased block ranges, and\n' +
+        '`pg-rekey sweep-worker` processes on other hosts may join (see sweep-worker --help).',
     )
     .action(run((cmd) => backfillCommand(globals(cmd), cmd.opts())));
 
@@ -166,8 +168,9 @@ Typical rotation:
         'no slot and starts no sweep (exit 2 when none is started). A relation is done only when every\n' +
         'range of its current generation is; the range of a worker that died is taken again when its\n' +
         'lease expires, from its last checkpoint. The pacing (max_rate, max_wal_rate, nice_ratio, the\n' +
-        'auto rate) is split between the live workers of every process (pgrekey.sweep_worker); each\n' +
-        'process runs its own latency probe in auto mode.',
+        'auto rate) is split between the workers holding a range lease now, in every process; each\n' +
+        'process runs its own latency probe in auto mode. SIGTERM: finish the chunk in flight, give\n' +
+        'the range back at its checkpoint, exit 3.',
     )
     .action(run((cmd) => sweepWorkerCommand(globals(cmd), cmd.opts())));
 
@@ -199,7 +202,10 @@ Typical rotation:
         'was committed for that long (counted from the last one, or the slot\'s creation; a new one restarts it).\n' +
         'PostgreSQL 16+: rewrites carry the replication origins pgrekey_<slot>_sweep / _stream (logged at start;\n' +
         'off, with the reason, without the grant; never for a table with UPDATE triggers or rules), so\n' +
-        'consumers with origin = none skip them; the stream skips its own rewrites instead of comparing them.',
+        'consumers with origin = none skip them; the stream skips its own rewrites instead of comparing them.\n' +
+        'sweep.workers > 1: that many connections sweep each relation on leased block ranges; a relation\n' +
+        'counts as swept only when every range of its generation is; `pg-rekey sweep-worker` on other\n' +
+        'hosts may join (see sweep-worker --help).',
     )
     .action(run((cmd) => runCommand(globals(cmd), cmd.opts())));
 
