@@ -71,6 +71,10 @@ describe('sweep workers', () => {
     const setup = await cli(files, 'setup');
     expect(setup.code, setup.stdout + setup.stderr).toBe(0);
 
+    // Paused until both sweep-workers have joined (a worker leases its range before the throttle's gate), so
+    // a slow start on a busy machine cannot let run's workers finish alone.
+    const paused = await cli(files, 'pause', '--reason', 'until the sweep-workers joined');
+    expect(paused.code, paused.stderr).toBe(0);
     const workload = startWorkload(db.url, ring, ledger, { table: 'calls', v1Writers: 1, v2Writers: 1, hotWriters: 0, hotIds: [], firstNewId: ROWS + 1, pauseMs: 20, seed: 11 });
     const daemon = await startDaemon(files, '--exit-when-converged');
     procs.push(daemon.proc);
@@ -79,6 +83,16 @@ describe('sweep workers', () => {
     const joiners = [0, 1].map(() => spawnCli(['sweep-worker', '--workers', '1', ...files.args]));
     procs.push(...joiners);
     const pids = joiners.map((j) => j.child.pid!);
+    await eventually(
+      'both sweep-workers to lease a range',
+      async () => {
+        const rs = await ranges(pool);
+        return pids.every((pid) => rs.some((r) => ownedBy(pid)(r.owner) && r.state === 'pending'));
+      },
+      60_000,
+    );
+    const resumed = await cli(files, 'resume');
+    expect(resumed.code, resumed.stderr).toBe(0);
     // Each sweep-worker holds a range it has checkpointed in (mid-range) and not finished.
     await eventually(
       'both sweep-workers to be mid-range',
