@@ -8,6 +8,7 @@ import { discoverCommand } from './commands/discover.js';
 import { statusCommand } from './commands/status.js';
 import { keygenCommand } from './commands/keygen.js';
 import { runCommand } from './commands/run.js';
+import { sweepWorkerCommand } from './commands/sweep-worker.js';
 import { teardownCommand } from './commands/teardown.js';
 import { grantsCommand } from './commands/grants.js';
 import { reportCommand } from './commands/report.js';
@@ -149,9 +150,29 @@ Typical rotation:
         'behind the sweep by the application), then reports what is left: exit 1 while anything is.\n' +
         'Progress: a bar on a terminal, JSON log lines on stderr otherwise. Ctrl-C finishes the chunk\n' +
         'in flight and exits 3; a second Ctrl-C exits at once.\n' +
-        'Chunk writes carry the replication origin pgrekey_<slot>_sweep when it is on (see setup).',
+        'Chunk writes carry the replication origin pgrekey_<slot>_sweep when it is on (see setup).\n' +
+        'sweep.workers > 1: that many connections sweep each relation on leased block ranges, and\n' +
+        '`pg-rekey sweep-worker` processes on other hosts may join (see sweep-worker --help).',
     )
     .action(run((cmd) => backfillCommand(globals(cmd), cmd.opts())));
+
+  program
+    .command('sweep-worker')
+    .description('join the sweep of a running `pg-rekey run` (or backfill) from another host: lease block ranges until none is left, then exit 0')
+    .option('--workers <n>', 'connections of this process (default: sweep.workers)')
+    .addHelpText(
+      'after',
+      '\nWith sweep.workers > 1, run and backfill split each relation into block ranges\n' +
+        '(pgrekey.sweep_range) that workers lease with FOR UPDATE SKIP LOCKED for sweep.range_lease\n' +
+        '(renewed while they work). sweep-worker joins them: the same keys and config as run; it creates\n' +
+        'no slot and starts no sweep (exit 2 when none is started). A relation is done only when every\n' +
+        'range of its current generation is; the range of a worker that died is taken again when its\n' +
+        'lease expires, from its last checkpoint. The pacing (max_rate, max_wal_rate, nice_ratio, the\n' +
+        'auto rate) is split between the workers holding a range lease now, in every process; each\n' +
+        'process runs its own latency probe in auto mode. SIGTERM: finish the chunk in flight, give\n' +
+        'the range back at its checkpoint, exit 3.',
+    )
+    .action(run((cmd) => sweepWorkerCommand(globals(cmd), cmd.opts())));
 
   program
     .command('run')
@@ -181,7 +202,10 @@ Typical rotation:
         'was committed for that long (counted from the last one, or the slot\'s creation; a new one restarts it).\n' +
         'PostgreSQL 16+: rewrites carry the replication origins pgrekey_<slot>_sweep / _stream (logged at start;\n' +
         'off, with the reason, without the grant; never for a table with UPDATE triggers or rules), so\n' +
-        'consumers with origin = none skip them; the stream skips its own rewrites instead of comparing them.',
+        'consumers with origin = none skip them; the stream skips its own rewrites instead of comparing them.\n' +
+        'sweep.workers > 1: that many connections sweep each relation on leased block ranges; a relation\n' +
+        'counts as swept only when every range of its generation is; `pg-rekey sweep-worker` on other\n' +
+        'hosts may join (see sweep-worker --help).',
     )
     .action(run((cmd) => runCommand(globals(cmd), cmd.opts())));
 

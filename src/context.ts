@@ -14,7 +14,8 @@ export interface Context {
 }
 
 export interface OpenOptions {
-  poolSize?: number;
+  /** Connections at most; a function of the config when it depends on it (sweep.workers). */
+  poolSize?: number | ((config: Config) => number);
   defaultLogLevel?: 'info' | 'warn';
   /**
    * How long to wait for an unreachable database (ms; Infinity = as long as
@@ -29,7 +30,7 @@ export async function openContext(flags: GlobalFlags, opts: OpenOptions = {}): P
   const config = loadConfig(flags);
   // One-shot commands print their result on stdout; their info lines would only repeat it.
   const log = createLogger(config.logLevel ?? opts.defaultLogLevel ?? 'warn', config.logFormat);
-  const pool = createPool({ connectionString: config.connectionString, max: opts.poolSize });
+  const pool = createPool({ connectionString: config.connectionString, max: typeof opts.poolSize === 'function' ? opts.poolSize(config) : opts.poolSize });
   const stop = new AbortController();
   const onSignal = () => stop.abort();
   try {

@@ -55,6 +55,31 @@ export interface SweepOptions {
   opened?: Map<number, number>;
 }
 
+/**
+ * sweep.workers > 1 (backfill/worker-pool.ts): a leased block range of the relation is swept
+ * instead of the whole relation, checkpointed in the range's row instead of the segment's.
+ */
+export interface RangeSpan {
+  /** Resume here. */
+  next: number;
+  /** Exclusive; null = to the end of the relation. */
+  end: number | null;
+  /**
+   * The fenced checkpoint, in the chunk's transaction (throws, rolling the chunk back, when the
+   * lease is lost). `node`: the file node the chunk was read under, null when a rewrite was seen.
+   */
+  checkpoint(client: pg.ClientBase, next: number, done: boolean, node: string | null, counts: ChunkCounts): Promise<string | null>;
+  /** The pause after a chunk (the pool's share of the rate budget), instead of the sweep's own. */
+  pace(rows: number, walBytes: number, chunkStarted: number, chunkMs: number, settings: SweepSettings, signal?: AbortSignal): Promise<void>;
+}
+
+/** A range worker saw the table rewritten (its rows moved): the relation's generation starts over. */
+export class TableRewritten extends Error {
+  constructor(readonly relation: string) {
+    super(REWRITTEN_MSG);
+  }
+}
+
 /** The fast mode's chunk duration: much larger chunks were slower (2 s: ~75k rows/s against ~95k). */
 export const FAST_CHUNK_MS = 250;
 
@@ -141,28 +166,39 @@ export async function sweepTables(pool: pg.Pool, tables: TableInfo[], opts: Swee
       }
     }
   }
-  // Below wrong_key_threshold the guard above never fired, yet every value of a version that
-  // was read may have failed: a wrong key just as surely (an old version with few values left).
-  // Stop as the threshold does, so that the operator hears it instead of "values left".
+  await checkSomeOpened(pool, opts, guard, (rel, block) => rewindSegment(pool, rel, block));
+  return results;
+}
+
+/**
+ * At the end of a sweep (one worker or many). Below wrong_key_threshold the per-chunk guard never
+ * fired, yet every value of a version that was read may have failed: a wrong key just as surely
+ * (an old version with few values left). Stop as the threshold does, so that the operator hears it
+ * instead of "values left"; `rewind` moves each relation back to its first failure.
+ */
+export async function checkSomeOpened(pool: pg.Pool, opts: SweepOptions, guard: KeyGuard, rewind: (rel: string, block: number) => Promise<void>): Promise<void> {
   if (opts.opened) mergeCounts(opts.opened, guard.opened);
   const unopened = opts.signal?.aborted ? null : everyValueFailed(guard.opened, guard.macFailures);
   // Unless this very key opened values of that version in an earlier run: then the ones left are corrupt (a --restart re-examining the quarantine).
   if (unopened !== null && !(await keyOpenedBefore(pool, opts.ring, unopened))) {
-    if (!opts.dryRun) for (const [rel, block] of guard.firstFailure.get(unopened) ?? []) await rewindSegment(pool, rel, block);
+    if (!opts.dryRun) for (const [rel, block] of guard.firstFailure.get(unopened) ?? []) await rewind(rel, block);
     throw new NoneOpenedError(unopened, guard.macFailures.get(unopened)!);
   }
-  return results;
+}
+
+export function newKeyGuard(): KeyGuard {
+  return { opened: new Map(), macFailures: new Map(), firstFailure: new Map() };
 }
 
 /** Per version, across the whole sweep: values opened, MAC failures, and where failures began. */
-interface KeyGuard {
+export interface KeyGuard {
   opened: Map<number, number>;
   macFailures: Map<number, number>;
   /** version -> relation -> first chunk start block with a MAC failure while no value of that version had opened. */
   firstFailure: Map<number, Map<string, number>>;
 }
 
-class WrongKeyError extends RuntimeFailure {
+export class WrongKeyError extends RuntimeFailure {
   constructor(
     readonly version: number,
     failed: number,
@@ -195,12 +231,13 @@ class NoneOpenedError extends RuntimeFailure {
   }
 }
 
-async function sweepRelation(
+export async function sweepRelation(
   pool: pg.Pool,
   table: TableInfo,
   leaf: QualifiedName,
   opts: SweepOptions,
   guard: KeyGuard,
+  span?: RangeSpan,
 ): Promise<RelationResult> {
   const relation = displayName(leaf);
   const log = opts.log.child({ component: 'sweep', table: table.display, relation });
@@ -209,8 +246,8 @@ async function sweepRelation(
   const dry = opts.dryRun === true;
   // Chunk writes carry the replication origin when the leaf fires nothing on UPDATE (replication/origin.ts).
   const origin = opts.origin && !dry ? { origin: opts.origin, relations: [{ quoted: quoteQualified(leaf), replica: skipsTriggers(table) }] } : undefined;
-  let next = 0;
-  const seg = dry ? null : await ensureSegment(pool, table.display, relation);
+  let next = span?.next ?? 0;
+  const seg = dry || span ? null : await ensureSegment(pool, table.display, relation);
   if (seg?.state === 'done') {
     log.info({ generation: seg.generation, finishedAt: seg.finishedAt }, 'already swept in this generation; use --restart to sweep again');
     return { ...result, alreadyDone: true, blocks: seg.totalBlocks ?? 0 };
@@ -222,6 +259,7 @@ async function sweepRelation(
   let prefetched: { start: number; read: Promise<ChunkRead> } | null = null;
   /** Rows moved under the sweep (a table rewrite): what it passed says nothing any more. Again from block 0. */
   const restartRelation = async (): Promise<void> => {
+    if (span) throw new TableRewritten(relation);
     rewrittenMidway = false;
     prefetched = null;
     log.warn({ checkpoint: next }, REWRITTEN_MSG);
@@ -275,7 +313,7 @@ async function sweepRelation(
   const readChunk = (start: number, blocks: number, s: SweepSettings): Promise<ChunkRead> => inTransaction(pool, true, s, undefined, (client) => readOn(client, start, blocks));
   const readOn = async (client: pg.ClientBase, start: number, blocks: number): Promise<ChunkRead> => {
     const total = await relationBlocks(client, start, blocks);
-    const range = planChunk(start, total, blocks);
+    const range = planChunk(start, total, blocks, span?.end ?? null);
     const rows = await client.query({ text: selectChunkSql(leaf, columns, withKeys ? table.keyColumns : null, range), values: selectArgs(range.start, range.end), rowMode: 'array' });
     const scanned: ScannedRow[] = withKeys
       ? rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, rowKey: r[1] as RowKey, values: r.slice(2) as (string | null)[] }))
@@ -375,10 +413,12 @@ async function sweepRelation(
     await recordQuarantine(client, failures, 'sweep');
     if (hadQuarantine) await clearQuarantine(client, table.display, written.map((k) => ({ column: k.column, rowKey: k.rowKey! })));
     const took = Date.now() - chunkStarted;
-    const walAtEnd = await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts, {
-      chunkBlocks: r.blocks,
-      rowsPerSec: controller.rate === null ? (counts.rewritten * 1000) / Math.max(took, 1) : controller.rate,
-    });
+    const walAtEnd = span
+      ? await span.checkpoint(client, range.end ?? total, range.end === span.end, rewrittenMidway ? null : r.node, counts)
+      : await advanceSegment(client, relation, range.end ?? total, total, range.end === null, counts, {
+          chunkBlocks: r.blocks,
+          rowsPerSec: controller.rate === null ? (counts.rewritten * 1000) / Math.max(took, 1) : controller.rate,
+        });
     const walBytes = walAtBegin && walAtEnd ? Number(parseLsn(walAtEnd) - parseLsn(walAtBegin)) : 0;
     const reasons: Record<string, number> = {};
     for (const f of failures) reasons[f.reason] = (reasons[f.reason] ?? 0) + 1;
@@ -499,7 +539,8 @@ async function sweepRelation(
     for (const version of plan.macFailures.keys()) {
       if ((guard.opened.get(version) ?? 0) > 0) continue;
       const first = guard.firstFailure.get(version) ?? new Map<string, number>();
-      if (!first.has(relation)) first.set(relation, range.start);
+      // The lowest start: range workers meet failures out of block order.
+      if (!first.has(relation) || first.get(relation)! > range.start) first.set(relation, range.start);
       guard.firstFailure.set(version, first);
     }
     result.chunks++;
@@ -522,9 +563,10 @@ async function sweepRelation(
       continue;
     }
     opts.progress.chunk(relation, { nextBlock: next, totalBlocks: total, ...result, elapsedMs: Date.now() - started, chunkBlocks, rowsPerSec: controller.rate ?? 0 });
-    if (range.end === null) break;
+    if (range.end === (span ? span.end : null)) break;
     const p = policy(settings);
-    if (p.paced) {
+    if (span) await span.pace(counts.rewritten, walBytes, chunkStarted, chunkMs, settings, opts.signal);
+    else if (p.paced) {
       await opts.pacer!.afterChunk(counts.rewritten, walBytes, chunkStarted, chunkMs, opts.signal);
       controller.retune(controllerSettings(settings));
     } else {
@@ -532,8 +574,8 @@ async function sweepRelation(
       if (wait > 0) await sleep(wait, opts.signal);
     }
   }
-  // An interrupted relation is not "swept": only its last chunk says that.
-  if (!opts.signal?.aborted) opts.progress.finish(relation, result);
+  // An interrupted relation is not "swept": only its last chunk says that (a range's: the pool's).
+  if (!opts.signal?.aborted && !span) opts.progress.finish(relation, result);
   return result;
 }
 

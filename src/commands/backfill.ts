@@ -11,7 +11,8 @@ import { resolveTables } from '../db/catalog.js';
 import { ConfigError, EXIT_NOT_CONVERGED, EXIT_OK, RuntimeFailure } from '../errors.js';
 import { renderTable } from '../format.js';
 import { LogProgress, TtyProgress } from '../backfill/progress.js';
-import { countLeftBehind, sweepTables, type LeftBehind, type RelationResult } from '../backfill/sweep.js';
+import { countLeftBehind, type LeftBehind, type RelationResult } from '../backfill/sweep.js';
+import { sweepAll } from '../backfill/worker-pool.js';
 import { displayName } from '../db/ident.js';
 import { restartSegments } from '../state/segments.js';
 import { finishRun, openedSummary, startRun } from '../state/runs.js';
@@ -45,6 +46,11 @@ export function parseFrom(from: string | undefined, ring: KeyRing): Set<number> 
   return out;
 }
 
+/** Connections for a sweep of `workers` workers: each may read one chunk ahead on a second one; plus the pacer's and the state's. */
+export function sweepPoolSize(workers: number): number {
+  return 1 + 2 * Math.max(1, workers);
+}
+
 export const BACKFILL_CONNECT_WAIT_MS = 120_000;
 
 /** Passes over relations that still hold old-version values after the first one. */
@@ -68,7 +74,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
   const onlyVersions = parseFrom(opts.from, ring);
   await initSodium();
   // Waits up to 2 minutes for an unreachable database (about what a chunk's retries ride out), then exits 3.
-  const ctx = await openContext(flags, { poolSize: 3, defaultLogLevel: 'info', waitForDatabaseMs: BACKFILL_CONNECT_WAIT_MS });
+  const ctx = await openContext(flags, { poolSize: (c) => sweepPoolSize(c.sweep.workers), defaultLogLevel: 'info', waitForDatabaseMs: BACKFILL_CONNECT_WAIT_MS });
   const abort = new AbortController();
   const stopSignals = onShutdownSignals(ctx.log, () => abort.abort());
   const log = ctx.log.child({ component: 'backfill' });
@@ -98,6 +104,9 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     const opened = new Map<number, number>();
     const sweepOpts = {
       opened,
+      workers: config.sweep.workers,
+      leaseMs: config.sweep.rangeLeaseMs,
+      role: 'backfill',
       origin,
       settings: config.sweep,
       live,
@@ -110,7 +119,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
       progress: tty ? new TtyProgress(opts.dryRun ? 'would be rewritten' : 'rewritten') : new LogProgress(ctx.log, ctx.config.sweep.progressIntervalMs, opts.dryRun === true),
       log: ctx.log,
     };
-    const passes: RelationResult[][] = [await sweepTables(ctx.pool, tables, { ...sweepOpts, restart: opts.restart })];
+    const passes: RelationResult[][] = [await sweepAll(ctx.pool, tables, { ...sweepOpts, restart: opts.restart })];
     // A dry run wrote nothing: a recount would find every value it would have rewritten.
     let left: LeftBehind | null = null;
     while (!opts.dryRun && !abort.signal.aborted) {
@@ -125,7 +134,7 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
       );
       await restartSegments(ctx.pool, [...again]);
       const subset = tables.map((t) => ({ ...t, leaves: t.leaves.filter((l) => again.has(displayName(l))) })).filter((t) => t.leaves.length > 0);
-      passes.push(await sweepTables(ctx.pool, subset, sweepOpts));
+      passes.push(await sweepAll(ctx.pool, subset, sweepOpts));
     }
     await throttle?.clear();
     const relations = mergePasses(passes);

@@ -31,7 +31,7 @@ export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?:
   let ctx: Context;
   try {
     // A daemon waits for its database (restarts, failovers, boot order): forever, at most 30 s between attempts.
-    ctx = await openContext(flags, { poolSize: 7, defaultLogLevel: 'info', waitForDatabaseMs: Infinity });
+    ctx = await openContext(flags, { poolSize: (c) => 5 + 2 * Math.max(1, c.sweep.workers), defaultLogLevel: 'info', waitForDatabaseMs: Infinity });
   } catch (e) {
     ring.wipe(memzero);
     // SIGTERM while waiting: a stop like any other (exit 0), there was nothing to drain.

@@ -46,6 +46,10 @@ export interface SweepSettings {
   lockTimeoutMs: number;
   wrongKeyThreshold: number;
   progressIntervalMs: number;
+  /** Connections sweeping each relation together on leased block ranges (1 = no ranges). */
+  workers: number;
+  /** A range leased to a worker that stopped renewing it is taken again after this, ms. */
+  rangeLeaseMs: number;
 }
 
 export interface ThrottleSettings {
@@ -238,6 +242,8 @@ export function loadConfig(flags: GlobalFlags, env: Record<string, string | unde
       lockTimeoutMs: toMillis(s.lock_timeout),
       wrongKeyThreshold: s.wrong_key_threshold,
       progressIntervalMs: toMillis(s.progress_interval),
+      workers: s.workers,
+      rangeLeaseMs: toMillis(s.range_lease),
     },
     throttle: {
       maxReplicaLagMs: toMillis(file.throttle.max_replica_lag),

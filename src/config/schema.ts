@@ -56,6 +56,15 @@ export const sweepSchema = z.strictObject({
   wrong_key_threshold: z.number().int().min(1).default(8),
   /** Seconds between progress log lines when stderr is not a terminal. */
   progress_interval: duration.default('5s'),
+  /**
+   * Connections that sweep one relation together, each on block ranges it leases from
+   * pgrekey.sweep_range (`pg-rekey sweep-worker` processes on other hosts join them). The pacing
+   * (max_rate, max_wal_rate, nice_ratio, the auto controller's rate) is for all of them together.
+   * 1 = one connection walks each relation from block 0 (no ranges).
+   */
+  workers: z.number().int().min(1).max(64).default(1),
+  /** How long a range stays leased to a worker that stopped renewing it (crashed, partitioned) before another takes it. */
+  range_lease: duration.refine((d) => toMillis(d) >= 1000, 'at least 1s').default('30s'),
 });
 
 export const throttleSchema = z.strictObject({

@@ -8,7 +8,7 @@ import { Metrics } from '../metrics.js';
 import { versionLabel } from '../crypto/envelope.js';
 import { PG_REKEY_VERSION } from '../version.js';
 import { LogProgress, type ProgressSink } from '../backfill/progress.js';
-import { sweepTables } from '../backfill/sweep.js';
+import { sweepAll } from '../backfill/worker-pool.js';
 import { sleep } from '../timing.js';
 import { ensureSegment, restartSegments } from '../state/segments.js';
 import { summarizeQuarantine } from '../state/quarantine.js';
@@ -321,7 +321,10 @@ export class Daemon {
           relations.forEach((r) => this.resweep.delete(r));
         }
         // Rewrites, conflicts and quarantined values are counted per chunk by the progress sink.
-        await sweepTables(pool, this.tables, {
+        await sweepAll(pool, this.tables, {
+          workers: config.sweep.workers,
+          leaseMs: config.sweep.rangeLeaseMs,
+          role: 'run',
           settings: live.current.sweep,
           live,
           throttle,

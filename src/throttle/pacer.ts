@@ -127,17 +127,20 @@ export class AutoPacer {
     }
   }
 
-  /** After a chunk that started at `startedAt` (epoch ms), took `chunkMs` and rewrote `rows` rows writing about `walBytes`. */
-  async afterChunk(rows: number, walBytes: number, startedAt: number, chunkMs: number, signal?: AbortSignal): Promise<void> {
+  /**
+   * After a chunk that started at `startedAt` (epoch ms), took `chunkMs` and rewrote `rows` rows writing about `walBytes`.
+   * `share`: how many workers (of every process, sweep.workers) split the rate: each gets 1/share of it.
+   */
+  async afterChunk(rows: number, walBytes: number, startedAt: number, chunkMs: number, signal?: AbortSignal, share = 1): Promise<void> {
     const now = Date.now();
     this.done.push({ at: now, rows });
     while (this.done.length && this.done[0]!.at < now - 3000) this.done.shift();
     this.controller.observeAchieved(this.achieved(now));
     const s = this.o.settings();
     const due = () => {
-      const rate = this.probeDown ? 20 : this.controller.rate;
+      const rate = (this.probeDown ? 20 : this.controller.rate) / share;
       const byRows = rate > 0 ? (rows * 1000) / rate : Infinity;
-      const byWal = s.maxWalRate > 0 ? (walBytes * 1000) / s.maxWalRate : 0;
+      const byWal = s.maxWalRate > 0 ? (walBytes * 1000 * share) / s.maxWalRate : 0;
       return startedAt + Math.max(byRows, byWal);
     };
     let slept = 0;

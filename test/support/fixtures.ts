@@ -41,7 +41,7 @@ export function keyEnv(target = 2, versions = [1, 2]): Record<string, string> {
 export const silentLog = createLogger('silent');
 
 export function sweepSettings(o: Partial<SweepSettings> = {}): SweepSettings {
-  return { mode: 'duty', latencyRatio: 1.1, probeIntervalMs: 100, baselineIntervalMs: 30_000, maxRate: 0, maxWalRate: 0, chunkTimeMs: 0, chunkBlocks: 256, minChunkBlocks: 1, maxChunkBlocks: 131072, niceRatio: 0, statementTimeoutMs: 30_000, lockTimeoutMs: 2_000, wrongKeyThreshold: 8, progressIntervalMs: 5_000, ...o };
+  return { mode: 'duty', latencyRatio: 1.1, probeIntervalMs: 100, baselineIntervalMs: 30_000, maxRate: 0, maxWalRate: 0, chunkTimeMs: 0, chunkBlocks: 256, minChunkBlocks: 1, maxChunkBlocks: 131072, niceRatio: 0, statementTimeoutMs: 30_000, lockTimeoutMs: 2_000, wrongKeyThreshold: 8, progressIntervalMs: 5_000, workers: 1, rangeLeaseMs: 30_000, ...o };
 }
 
 /** Applies the state migrations and resolves the tables, as `setup` + `backfill` do. */

@@ -36,7 +36,7 @@ describe('loadConfig', () => {
     expect(c.sweep).toEqual({
       mode: 'auto', latencyRatio: 1.1, probeIntervalMs: 100, baselineIntervalMs: 60_000, maxRate: 0, maxWalRate: 0,
       chunkTimeMs: 5, chunkBlocks: 8, minChunkBlocks: 1, maxChunkBlocks: 8192, niceRatio: 4,
-      statementTimeoutMs: 30_000, lockTimeoutMs: 500, wrongKeyThreshold: 8, progressIntervalMs: 5_000,
+      statementTimeoutMs: 30_000, lockTimeoutMs: 500, wrongKeyThreshold: 8, progressIntervalMs: 5_000, workers: 1, rangeLeaseMs: 30_000,
     });
     expect(c.throttle).toEqual({
       maxReplicaLagMs: 10_000, maxReplicaLagBytes: 1024 ** 3, maxActiveBackends: 0, criticalActiveBackends: 0,
@@ -96,6 +96,15 @@ describe('loadConfig', () => {
     const c = loadConfig({ config: file(`${MINIMAL}sweep:\n  statement_timeout: 1.5s\n  lock_timeout: 250ms\n  progress_interval: 2m\n`) }, {});
     expect([c.sweep.statementTimeoutMs, c.sweep.lockTimeoutMs, c.sweep.progressIntervalMs]).toEqual([1500, 250, 120_000]);
     expect(loadConfig({ config: file(`${MINIMAL}sweep:\n  lock_timeout: 750\n`) }, {}).sweep.lockTimeoutMs).toBe(750);
+  });
+
+  it('sweep.workers: 1 by default (no ranges); range_lease at least 1s', () => {
+    const d = loadConfig({ config: file(MINIMAL) }, {});
+    expect([d.sweep.workers, d.sweep.rangeLeaseMs]).toEqual([1, 30_000]);
+    const c = loadConfig({ config: file(`${MINIMAL}sweep:\n  workers: 4\n  range_lease: 5s\n`) }, {});
+    expect([c.sweep.workers, c.sweep.rangeLeaseMs]).toEqual([4, 5000]);
+    const { err } = configError(() => loadConfig({ config: file(`${MINIMAL}sweep:\n  workers: 0\n  range_lease: 200ms\n`) }, {}));
+    expect(err.problems).toEqual([expect.stringMatching(/^sweep\.workers/), expect.stringMatching(/^sweep\.range_lease: at least 1s/)]);
   });
 
   it('rejects a table listed twice, even spelled differently, and a column listed twice', () => {

@@ -12,7 +12,7 @@ const calm: Signals = { paused: false, pauseReason: null, pauseFile: false, repl
 const sweep: SweepSettings = {
   mode: 'auto', latencyRatio: 1.1, probeIntervalMs: 100, baselineIntervalMs: 30_000, maxRate: 0, maxWalRate: 0,
   chunkTimeMs: 100, chunkBlocks: 8, minChunkBlocks: 1, maxChunkBlocks: 8192, niceRatio: 0.5,
-  statementTimeoutMs: 30_000, lockTimeoutMs: 2000, wrongKeyThreshold: 8, progressIntervalMs: 5000,
+  statementTimeoutMs: 30_000, lockTimeoutMs: 2000, wrongKeyThreshold: 8, progressIntervalMs: 5000, workers: 1, rangeLeaseMs: 30_000,
 };
 
 describe('decide', () => {
