@@ -5,6 +5,7 @@
  * after it; one overall line sums the sweep.
  */
 import type { Segment } from '../state/segments.js';
+import { passProgress } from '../backfill/chunk-plan.js';
 
 export type SweepState = Segment['state'] | 'paused' | 'throttled';
 
@@ -53,7 +54,11 @@ export interface SweepOverall {
   etaSeconds: number | null;
 }
 
-/** Blocks swept against the blocks known now, over every relation; an ETA only while one sweeps. */
+/**
+ * Blocks swept against each relation's size when its pass started (the growing tail is not
+ * counted: % never goes backwards as rewritten rows grow a table), over every relation; an ETA
+ * only while one sweeps.
+ */
 export function sweepOverall(segments: readonly (Segment & { etaSeconds: number | null })[], state: (s: Segment) => SweepState): SweepOverall {
   let blocksDone = 0;
   let blocksTotal = 0;
@@ -61,13 +66,13 @@ export function sweepOverall(segments: readonly (Segment & { etaSeconds: number 
   let pendingBlocks = 0;
   let pace: number | null = null; // seconds per block of the relation sweeping now
   for (const s of segments) {
-    const total = s.totalBlocks ?? 0;
-    blocksTotal += total;
-    blocksDone += s.state === 'done' ? total : Math.min(s.nextBlock, total);
-    if (s.state === 'pending') pendingBlocks += total;
+    const pass = passProgress(s.nextBlock, s.totalBlocks, s.startBlocks, s.state === 'done');
+    blocksTotal += pass.of;
+    blocksDone += pass.done;
+    if (s.state === 'pending') pendingBlocks += pass.of;
     if (state(s) === 'running' && s.etaSeconds !== null) {
       eta = (eta ?? 0) + s.etaSeconds;
-      const left = total - s.nextBlock;
+      const left = pass.of - s.nextBlock;
       if (left > 0) pace = s.etaSeconds / left;
     }
   }

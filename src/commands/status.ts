@@ -2,7 +2,7 @@ import type { GlobalFlags } from '../config/load-config.js';
 import { openContext, requireState } from '../context.js';
 import { EXIT_OK } from '../errors.js';
 import { renderTable } from '../format.js';
-import { percentDone } from '../backfill/chunk-plan.js';
+import { passProgress } from '../backfill/chunk-plan.js';
 import { listSegments, type Segment } from '../state/segments.js';
 import { summarizeQuarantine, type QuarantineSummary } from '../state/quarantine.js';
 import { formatBytes, readSlot, retainedWalExceeded, slotRecreations, type SlotInfo } from '../replication/slot.js';
@@ -70,8 +70,12 @@ export interface StatusReport {
   replication: ReplicationStatus;
   throttle: ThrottleStatus;
   /** `state` as stored; `shown`: paused or throttled while the sweep is held back (no rate, no ETA then). */
-  sweep: (Segment & { percent: number; etaSeconds: number | null; shown: SweepState })[];
-  /** Every relation together: blocks swept against blocks known now. */
+  /**
+   * percent, blocksDone and blocksOf count against the relation's size when its pass started
+   * (startBlocks); tailBlocks: what it grew by since (swept too, but not progress going backwards).
+   */
+  sweep: (Segment & { percent: number; blocksDone: number; blocksOf: number; tailBlocks: number; etaSeconds: number | null; shown: SweepState })[];
+  /** Every relation together: blocks swept against their sizes when their passes started. */
   overall: SweepOverall;
   quarantine: { total: number; byColumn: QuarantineSummary[] };
   lastRuns: RunRow[];
@@ -192,7 +196,10 @@ export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], sl
   const overrides = Object.fromEntries(await readOverrides(ctxPool));
   const replication = await readReplication(ctxPool, slot, maxRetainedWalBytes);
   const shown = (s: Segment) => shownState(s, c);
-  const sweep = segments.map((s) => liveFigures({ ...s, percent: Number(percentDone(s.nextBlock, s.totalBlocks ?? 0).toFixed(1)), etaSeconds: eta(s), shown: shown(s) }, shown(s)));
+  const sweep = segments.map((s) => {
+    const pass = passProgress(s.nextBlock, s.totalBlocks, s.startBlocks, s.state === 'done');
+    return liveFigures({ ...s, percent: Number(pass.percent.toFixed(1)), blocksDone: pass.done, blocksOf: pass.of, tailBlocks: pass.grown, etaSeconds: eta(s), shown: shown(s) }, shown(s));
+  });
   return {
     replication,
     throttle: { ...c, overrides },
@@ -206,11 +213,12 @@ export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], sl
   };
 }
 
-/** Seconds left for a running relation, from its average pace so far (throttled time included). */
-function eta(s: Segment): number | null {
-  if (s.state !== 'running' || !s.startedAt || s.totalBlocks === null || s.nextBlock <= 0) return null;
+/** Seconds left for a running relation: the blocks left of its starting size, at its average pace so far (throttled time included). */
+export function eta(s: Segment): number | null {
+  const of = s.startBlocks ?? s.totalBlocks;
+  if (s.state !== 'running' || !s.startedAt || of === null || s.nextBlock <= 0) return null;
   const elapsed = (s.updatedAt.getTime() - s.startedAt.getTime()) / 1000;
-  return elapsed > 0 ? Math.max(0, ((s.totalBlocks - s.nextBlock) * elapsed) / s.nextBlock) : null;
+  return elapsed > 0 ? Math.max(0, (Math.max(0, of - s.nextBlock) * elapsed) / s.nextBlock) : null;
 }
 
 /** Slot, daemon, throttle, sweep progress per relation, quarantine, recent runs. Reads state only. */
@@ -320,9 +328,9 @@ function renderThrottle(t: ThrottleStatus): string {
 
 function renderStatus(r: StatusReport): string {
   const sweep = renderTable(
-    ['relation', 'state', 'gen', 'blocks done', 'total', '%', 'chunk', 'rows/s', 'ETA', 'rewritten', 'conflicts', 'quarantined', 'lock waits'],
+    ['relation', 'state', 'gen', 'blocks done', 'of', '%', 'tail', 'chunk', 'rows/s', 'ETA', 'rewritten', 'conflicts', 'quarantined', 'lock waits'],
     r.sweep.map((s) => [
-      s.relation, s.shown, s.generation, s.nextBlock, s.totalBlocks ?? 0, s.percent,
+      s.relation, s.shown, s.generation, s.blocksDone, s.blocksOf, s.percent, s.tailBlocks > 0 ? `+${s.tailBlocks}` : '-',
       s.chunkBlocks ?? '-', s.rowsPerSec === null ? '-' : Math.round(s.rowsPerSec), s.etaSeconds === null ? '-' : formatDuration(s.etaSeconds),
       s.rowsRewritten, s.rowsConflict, s.rowsQuarantined, s.lockTimeouts,
     ]),

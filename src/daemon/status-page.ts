@@ -127,22 +127,22 @@ function tablesSection(v: StatusPageView): string {
   const byTable = new Map<string, typeof sweep>();
   for (const s of sweep) byTable.set(s.tableName, [...(byTable.get(s.tableName) ?? []), s]);
   const parts = [...byTable].map(([name, segs]) => {
-    // As the overall line counts: a done relation is all swept, a running one up to its checkpoint.
-    const total = segs.reduce((n, s) => n + (s.totalBlocks ?? 0), 0);
-    const done = segs.reduce((n, s) => n + (s.state === 'done' ? (s.totalBlocks ?? 0) : Math.min(s.nextBlock, s.totalBlocks ?? 0)), 0);
+    // As the overall line counts: against each relation's size when its pass started (the tail it grew by is not progress).
+    const total = segs.reduce((n, s) => n + s.blocksOf, 0);
+    const done = segs.reduce((n, s) => n + s.blocksDone, 0);
     const allDone = segs.every((s) => s.state === 'done');
     const rows = segs.map((s) => [
       `<code>${e(s.relation)}</code>`,
       e(s.shown),
       bar(s.state === 'done' ? 100 : s.percent),
-      `${num(s.nextBlock)} / ${num(s.totalBlocks)}`,
+      `${num(s.blocksDone)} / ${num(s.blocksOf)}${s.tailBlocks > 0 ? ` <span class="muted">(+${num(s.tailBlocks)} grown since the pass started: swept too)</span>` : ''}`,
       s.rowsPerSec === null ? '-' : num(s.rowsPerSec),
       s.etaSeconds === null ? '-' : e(formatDuration(s.etaSeconds)),
       num(s.rowsRewritten),
       num(s.rowsQuarantined),
       remainingOf(s.relation),
     ]);
-    return `<h3><code>${e(name)}</code></h3>${bar(allDone ? 100 : total > 0 ? (100 * done) / total : 0)}${table(['relation', 'state', 'progress', 'blocks swept / total', 'rows/s', 'ETA', 'rewritten', 'quarantined', 'remaining at last check'], rows)}`;
+    return `<h3><code>${e(name)}</code></h3>${bar(allDone ? 100 : total > 0 ? (100 * done) / total : 0)}${table(['relation', 'state', 'progress', 'blocks swept / at start', 'rows/s', 'ETA', 'rewritten', 'quarantined', 'remaining at last check'], rows)}`;
   });
   return `<h2>Tables</h2>${overall}${parts.join('')}`;
 }

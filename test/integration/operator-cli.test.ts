@@ -174,6 +174,51 @@ describe('against PostgreSQL', () => {
     expect(swept).toBeLessThan(size);
   });
 
+  it('progress counts against the size when the pass started: a table that grows as rows are rewritten never makes % go back', async () => {
+    // Every row v1 and no room on its page (fillfactor 100, no autovacuum): every rewrite appends a new row version.
+    await db.pool.query(`create table growing (id bigint primary key, title text, raw_xml text) with (fillfactor = 100, autovacuum_enabled = false)`);
+    await fillIncidents(db.pool, 'growing', await testRing(), { rows: 3000, seed: 5, mix: { v1: 1, v2: 0, null: 0, notOurs: 0 } });
+    const blocks = async () => Number((await db.pool.query<{ n: string }>(`select pg_relation_size('growing') / current_setting('block_size')::int as n`)).rows[0]!.n);
+    const startSize = await blocks();
+    const cfg = writeCliFiles({ databaseUrl: db.url, tables: [{ name: 'growing', columns: ['title'] }], sweep: { chunk_time: 0, chunk_blocks: 2, nice_ratio: 1, progress_interval: '0ms' }, replication: { slot: db.name } });
+    expect((await runCli(['-c', cfg.configPath, '--env-file', cfg.envPath, 'setup'])).code).toBe(0);
+    type Seg = { relation: string; state: string; shown: string; percent: number; blocksDone: number; blocksOf: number; totalBlocks: number | null; tailBlocks: number };
+    const status = async (): Promise<{ seg: Seg; overall: { blocksTotal: number; percent: number } }> => {
+      const r = await runCli(['-c', cfg.configPath, 'status', '--json']);
+      expect(r.code, output(r)).toBe(0);
+      const j = JSON.parse(r.stdout) as { sweep: Seg[]; overall: { blocksTotal: number; percent: number } };
+      return { seg: j.sweep.find((x) => x.relation === 'public.growing')!, overall: j.overall };
+    };
+    const proc = spawnCli(['-c', cfg.configPath, '--env-file', cfg.envPath, '--log-format', 'json', 'backfill']);
+    const progress = (t: string) => (t.includes('"sweep progress"') ? (JSON.parse(t) as { block: number; blocks: number; percent: number; tailBlocks?: number }) : null);
+    // Well into the pass, with the table already grown: hold the sweep there (pause) and ask status.
+    await proc.waitForLine((t) => (progress(t)?.percent ?? 0) >= 20 && (progress(t)?.tailBlocks ?? 0) > 0, { timeoutMs: 60_000 });
+    await db.pool.query(`update pgrekey.control set paused = true, paused_by = 'test', paused_at = now()`);
+    await proc.waitForLine(/"sweep throttled"/, { timeoutMs: 30_000 });
+    const mid = await status();
+    await db.pool.query(`update pgrekey.control set paused = false`);
+    const r = await proc.exited;
+    expect(r.code, output(r)).toBe(0);
+    const end = await status();
+
+    expect(await blocks(), 'the table grew as its rows were rewritten').toBeGreaterThan(startSize * 1.3);
+    expect(mid.seg.totalBlocks!).toBeGreaterThan(startSize);
+    expect(mid.seg).toMatchObject({ blocksOf: startSize, shown: 'paused' });
+    // (The pause may take effect once the pass is in the tail: 100% of the starting size, not less.)
+    expect(mid.seg.percent).toBeGreaterThanOrEqual(20);
+    expect(mid.seg.percent).toBe(Number(((100 * mid.seg.blocksDone) / startSize).toFixed(1)));
+    expect(end.seg).toMatchObject({ state: 'done', blocksOf: startSize, blocksDone: startSize, percent: 100 });
+    expect(end.seg.tailBlocks).toBeGreaterThan(0);
+    // The backfill's own progress: never backwards, always out of the starting size.
+    const lines = r.stderr.split('\n').map(progress).filter((p) => p !== null);
+    expect(lines.length).toBeGreaterThan(10);
+    for (const [i, p] of lines.entries()) {
+      expect(p.blocks, `progress line ${i}`).toBe(startSize);
+      if (i > 0) expect(p.percent, `progress line ${i}`).toBeGreaterThanOrEqual(lines[i - 1]!.percent);
+    }
+    expect(lines.at(-1)!.percent).toBe(100);
+  });
+
   it('installs from `npm pack` into a fresh prefix and runs from another directory', async () => {
     const work = mkdtempSync(path.join(os.tmpdir(), 'pg-rekey-install-'));
     // The package as published: dist/, sql/, bin/. dist/ is the build `make test` made: --ignore-scripts keeps

@@ -10,7 +10,7 @@ function segment(over: Partial<StatusReport['sweep'][number]> = {}): StatusRepor
   return {
     tableName: EVIL_TABLE, relation: EVIL_TABLE, segmentStart: 0, segmentEnd: null, nextBlock: 30, totalBlocks: 120, state: 'running', generation: 1, chunks: 3,
     rowsScanned: 100, rowsRewritten: 90, rowsConflict: 0, rowsQuarantined: 0, startedAt: new Date(0), updatedAt: new Date(1000), finishedAt: null,
-    chunkBlocks: 8, rowsPerSec: 1234, lockTimeouts: 0, relfilenode: '1', percent: 25, etaSeconds: 90, shown: over.state ?? 'running', ...over,
+    chunkBlocks: 8, rowsPerSec: 1234, lockTimeouts: 0, relfilenode: '1', startBlocks: 120, percent: 25, blocksDone: 30, blocksOf: 120, tailBlocks: 0, etaSeconds: 90, shown: over.state ?? 'running', ...over,
   };
 }
 
@@ -22,7 +22,7 @@ function report(over: Partial<StatusReport> = {}): StatusReport {
       lagSeconds: 1.5, slotRecreations: 0, retainedWal: { bytes: 4096, maxBytes: 0, exceeded: false }, daemon: null, converged: false, starting: null,
     },
     throttle: { paused: false, pauseReason: null, pausedBy: null, pausedAt: null, reason: null, detail: null, since: null, overrides: {}, controller: null, controllerAt: null },
-    sweep: [segment(), segment({ tableName: 'public.incidents', relation: 'public.incidents', nextBlock: 50, totalBlocks: 50, state: 'done', percent: 100, etaSeconds: null })],
+    sweep: [segment(), segment({ tableName: 'public.incidents', relation: 'public.incidents', nextBlock: 50, totalBlocks: 50, startBlocks: 50, blocksDone: 50, blocksOf: 50, state: 'done', percent: 100, etaSeconds: null })],
     overall: { relations: 2, done: 1, blocksDone: 80, blocksTotal: 170, percent: 47.1, etaSeconds: 90 },
     newerBackfill: null,
     quarantine: { total: 1, byColumn: [{ table: EVIL_TABLE, column: `"<b>c</b>"`, version: 1, reason: 'decrypt failed', count: 1 }] },

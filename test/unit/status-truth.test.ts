@@ -1,9 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { liveFigures, newerBackfill, shownState, sweepOverall } from '../../src/commands/status-truth.js';
+import { passProgress } from '../../src/backfill/chunk-plan.js';
+import { etaSeconds } from '../../src/backfill/progress.js';
 import type { Segment } from '../../src/state/segments.js';
 
 const seg = (o: Partial<Segment> & { etaSeconds?: number | null }): Segment & { etaSeconds: number | null } =>
-  ({ tableName: 't', relation: 'public.t', segmentStart: 0, segmentEnd: null, nextBlock: 0, totalBlocks: 100, state: 'pending', generation: 1, chunks: 0, rowsScanned: 0, rowsRewritten: 0, rowsConflict: 0, rowsQuarantined: 0, startedAt: null, updatedAt: new Date(), finishedAt: null, chunkBlocks: null, rowsPerSec: null, lockTimeouts: 0, relfilenode: null, etaSeconds: null, ...o }) as Segment & { etaSeconds: number | null };
+  ({ tableName: 't', relation: 'public.t', segmentStart: 0, segmentEnd: null, nextBlock: 0, totalBlocks: 100, state: 'pending', generation: 1, chunks: 0, rowsScanned: 0, rowsRewritten: 0, rowsConflict: 0, rowsQuarantined: 0, startedAt: null, updatedAt: new Date(), finishedAt: null, chunkBlocks: null, rowsPerSec: null, lockTimeouts: 0, relfilenode: null, startBlocks: null, etaSeconds: null, ...o }) as Segment & { etaSeconds: number | null };
 
 describe('status says what is true', () => {
   it('a running segment of a paused or throttled sweep is shown paused/throttled, without a rate or an ETA', () => {
@@ -22,6 +24,30 @@ describe('status says what is true', () => {
     expect(o).toMatchObject({ relations: 3, done: 1, blocksDone: 150, blocksTotal: 400, percent: 37.5 });
     expect(o.etaSeconds).toBeCloseTo(10 + 200 * (10 / 50));
     expect(sweepOverall(segs, (s) => (s.state === 'running' ? 'paused' : s.state)).etaSeconds).toBeNull();
+  });
+
+  it('progress counts against the size when the pass started: a table that grows as rows are rewritten never makes % go back', () => {
+    // 983 blocks at the start; every rewritten row moves to a new page at the end (fillfactor 100).
+    let last = -1;
+    for (let next = 0; next <= 1965; next += 50) {
+      const total = 983 + Math.min(next, 982);
+      const p = passProgress(next, total, 983);
+      expect(p.of).toBe(983);
+      expect(p.percent).toBeGreaterThanOrEqual(last);
+      last = p.percent;
+      const o = sweepOverall([seg({ state: 'running', nextBlock: next, totalBlocks: total, startBlocks: 983 })], () => 'running');
+      expect(o.blocksTotal).toBe(983);
+      expect(o.blocksDone).toBe(Math.min(next, 983));
+    }
+    expect(passProgress(1500, 1965, 983)).toMatchObject({ done: 983, of: 983, percent: 100, grown: 982, tailSwept: 517 });
+    // A done relation is all of its starting size; without a recorded start (before sql/015), the size now.
+    expect(passProgress(1965, 1965, 983, true)).toMatchObject({ done: 983, percent: 100 });
+    expect(passProgress(50, 100, null)).toMatchObject({ done: 50, of: 100, percent: 50, grown: 0 });
+    // ETA: the blocks left of the starting size at the pace so far; 0 once in the tail.
+    expect(etaSeconds(0, { nextBlock: 400, totalBlocks: 1383, startBlocks: 983, elapsedMs: 40_000, chunks: 1, scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0 })).toBe(58);
+    expect(etaSeconds(0, { nextBlock: 1200, totalBlocks: 1965, startBlocks: 983, elapsedMs: 40_000, chunks: 1, scanned: 0, rewritten: 0, conflicts: 0, quarantined: 0 })).toBe(0);
+    const grown = sweepOverall([seg({ relation: 'a', state: 'done', nextBlock: 1965, totalBlocks: 1965, startBlocks: 983 }), seg({ relation: 'b', state: 'pending', totalBlocks: 17 })], (s) => s.state);
+    expect(grown).toMatchObject({ blocksDone: 983, blocksTotal: 1000, percent: 98.3 });
   });
 
   it("a backfill that finished after the daemon's last check makes that check stale", () => {
