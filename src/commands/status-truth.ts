@@ -44,6 +44,55 @@ export function describeNewerBackfill(r: RunRow): string {
     : `a backfill (run ${r.id}) finished after it, at ${r.finishedAt!.toISOString()}: ${s.remaining ?? '?'} old-version value(s) left then`;
 }
 
+/** The newest verify as pgrekey.event recorded it (counts only). */
+export interface VerifyRecord {
+  at: Date;
+  host: string | null;
+  converged: boolean | null;
+  remaining: number | null;
+}
+
+/** A verify newer than the daemon's last count (or any, without one): its count is the newer one. */
+export function newerVerify(v: VerifyRecord | null, since: Date | null): VerifyRecord | null {
+  return v && (!since || v.at > since) ? v : null;
+}
+
+export function describeNewerVerify(v: VerifyRecord): string {
+  const verdict = v.converged === null ? '' : v.converged ? ' (converged)' : ' (NOT converged)';
+  return `a verify at ${v.at.toISOString()}${v.host ? ` on ${v.host}` : ''} counted ${v.remaining ?? '?'} old-version value(s)${verdict}`;
+}
+
+/** The newest count of the old-version values left, whoever made it. */
+export interface NewestCount {
+  remaining: number | null;
+  converged: boolean | null;
+  source: 'daemon' | 'backfill' | 'verify';
+  at: Date;
+  ageSeconds: number;
+}
+
+/** The newest of the daemon's last check, the last finished backfill's count and the last verify (pure). */
+export function newestCount(
+  daemon: { lastCheckAt: Date | null; remaining: number | null; convergedAt: Date | null } | null,
+  runs: readonly RunRow[],
+  verify: VerifyRecord | null,
+  now: Date,
+): NewestCount | null {
+  const found: Omit<NewestCount, 'ageSeconds'>[] = [];
+  if (daemon?.lastCheckAt) found.push({ source: 'daemon', at: daemon.lastCheckAt, remaining: daemon.remaining, converged: daemon.convergedAt !== null });
+  const b = newerBackfill(runs, null);
+  if (b) found.push({ source: 'backfill', at: b.finishedAt!, remaining: b.summary!.remaining ?? null, converged: b.summary!.converged ?? null });
+  if (verify) found.push({ source: 'verify', at: verify.at, remaining: verify.remaining, converged: verify.converged });
+  const n = found.sort((x, y) => y.at.getTime() - x.at.getTime())[0];
+  return n ? { ...n, ageSeconds: Math.max(0, Math.round((now.getTime() - n.at.getTime()) / 1000)) } : null;
+}
+
+/** Rows rewritten per second right now: the sweeping relations' recent rates and the stream's (null: nothing rewrites). */
+export function aggregateRate(sweepRates: readonly (number | null)[], streamRate: number | null): number | null {
+  const rates = [...sweepRates, streamRate].filter((x): x is number => x !== null && Number.isFinite(x));
+  return rates.length ? Math.round(rates.reduce((n, x) => n + x, 0)) : null;
+}
+
 export interface SweepOverall {
   relations: number;
   done: number;

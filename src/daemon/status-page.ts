@@ -1,7 +1,7 @@
 import { formatDuration } from '../format.js';
 import { formatBytes } from '../replication/slot.js';
-import { CONTROLLER_FRESH_MS, renderController, type StatusReport } from '../commands/status.js';
-import { describeNewerBackfill } from '../commands/status-truth.js';
+import { CONTROLLER_FRESH_MS, remainingAndRate, renderController, type StatusReport } from '../commands/status.js';
+import { describeNewerBackfill, describeNewerVerify } from '../commands/status-truth.js';
 
 /** One convergence check as the daemon saw it (the page lists the last few). */
 export interface CheckRecord {
@@ -123,7 +123,7 @@ function tablesSection(v: StatusPageView): string {
   if (sweep.length === 0) return '<h2>Tables</h2><p class="muted">no sweep state yet</p>';
   const o = v.report!.overall;
   const held = v.report!.throttle.paused ? ', PAUSED: no ETA' : v.report!.throttle.reason ? ', THROTTLED: no ETA' : '';
-  const overall = `<p>${bar(o.percent)} overall: ${num(o.done)} of ${num(o.relations)} relation(s) done, ${num(o.blocksDone)} of ${num(o.blocksTotal)} blocks swept${o.etaSeconds !== null ? `, ETA ~${e(formatDuration(o.etaSeconds))}` : held}</p>`;
+  const overall = `<p>${bar(o.percent)} overall: ${num(o.done)} of ${num(o.relations)} relation(s) done, ${num(o.blocksDone)} of ${num(o.blocksTotal)} blocks swept${o.etaSeconds !== null ? `, ETA ~${e(formatDuration(o.etaSeconds))}` : held}; ${e(remainingAndRate(o))}</p>`;
   const byTable = new Map<string, typeof sweep>();
   for (const s of sweep) byTable.set(s.tableName, [...(byTable.get(s.tableName) ?? []), s]);
   const parts = [...byTable].map(([name, segs]) => {
@@ -195,6 +195,7 @@ export function renderStatusPage(v: StatusPageView): string {
     verdict(v),
     v.error ? `<p class="error">cannot read the state from the database: ${e(v.error)}</p>` : '',
     v.report?.newerBackfill ? `<p>Since the last check: ${e(describeNewerBackfill(v.report.newerBackfill))}</p>` : '',
+    v.report?.newerVerify ? `<p>Since the last check: ${e(describeNewerVerify(v.report.newerVerify))}</p>` : '',
     streamSection(v),
     v.report ? throttleSection(v.report.throttle) : '',
     tablesSection(v),

@@ -124,7 +124,12 @@ describe('against PostgreSQL', () => {
       const json = await runCli(['-c', f.configPath, 'status', '--json']);
       const text = await runCli(['-c', f.configPath, 'status']);
       expect([json.code, text.code], output(json) + output(text)).toEqual([0, 0]);
-      return { json: JSON.parse(json.stdout) as { sweep: { shown: string; state: string; rowsPerSec: number | null; etaSeconds: number | null }[]; replication: { starting: unknown; converged: boolean } }, text: text.stdout };
+      type Json = {
+        sweep: { shown: string; state: string; rowsPerSec: number | null; etaSeconds: number | null }[];
+        replication: { starting: unknown; converged: boolean };
+        overall: { remaining: { source: string; remaining: number | null } | null; rowsPerSec: number | null };
+      };
+      return { json: JSON.parse(json.stdout) as Json, text: text.stdout };
     };
     // A sweep caught mid-relation (as a run leaves it) with a recent rate.
     await db.pool.query(`update pgrekey.sweep_segment set state = 'running', next_block = 1, total_blocks = 10, started_at = now() - interval '10 s', rows_per_sec = 500`);
@@ -156,6 +161,18 @@ describe('against PostgreSQL', () => {
     expect(backfill.code, output(backfill)).toBe(0);
     const after = await status();
     expect(after.text).toMatch(/that check is older than the latest backfill: a backfill \(run \d+\) finished after it, .*no old-version value left then/);
+    // One overall line: the newest count (the backfill's, with its age) and the rate now.
+    expect(after.text).toMatch(/^sweep: \d+ of \d+ relation\(s\) done, .*; 0 old-version value\(s\) left at the newest count \(backfill, \d+s ago, converged\); nothing rewriting now$/m);
+
+    // Then a verify: its count is the newest, and the daemon's check is older than it too.
+    const verify = await runCli(['-c', f.configPath, '--env-file', f.envPath, 'verify']);
+    expect([0, 1], output(verify)).toContain(verify.code);
+    const verdict = verify.code === 0 ? 'converged' : 'NOT converged';
+    const afterVerify = await status();
+    expect(afterVerify.text).toContain(`that check is older than the latest verify: a verify at `);
+    expect(afterVerify.text).toMatch(new RegExp(`that check is older than the latest verify: a verify at \\S+ on \\S+ counted 0 old-version value\\(s\\) \\(${verdict}\\)`));
+    expect(afterVerify.json.overall.remaining).toMatchObject({ source: 'verify', remaining: 0 });
+    expect(afterVerify.json.overall.rowsPerSec).toBeNull();
   });
 
   it('an interrupted backfill reports the blocks it swept, not the relation size, and exits 3', async () => {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { liveFigures, newerBackfill, shownState, sweepOverall } from '../../src/commands/status-truth.js';
+import { aggregateRate, describeNewerVerify, liveFigures, newerBackfill, newerVerify, newestCount, shownState, sweepOverall } from '../../src/commands/status-truth.js';
+import { renderOverall } from '../../src/commands/status.js';
 import { passProgress } from '../../src/backfill/chunk-plan.js';
 import { etaSeconds } from '../../src/backfill/progress.js';
 import type { Segment } from '../../src/state/segments.js';
@@ -60,5 +61,36 @@ describe('status says what is true', () => {
     expect(newerBackfill(runs, t(3))?.id).toBe(3);
     expect(newerBackfill(runs, t(6))).toBeNull();
     expect(newerBackfill(runs, null)?.id).toBe(3);
+  });
+
+  it('a verify newer than the daemon\'s last check makes that check stale, and says what it counted', () => {
+    const t = (m: number) => new Date(Date.UTC(2026, 11, 2, 3, m));
+    const v = { at: t(5), host: 'ops1', converged: false, remaining: 12 };
+    expect(newerVerify(v, t(3))).toBe(v);
+    expect(newerVerify(v, t(6))).toBeNull();
+    expect(newerVerify(v, null)).toBe(v);
+    expect(newerVerify(null, t(3))).toBeNull();
+    expect(describeNewerVerify(v)).toBe('a verify at 2026-12-02T03:05:00.000Z on ops1 counted 12 old-version value(s) (NOT converged)');
+    expect(describeNewerVerify({ ...v, remaining: 0, converged: true, host: null })).toBe('a verify at 2026-12-02T03:05:00.000Z counted 0 old-version value(s) (converged)');
+  });
+
+  it('the overall line: the newest count of daemon, backfill and verify with its age, and the rate of everything rewriting now', () => {
+    const t = (m: number) => new Date(Date.UTC(2026, 11, 2, 3, m));
+    const daemon = { lastCheckAt: t(4), remaining: 40, convergedAt: null };
+    const runs = [{ id: 3, command: 'backfill', startedAt: t(1), finishedAt: t(6), outcome: 'ok', summary: { converged: false, remaining: 7 } }];
+    const verify = { at: t(2), host: null, converged: false, remaining: 90 };
+    expect(newestCount(daemon, runs, verify, t(9))).toEqual({ source: 'backfill', at: t(6), remaining: 7, converged: false, ageSeconds: 180 });
+    expect(newestCount(daemon, [], verify, t(9))).toMatchObject({ source: 'daemon', remaining: 40, ageSeconds: 300 });
+    expect(newestCount(null, [], { ...verify, at: t(8) }, t(9))).toMatchObject({ source: 'verify', remaining: 90, ageSeconds: 60 });
+    expect(newestCount(null, [], null, t(9))).toBeNull();
+    expect(aggregateRate([100.4, null, 50], 10)).toBe(160);
+    expect(aggregateRate([null], null)).toBeNull();
+    const o = { ...sweepOverall([seg({ state: 'running', nextBlock: 50, startBlocks: 100, totalBlocks: 150, etaSeconds: 30 })], () => 'running'), remaining: newestCount(daemon, runs, verify, t(9)), rowsPerSec: 160 };
+    expect(renderOverall(o, { paused: false, reason: null })).toBe(
+      'sweep: 0 of 1 relation(s) done, 50 of 100 blocks (50%), ETA ~30s; 7 old-version value(s) left at the newest count (backfill, 3m ago); 160 rows/s rewritten now',
+    );
+    expect(renderOverall({ ...o, etaSeconds: null, remaining: null, rowsPerSec: null }, { paused: true, reason: null })).toBe(
+      'sweep: 0 of 1 relation(s) done, 50 of 100 blocks (50%), PAUSED: no ETA; no count of old-version values yet (`pg-rekey verify` counts); nothing rewriting now',
+    );
   });
 });
