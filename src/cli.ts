@@ -64,7 +64,8 @@ ${EXIT_CODES}
 
 Typical rotation:
   pg-rekey keygen                      # new key -> LIBSODIUM_ENCRYPTION_KEY_V2, deploy apps with VERSION=v2
-  pg-rekey setup -c pg-rekey.yaml      # checks, state schema, publication, slot (idempotent)
+  pg-rekey grants > grants.sql         # role, grants, publication for this config; psql -v pw=... -f grants.sql as a superuser
+  pg-rekey setup -c pg-rekey.yaml      # as that role: checks, state schema, publication, slot (idempotent)
   pg-rekey backfill --dry-run          # what would be rewritten, nothing written
   pg-rekey verify                      # exit 1 expected: records the counts before the rotation
   pg-rekey run --exit-when-converged --quiet-period 15m   # until converged and no app wrote v1 for 15m
