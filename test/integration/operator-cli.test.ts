@@ -80,6 +80,36 @@ describe('against PostgreSQL', () => {
     for (const o of objs) expect(typeof o.time).toBe('number');
   });
 
+  it("hints say what works: no keygen for a missing target key, verify points to the runbook's `run`, a writing backfill before setup says to run setup first", async () => {
+    const fresh = await createTestDatabase('operator_nosetup');
+    try {
+      await createIncidentsTable(fresh.pool, 'incidents');
+      await fillIncidents(fresh.pool, 'incidents', await testRing(), { rows: 40, mix: { v1: 1, v2: 0, null: 0, notOurs: 0 } });
+      const tables = [{ name: 'incidents', columns: ['title'] }];
+      const cfg = writeCliFiles({ databaseUrl: fresh.url, tables, replication: { slot: fresh.name } });
+      // The target key missing: a key made by keygen would open none of the values the applications wrote with v2.
+      const noTarget = writeCliFiles({ databaseUrl: fresh.url, tables, replication: { slot: fresh.name }, env: { ...keyEnv(2, [1]) } });
+      const missing = await runCli(['-c', noTarget.configPath, '--env-file', noTarget.envPath, 'backfill', '--dry-run']);
+      expect(missing.code, output(missing)).toBe(2);
+      expect(missing.stderr).toContain('target version v2 has no key: set LIBSODIUM_ENCRYPTION_KEY_V2');
+      expect(missing.stderr).toMatch(/^hint: .*copy them from the application's secret store or \.env\.local: a key made here would open none of the stored values/m);
+      expect(missing.stderr).not.toMatch(/keygen/);
+      // verify with v1 rows: what rewrites them, as the runbook's step 4 does (`pg-rekey run`).
+      const verify = await runCli(['-c', cfg.configPath, '--env-file', cfg.envPath, 'verify']);
+      expect(verify.code, output(verify)).toBe(1);
+      expect(verify.stdout).toMatch(/NOT converged: 40 value\(s\) are not at v2; `pg-rekey run` \(or `pg-rekey backfill`\) rewrites them/);
+      // A writing backfill before setup: exit 2, run setup first; the dry run works before setup (README).
+      const early = await runCli(['-c', cfg.configPath, '--env-file', cfg.envPath, 'backfill']);
+      expect(early.code, output(early)).toBe(2);
+      expect(early.stderr).toContain('the pgrekey state schema is missing or out of date');
+      expect(early.stderr).toMatch(/^hint: run `pg-rekey setup` first \(it is idempotent\)/m);
+      const dry = await runCli(['-c', cfg.configPath, '--env-file', cfg.envPath, 'backfill', '--dry-run']);
+      expect(dry.code, output(dry)).toBe(0);
+    } finally {
+      await fresh.drop();
+    }
+  });
+
   it('a password the server asks for: read from ~/.pgpass without a DeprecationWarning; without one, a hint naming .pgpass and PGPASSWORD', async (ctx) => {
     if (inject('pgBackend') !== 'embedded binaries') ctx.skip(); // it edits the server's pg_hba.conf
     const role = `pw_${db.name}`.slice(0, 60);
