@@ -29,6 +29,28 @@ describe('the CLI as a user runs it', () => {
     }
   });
 
+  it('--help names every documented exit case, and status --help says what STARTING, paused and stale mean', async () => {
+    const main = await runCli(['--help']);
+    expect(main.code).toBe(0);
+    const exit = main.stdout.slice(main.stdout.indexOf('Exit codes:'), main.stdout.indexOf('Typical rotation:')).replace(/\s+/g, ' ');
+    // README's Exit codes and Failure modes: each case, in the code it exits with.
+    for (const [code, cases] of [
+      ['1', ['verify', 'discover', 'backfill', 'run --exit-when-converged', 'report']],
+      ['2', ['keys', 'triggers without a decision', 'a slot held by another run', 'teardown refusing', '--drop-state']],
+      ['3', ['database unreachable', 'wrong key', 'interrupted', 'a lost lease', 'critical load', 'daemon.shutdown_timeout', 'a configured table changed']],
+    ] as const) {
+      const text = exit.slice(exit.indexOf(` ${code} `), code === '3' ? undefined : exit.indexOf(` ${Number(code) + 1} `));
+      for (const c of cases) expect(text, `exit ${code}: ${c}`).toContain(c);
+    }
+    expect(main.stdout).toMatch(/pg-rekey grants > grants\.sql/);
+    const status = await runCli(['status', '--help']);
+    expect(status.code).toBe(0);
+    const help = status.stdout.replace(/\s+/g, ' ');
+    for (const word of ['STARTING', 'STALE', 'NOT RUNNING', 'STOPPED', '(paused)', '(throttled)', "size when its pass started", 'verify', 'Exit codes: 0', '2 no state schema', '3 database unreachable']) {
+      expect(help, word).toContain(word);
+    }
+  });
+
   it('`set` takes the config file spelling and says "did you mean" for a near miss', async () => {
     const f = writeCliFiles({ databaseUrl: 'postgres://postgres@127.0.0.1:1/nowhere', tables: [{ name: 'incidents', columns: ['title'] }] });
     const near = await runCli(['-c', f.configPath, 'set', 'nice-ration=8']);
