@@ -1,6 +1,6 @@
 // A DBA's first hour (issue 12): the CLI as a user runs it (the bin through its shebang, an installed
 // package), its help, its hints and its logs.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,6 +8,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { repoRoot, runCli, spawnCli, type CliResult } from '../support/cli.js';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
+import { guardProcess } from '../support/guard.js';
 import { createIncidentsTable, fillIncidents, keyEnv, testRing, writeCliFiles, type CliFiles } from '../support/fixtures.js';
 
 const output = (r: CliResult) => r.stdout + r.stderr;
@@ -286,6 +287,59 @@ describe('against PostgreSQL', () => {
       if (i > 0) expect(p.percent, `progress line ${i}`).toBeGreaterThanOrEqual(lines[i - 1]!.percent);
     }
     expect(lines.at(-1)!.percent).toBe(100);
+  });
+
+  it('backfill on a terminal (a pty): pretty log lines by default, never torn through the progress bar', async (ctx) => {
+    if (!existsSync('/usr/bin/script')) ctx.skip(); // util-linux's script gives the CLI a pty
+    await createIncidentsTable(db.pool, 'on_tty');
+    await fillIncidents(db.pool, 'on_tty', await testRing(), { rows: 1500, seed: 9, mix: { v1: 1, v2: 0, null: 0, notOurs: 0 } });
+    const cfg = writeCliFiles({ databaseUrl: db.url, tables: [{ name: 'on_tty', columns: ['title'] }], sweep: { chunk_time: 0, chunk_blocks: 1, nice_ratio: 2, progress_interval: '0ms' }, replication: { slot: db.name } });
+    expect((await runCli(['-c', cfg.configPath, '--env-file', cfg.envPath, 'setup'])).code).toBe(0);
+    const q = (x: string) => `'${x.replace(/'/g, `'\\''`)}'`;
+    const cmd = [path.join(repoRoot, 'bin', 'pg-rekey.js'), '-c', cfg.configPath, '--env-file', cfg.envPath, 'backfill'].map(q).join(' ');
+    const child = spawn('script', ['-qec', cmd, '/dev/null'], { env: { PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}`, HOME: os.tmpdir(), TERM: 'xterm' }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const disarm = child.pid === undefined ? () => undefined : guardProcess(child.pid, 'SIGKILL');
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+    const until = async (what: string, ok: () => boolean, timeoutMs: number) => {
+      const t0 = Date.now();
+      while (!ok()) {
+        if (Date.now() - t0 > timeoutMs) throw new Error(`no ${what} within ${timeoutMs} ms on the pty; output so far:\n${JSON.stringify(out)}`);
+        if (child.exitCode !== null) throw new Error(`backfill exited (${child.exitCode}) before ${what}:\n${JSON.stringify(out)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    try {
+      // A log line while the bar is drawn: pausing the sweep logs "sweep throttled", resuming "sweep released".
+      await until('progress bar', () => /\[#+\.+\]/.test(out), 60_000);
+      await db.pool.query(`update pgrekey.control set paused = true, paused_by = 'test', paused_at = now()`);
+      await until('"sweep throttled" line', () => out.includes('sweep throttled'), 30_000);
+      await db.pool.query(`update pgrekey.control set paused = false`);
+      const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+      const code = await exited;
+      clearTimeout(timer);
+      expect(code, JSON.stringify(out)).toBe(0);
+    } finally {
+      await db.pool.query(`update pgrekey.control set paused = false`);
+      child.kill('SIGKILL');
+      disarm();
+    }
+    // What the terminal received, colours aside: every piece between line ends and `\r\x1b[K` redraws is
+    // whole: a bar, a pretty log line (ISO time, level name), a relation's "done" line, or the summary.
+    const plain = out.replace(/\x1b\[[0-9;]*m/g, '');
+    const pieces = plain.split(/\r?\n|\r\x1b\[K/).filter((x) => x.trim() !== '');
+    const bar = /^public\.on_tty +\[[#.]{24}\] +\d+\.\d% /;
+    const log = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (TRACE|DEBUG|INFO |WARN |ERROR|FATAL) /;
+    const logs = pieces.filter((x) => log.test(x));
+    expect(logs.some((x) => /WARN .*sweep throttled/.test(x)), plain).toBe(true);
+    expect(pieces.filter((x) => bar.test(x)).length).toBeGreaterThan(3);
+    expect(plain).not.toMatch(/"level":\d+|"time":\d+/); // no JSON lines on a terminal
+    for (const x of pieces) {
+      if (bar.test(x)) expect(x, 'a bar with a log line in it').not.toMatch(/\d{4}-\d\d-\d\dT\d\d:\d\d/);
+      else if (log.test(x)) expect(x.slice(1), 'a log line with a bar in it').not.toMatch(/\[[#.]{24}\]|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARN)/);
+    }
   });
 
   it('installs from `npm pack` into a fresh prefix and runs from another directory', async () => {
