@@ -27,7 +27,10 @@ Exit codes:
      stored target values, tables, row security hiding rows, unlogged tables, triggers without a
      decision, a slot held by another run; teardown refusing while old-version values remain, or
      --drop-state without a report written after the last verify)
-  3  runtime failure (database unreachable, wrong key, interrupted)`;
+  3  runtime failure (database unreachable, wrong key, interrupted; run: a lost lease (another run
+     took the slot, or the lease could not be taken again within 30 s), a configured table changed
+     in a way run cannot follow, a drain unfinished at daemon.shutdown_timeout; run and backfill:
+     critical load with throttle.critical_action: stop)`;
 
 const KEYS = `
 Keys (environment, or a dotenv file via --env-file; the environment wins):
@@ -65,7 +68,8 @@ ${EXIT_CODES}
 
 Typical rotation:
   pg-rekey keygen                      # new key -> LIBSODIUM_ENCRYPTION_KEY_V2, deploy apps with VERSION=v2
-  pg-rekey setup -c pg-rekey.yaml      # checks, state schema, publication, slot (idempotent)
+  pg-rekey grants > grants.sql         # role, grants, publication for this config; psql -v pw=... -f grants.sql as a superuser
+  pg-rekey setup -c pg-rekey.yaml      # as that role: checks, state schema, publication, slot (idempotent)
   pg-rekey backfill --dry-run          # what would be rewritten, nothing written
   pg-rekey verify                      # exit 1 expected: records the counts before the rotation
   pg-rekey run --exit-when-converged --quiet-period 15m   # until converged and no app wrote v1 for 15m
@@ -309,6 +313,23 @@ Typical rotation:
     .description('slot and stream lag, old-version writes of the applications (rollout gate), sweep progress per relation, throttle state, quarantine, recent runs')
     .option('--json', 'print the report as JSON on stdout')
     .option('--watch [seconds]', 'refresh every N seconds (default 2) until Ctrl-C')
+    .addHelpText(
+      'after',
+      '\nReads the state only (pgrekey.* and the catalog); works from any host while `run` runs elsewhere.\n' +
+        'What it says about the daemon:\n' +
+        "  STARTING      a `run` holds the slot's lease but has not written its first heartbeat yet (its first seconds)\n" +
+        '  STALE         its last heartbeat is over a minute old: hung, or cut off from the database\n' +
+        '  NOT RUNNING   it did not stop cleanly (killed, crashed, lease lost): start `pg-rekey run` again\n' +
+        '  STOPPED       it exited cleanly; the sweep resumes at the next start\n' +
+        'A sweep held back by `pg-rekey pause` (paused) or a throttle signal (throttled) shows no rows/s and no\n' +
+        "ETA. A backfill or verify that counted after the daemon's last check is named: its count is newer\n" +
+        "(the daemon's own is stale until its next check). The overall line: blocks swept against each\n" +
+        "relation's size when its pass started (what a table grew by as rows were rewritten is the tail, +N),\n" +
+        'ETA, the newest count of old-version values (daemon, backfill or verify, with its age), rows/s now.\n' +
+        'Exit codes: 0 the state was read, whatever it says (status never exits 1: gate on `verify` or\n' +
+        '`run --exit-when-converged`); 2 no state schema (run `pg-rekey setup` first) or a config error;\n' +
+        '3 database unreachable.',
+    )
     .action(run((cmd) => statusCommand(globals(cmd), cmd.opts())));
 
   program

@@ -1,10 +1,13 @@
 import type { Logger } from '../logger.js';
 import { stderrLine, type StderrLine } from '../terminal/stderr-line.js';
-import { percentDone } from './chunk-plan.js';
+import { passProgress } from './chunk-plan.js';
 
 export interface ChunkProgress {
   nextBlock: number;
+  /** The relation's size now (it grows as rows are rewritten). */
   totalBlocks: number;
+  /** Its size when the pass started: % and ETA count against it (without it, totalBlocks). */
+  startBlocks?: number;
   chunks: number;
   scanned: number;
   rewritten: number;
@@ -27,11 +30,15 @@ function rate(p: ChunkProgress): number {
   return p.elapsedMs > 0 ? Math.round((p.rewritten * 1000) / p.elapsedMs) : 0;
 }
 
-/** Seconds left, from blocks per second so far; null until it can tell. */
+/**
+ * Seconds left, from blocks per second since `startBlock` (where this process began), for the blocks
+ * left of the pass's starting size (the tail the table grew by is not counted); null until it can tell.
+ */
 export function etaSeconds(startBlock: number, p: ChunkProgress): number | null {
   const done = p.nextBlock - startBlock;
   if (done <= 0 || p.elapsedMs <= 0) return null;
-  return Math.max(0, Math.round(((p.totalBlocks - p.nextBlock) * p.elapsedMs) / done / 1000));
+  const left = Math.max(0, (p.startBlocks ?? p.totalBlocks) - p.nextBlock);
+  return Math.max(0, Math.round((left * p.elapsedMs) / done / 1000));
 }
 
 /** What the log lines call things: a sweep's, a dry run's, verify --decrypt's. */
@@ -77,14 +84,17 @@ export class LogProgress implements ProgressSink {
     const now = Date.now();
     if (now - (this.last.get(relation) ?? 0) < this.intervalMs) return;
     this.last.set(relation, now);
+    const pass = passProgress(p.nextBlock, p.totalBlocks, p.startBlocks);
     this.log.info(
       {
         component: this.labels.component,
         relation,
         chunk: p.chunks,
         block: p.nextBlock,
-        blocks: p.totalBlocks,
-        percent: Number(percentDone(p.nextBlock, p.totalBlocks).toFixed(1)),
+        // The size when the pass started; the blocks the table grew by since are the tail.
+        blocks: pass.of,
+        percent: Number(pass.percent.toFixed(1)),
+        ...(pass.grown > 0 ? { tailBlocks: pass.grown } : {}),
         ...this.counts(p),
         chunkBlocks: p.chunkBlocks,
         rowsPerSec: Math.round(p.rowsPerSec ?? rate(p)),
@@ -119,13 +129,15 @@ export class TtyProgress implements ProgressSink {
   }
 
   chunk(relation: string, p: ChunkProgress): void {
-    const pct = percentDone(p.nextBlock, p.totalBlocks);
+    const pass = passProgress(p.nextBlock, p.totalBlocks, p.startBlocks);
+    const pct = pass.percent;
     const width = 24;
     const filled = Math.round((pct / 100) * width);
     const eta = etaSeconds(this.startBlock.get(relation) ?? 0, p);
     this.out.draw(
       `${fit(relation)} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${pct.toFixed(1).padStart(5)}%` +
-        `  ${p.rewritten} ${this.verb}  ${rate(p)}/s  ETA ${eta === null ? '?' : `${eta}s`}`,
+        `  ${p.rewritten} ${this.verb}  ${rate(p)}/s  ETA ${eta === null ? '?' : `${eta}s`}` +
+        (pass.tailSwept > 0 ? `  (tail: ${pass.tailSwept} of ${pass.grown} blocks the table grew by)` : ''),
     );
   }
 

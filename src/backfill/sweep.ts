@@ -10,7 +10,7 @@ import { skipsTriggers, withTriggersSkipped } from '../db/triggers.js';
 import type { OriginRelation, RewriteOrigin } from '../replication/origin.js';
 import { RuntimeFailure } from '../errors.js';
 import { backoffMs, sleep } from '../timing.js';
-import { ensureSegment, advanceSegment, recordFilenode, restartSegments, rewindSegment, type ChunkCounts } from '../state/segments.js';
+import { ensureSegment, advanceSegment, recordFilenode, recordStartBlocks, restartSegments, rewindSegment, type ChunkCounts } from '../state/segments.js';
 import { keyOpenedBefore } from '../state/runs.js';
 import { clearQuarantine, countQuarantine, recordQuarantine, type QuarantineEntry } from '../state/quarantine.js';
 import { planChunk, type ChunkRange } from './chunk-plan.js';
@@ -254,7 +254,15 @@ export async function sweepRelation(
   }
   // A table rewrite (VACUUM FULL, CLUSTER, ALTER TABLE ... TYPE) gives the relation a new file node.
   // (A table dropped meanwhile has none, and fails at its first chunk, as before, not here.)
-  let knownNode = (await relationSize(pool, quoteQualified(leaf))).node;
+  const sizeNow = await relationSize(pool, quoteQualified(leaf));
+  let knownNode = sizeNow.node;
+  // The size when this pass started (block 0): progress, % and ETA count against it, not against a
+  // size that grows as rewritten rows move to new pages (the sweep covers that tail too).
+  let startBlocks = seg?.startBlocks ?? sizeNow.blocks ?? 0;
+  const passStarts = async (blocks: number): Promise<void> => {
+    startBlocks = blocks;
+    if (!dry) await recordStartBlocks(pool, relation, blocks);
+  };
   let rewrittenMidway = false;
   let prefetched: { start: number; read: Promise<ChunkRead> } | null = null;
   /** Rows moved under the sweep (a table rewrite): what it passed says nothing any more. Again from block 0. */
@@ -266,12 +274,15 @@ export async function sweepRelation(
     await rewindSegment(pool, relation, 0);
     if (knownNode !== null) await recordFilenode(pool, relation, knownNode);
     next = 0;
+    await passStarts((await relationSize(pool, quoteQualified(leaf))).blocks ?? 0);
   };
   if (seg) {
     next = seg.nextBlock;
     if (next > 0 && knownNode !== null && seg.relfilenode !== null && seg.relfilenode !== knownNode) await restartRelation();
     else if (knownNode !== null) await recordFilenode(pool, relation, knownNode);
     if (next > 0) log.info({ resumeAt: next }, 'resuming sweep');
+    // A pass from block 0, or one begun before the size was recorded (sql/013).
+    if (seg.nextBlock === 0 || seg.startBlocks === null) await passStarts(sizeNow.blocks ?? 0);
   }
   const hadQuarantine = !dry && (await countQuarantine(pool, table.display)) > 0;
   /** sha256 (hex) of values whose rewrite did not stick in this pass (a trigger kept the old value). */
@@ -562,7 +573,7 @@ export async function sweepRelation(
       await restartRelation();
       continue;
     }
-    opts.progress.chunk(relation, { nextBlock: next, totalBlocks: total, ...result, elapsedMs: Date.now() - started, chunkBlocks, rowsPerSec: controller.rate ?? 0 });
+    opts.progress.chunk(relation, { nextBlock: next, totalBlocks: total, startBlocks, ...result, elapsedMs: Date.now() - started, chunkBlocks, rowsPerSec: controller.rate ?? 0 });
     if (range.end === (span ? span.end : null)) break;
     const p = policy(settings);
     if (span) await span.pace(counts.rewritten, walBytes, chunkStarted, chunkMs, settings, opts.signal);

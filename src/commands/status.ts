@@ -2,7 +2,7 @@ import type { GlobalFlags } from '../config/load-config.js';
 import { openContext, requireState } from '../context.js';
 import { EXIT_OK } from '../errors.js';
 import { renderTable } from '../format.js';
-import { percentDone } from '../backfill/chunk-plan.js';
+import { passProgress } from '../backfill/chunk-plan.js';
 import { listSegments, type Segment } from '../state/segments.js';
 import { summarizeQuarantine, type QuarantineSummary } from '../state/quarantine.js';
 import { formatBytes, readSlot, retainedWalExceeded, slotRecreations, type SlotInfo } from '../replication/slot.js';
@@ -11,7 +11,11 @@ import { readOverrides } from '../throttle/live-settings.js';
 import { describeTransactions, openTransactionsNow, type OpenTransaction } from '../db/open-transactions.js';
 import { renderOpenTransactions } from './verify.js';
 import { readLeaseHolder } from '../daemon/lease.js';
-import { describeNewerBackfill, liveFigures, newerBackfill, shownState, sweepOverall, type RunRow, type SweepOverall, type SweepState } from './status-truth.js';
+import {
+  aggregateRate, describeNewerBackfill, describeNewerVerify, liveFigures, newerBackfill, newerVerify, newestCount, shownState, sweepOverall,
+  type NewestCount, type RunRow, type SweepOverall, type SweepState, type VerifyRecord,
+} from './status-truth.js';
+import { lastEvent } from '../state/events.js';
 import { quietSince, readOldVersionWrites, type OldVersionWrites } from '../state/old-version-writes.js';
 import { describeSightings, latestByVersion, RECENT_MS } from '../rollout/gate.js';
 import type { PacerState } from '../throttle/pacer.js';
@@ -70,13 +74,23 @@ export interface StatusReport {
   replication: ReplicationStatus;
   throttle: ThrottleStatus;
   /** `state` as stored; `shown`: paused or throttled while the sweep is held back (no rate, no ETA then). */
-  sweep: (Segment & { percent: number; etaSeconds: number | null; shown: SweepState })[];
-  /** Every relation together: blocks swept against blocks known now. */
-  overall: SweepOverall;
+  /**
+   * percent, blocksDone and blocksOf count against the relation's size when its pass started
+   * (startBlocks); tailBlocks: what it grew by since (swept too, but not progress going backwards).
+   */
+  sweep: (Segment & { percent: number; blocksDone: number; blocksOf: number; tailBlocks: number; etaSeconds: number | null; shown: SweepState })[];
+  /**
+   * Every relation together: blocks swept against their sizes when their passes started; the
+   * newest count of old-version values (the daemon's check, a backfill's or a verify's, with its
+   * age); rows rewritten per second now (sweeping relations and a running daemon's stream).
+   */
+  overall: StatusOverall;
   quarantine: { total: number; byColumn: QuarantineSummary[] };
   lastRuns: RunRow[];
   /** A backfill that finished after the daemon's last count: that count is stale. */
   newerBackfill: RunRow | null;
+  /** A verify newer than the daemon's last count: that count is stale too. */
+  newerVerify: VerifyRecord | null;
   /**
    * Transactions of this database (prepared ones included) holding an xid for 10 s or more: they
    * may commit old-version writes no count sees yet, so they hold convergence back while open.
@@ -85,6 +99,8 @@ export interface StatusReport {
   /** The rollout gate: old-version writes of the applications the stream saw, and how long it has been quiet. */
   rollout: RolloutStatus;
 }
+
+export type StatusOverall = SweepOverall & { remaining: NewestCount | null; rowsPerSec: number | null };
 
 export interface RolloutStatus {
   writes: OldVersionWrites[];
@@ -192,25 +208,42 @@ export async function readStatus(ctxPool: Parameters<typeof listSegments>[0], sl
   const overrides = Object.fromEntries(await readOverrides(ctxPool));
   const replication = await readReplication(ctxPool, slot, maxRetainedWalBytes);
   const shown = (s: Segment) => shownState(s, c);
-  const sweep = segments.map((s) => liveFigures({ ...s, percent: Number(percentDone(s.nextBlock, s.totalBlocks ?? 0).toFixed(1)), etaSeconds: eta(s), shown: shown(s) }, shown(s)));
+  const sweep = segments.map((s) => {
+    const pass = passProgress(s.nextBlock, s.totalBlocks, s.startBlocks, s.state === 'done');
+    return liveFigures({ ...s, percent: Number(pass.percent.toFixed(1)), blocksDone: pass.done, blocksOf: pass.of, tailBlocks: pass.grown, etaSeconds: eta(s), shown: shown(s) }, shown(s));
+  });
+  const verify = await lastVerify(ctxPool);
+  const d = replication.daemon;
+  const streamRate = d && d.leaseHeld && !d.stoppedAt ? d.streamRewritesPerSec : null;
+  const now = (await ctxPool.query<{ now: Date }>('select now() as now')).rows[0]!.now;
   return {
     replication,
     throttle: { ...c, overrides },
     sweep,
-    overall: sweepOverall(sweep, shown),
+    overall: { ...sweepOverall(sweep, shown), remaining: newestCount(d, runs.rows, verify, now), rowsPerSec: aggregateRate(sweep.map((s) => s.rowsPerSec), streamRate) },
     quarantine: { total: byColumn.reduce((n, q) => n + q.count, 0), byColumn },
     lastRuns: runs.rows,
-    newerBackfill: newerBackfill(runs.rows, replication.daemon?.lastCheckAt ?? null),
+    newerBackfill: newerBackfill(runs.rows, d?.lastCheckAt ?? null),
+    newerVerify: newerVerify(verify, d?.lastCheckAt ?? null),
     openTransactions: await longOpenTransactions(ctxPool),
     rollout: await readRollout(ctxPool, slot),
   };
 }
 
-/** Seconds left for a running relation, from its average pace so far (throttled time included). */
-function eta(s: Segment): number | null {
-  if (s.state !== 'running' || !s.startedAt || s.totalBlocks === null || s.nextBlock <= 0) return null;
+/** The newest verify's verdict and count, from pgrekey.event (null: none recorded). */
+async function lastVerify(db: Parameters<typeof listSegments>[0]): Promise<VerifyRecord | null> {
+  const v = await lastEvent(db, 'verify');
+  if (!v) return null;
+  const { converged, remaining } = v.detail;
+  return { at: v.at, host: v.host, converged: typeof converged === 'boolean' ? converged : null, remaining: typeof remaining === 'number' ? remaining : null };
+}
+
+/** Seconds left for a running relation: the blocks left of its starting size, at its average pace so far (throttled time included). */
+export function eta(s: Segment): number | null {
+  const of = s.startBlocks ?? s.totalBlocks;
+  if (s.state !== 'running' || !s.startedAt || of === null || s.nextBlock <= 0) return null;
   const elapsed = (s.updatedAt.getTime() - s.startedAt.getTime()) / 1000;
-  return elapsed > 0 ? Math.max(0, ((s.totalBlocks - s.nextBlock) * elapsed) / s.nextBlock) : null;
+  return elapsed > 0 ? Math.max(0, (Math.max(0, of - s.nextBlock) * elapsed) / s.nextBlock) : null;
 }
 
 /** Slot, daemon, throttle, sweep progress per relation, quarantine, recent runs. Reads state only. */
@@ -244,7 +277,7 @@ function mb(bytes: number | null): string {
   return bytes === null ? '?' : `${(bytes / 1048576).toFixed(1)} MB`;
 }
 
-function renderReplication(r: ReplicationStatus, newer: RunRow | null): string {
+function renderReplication(r: ReplicationStatus, newer: RunRow | null, verify: VerifyRecord | null): string {
   const i = r.info;
   if (!i.exists) return `replication slot ${r.slot}: MISSING (run \`pg-rekey setup\`, or \`pg-rekey run\` recreates it and re-sweeps)`;
   const lines = [
@@ -271,9 +304,11 @@ function renderReplication(r: ReplicationStatus, newer: RunRow | null): string {
       `  ${d.convergedAt ? `${d.stoppedAt ? 'was CONVERGED' : 'CONVERGED'} since ${d.convergedAt.toISOString()}` : 'not converged'}${d.lastCheckAt ? ` (last check ${d.lastCheckAt.toISOString()}: ${d.remaining ?? '?'} remaining, ${d.quarantined ?? 0} quarantined)` : ' (no check yet)'}`,
     );
     if (newer) lines.push(`  that check is older than the latest backfill: ${describeNewerBackfill(newer)}`);
+    if (verify) lines.push(`  that check is older than the latest verify: ${describeNewerVerify(verify)}`);
   } else {
     lines.push('daemon: `pg-rekey run` has not run yet');
     if (newer) lines.push(`  ${describeNewerBackfill(newer)}`);
+    if (verify) lines.push(`  ${describeNewerVerify(verify)}`);
   }
   return lines.join('\n');
 }
@@ -318,11 +353,29 @@ function renderThrottle(t: ThrottleStatus): string {
   return lines.join('\n');
 }
 
+/** The one overall line: sweep progress and ETA, the newest count of what is left, the rate now. */
+export function renderOverall(o: StatusOverall, t: Pick<ThrottleStatus, 'paused' | 'reason'>): string {
+  return (
+    `sweep: ${o.done} of ${o.relations} relation(s) done, ${o.blocksDone} of ${o.blocksTotal} blocks (${o.percent}%)` +
+    (o.etaSeconds !== null ? `, ETA ~${formatDuration(o.etaSeconds)}` : t.paused ? ', PAUSED: no ETA' : t.reason ? ', THROTTLED: no ETA' : '') +
+    `; ${remainingAndRate(o)}`
+  );
+}
+
+/** The overall line's end (status and the status page): the newest count of what is left, with its age, and the rate now. */
+export function remainingAndRate(o: Pick<StatusOverall, 'remaining' | 'rowsPerSec'>): string {
+  const n = o.remaining;
+  const left = n
+    ? `${n.remaining ?? '?'} old-version value(s) left at the newest count (${n.source}, ${formatDuration(n.ageSeconds)} ago${n.converged ? ', converged' : ''})`
+    : 'no count of old-version values yet (`pg-rekey verify` counts)';
+  return `${left}; ${o.rowsPerSec === null ? 'nothing rewriting now' : `${o.rowsPerSec} rows/s rewritten now`}`;
+}
+
 function renderStatus(r: StatusReport): string {
   const sweep = renderTable(
-    ['relation', 'state', 'gen', 'blocks done', 'total', '%', 'chunk', 'rows/s', 'ETA', 'rewritten', 'conflicts', 'quarantined', 'lock waits'],
+    ['relation', 'state', 'gen', 'blocks done', 'of', '%', 'tail', 'chunk', 'rows/s', 'ETA', 'rewritten', 'conflicts', 'quarantined', 'lock waits'],
     r.sweep.map((s) => [
-      s.relation, s.shown, s.generation, s.nextBlock, s.totalBlocks ?? 0, s.percent,
+      s.relation, s.shown, s.generation, s.blocksDone, s.blocksOf, s.percent, s.tailBlocks > 0 ? `+${s.tailBlocks}` : '-',
       s.chunkBlocks ?? '-', s.rowsPerSec === null ? '-' : Math.round(s.rowsPerSec), s.etaSeconds === null ? '-' : formatDuration(s.etaSeconds),
       s.rowsRewritten, s.rowsConflict, s.rowsQuarantined, s.lockTimeouts,
     ]),
@@ -337,9 +390,5 @@ function renderStatus(r: StatusReport): string {
   const open = r.openTransactions.length
     ? `\n\nOPEN TRANSACTIONS holding convergence back (they may commit old-version writes; COMMIT/ROLLBACK PREPARED a forgotten prepared one)\n${renderOpenTransactions(r.openTransactions)}`
     : '';
-  const o = r.overall;
-  const overall =
-    `sweep: ${o.done} of ${o.relations} relation(s) done, ${o.blocksDone} of ${o.blocksTotal} blocks (${o.percent}%)` +
-    (o.etaSeconds !== null ? `, ETA ~${formatDuration(o.etaSeconds)}` : r.throttle.paused ? ', PAUSED: no ETA' : r.throttle.reason ? ', THROTTLED: no ETA' : '');
-  return `${renderReplication(r.replication, r.newerBackfill)}\n${renderRollout(r.rollout)}\n\n${renderThrottle(r.throttle)}\n${overall}\n${sweep}\n\n${q}\n\n${runs}${open}`;
+  return `${renderReplication(r.replication, r.newerBackfill, r.newerVerify)}\n${renderRollout(r.rollout)}\n\n${renderThrottle(r.throttle)}\n${renderOverall(r.overall, r.throttle)}\n${sweep}\n\n${q}\n\n${runs}${open}`;
 }

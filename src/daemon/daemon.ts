@@ -382,7 +382,7 @@ export class Daemon {
         this.metrics.casConflicts.inc({ source: 'sweep' }, p.conflicts - before.conflicts);
         seen.set(rel, { rewritten: p.rewritten, conflicts: p.conflicts, quarantined: p.quarantined });
         this.metrics.sweepBlocksDone.set({ relation: rel }, p.nextBlock);
-        this.metrics.sweepBlocksTotal.set({ relation: rel }, p.totalBlocks);
+        this.metrics.sweepBlocksTotal.set({ relation: rel }, p.startBlocks ?? p.totalBlocks);
         if (p.chunkBlocks !== undefined) this.metrics.sweepChunkBlocks.set({ relation: rel }, p.chunkBlocks);
         if (p.rowsPerSec !== undefined) this.metrics.sweepRowsPerSecond.set({ relation: rel }, p.rowsPerSec);
         logSink.chunk(rel, p);

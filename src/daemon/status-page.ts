@@ -1,7 +1,7 @@
 import { formatDuration } from '../format.js';
 import { formatBytes } from '../replication/slot.js';
-import { CONTROLLER_FRESH_MS, renderController, type StatusReport } from '../commands/status.js';
-import { describeNewerBackfill } from '../commands/status-truth.js';
+import { CONTROLLER_FRESH_MS, remainingAndRate, renderController, type StatusReport } from '../commands/status.js';
+import { describeNewerBackfill, describeNewerVerify } from '../commands/status-truth.js';
 
 /** One convergence check as the daemon saw it (the page lists the last few). */
 export interface CheckRecord {
@@ -123,26 +123,26 @@ function tablesSection(v: StatusPageView): string {
   if (sweep.length === 0) return '<h2>Tables</h2><p class="muted">no sweep state yet</p>';
   const o = v.report!.overall;
   const held = v.report!.throttle.paused ? ', PAUSED: no ETA' : v.report!.throttle.reason ? ', THROTTLED: no ETA' : '';
-  const overall = `<p>${bar(o.percent)} overall: ${num(o.done)} of ${num(o.relations)} relation(s) done, ${num(o.blocksDone)} of ${num(o.blocksTotal)} blocks swept${o.etaSeconds !== null ? `, ETA ~${e(formatDuration(o.etaSeconds))}` : held}</p>`;
+  const overall = `<p>${bar(o.percent)} overall: ${num(o.done)} of ${num(o.relations)} relation(s) done, ${num(o.blocksDone)} of ${num(o.blocksTotal)} blocks swept${o.etaSeconds !== null ? `, ETA ~${e(formatDuration(o.etaSeconds))}` : held}; ${e(remainingAndRate(o))}</p>`;
   const byTable = new Map<string, typeof sweep>();
   for (const s of sweep) byTable.set(s.tableName, [...(byTable.get(s.tableName) ?? []), s]);
   const parts = [...byTable].map(([name, segs]) => {
-    // As the overall line counts: a done relation is all swept, a running one up to its checkpoint.
-    const total = segs.reduce((n, s) => n + (s.totalBlocks ?? 0), 0);
-    const done = segs.reduce((n, s) => n + (s.state === 'done' ? (s.totalBlocks ?? 0) : Math.min(s.nextBlock, s.totalBlocks ?? 0)), 0);
+    // As the overall line counts: against each relation's size when its pass started (the tail it grew by is not progress).
+    const total = segs.reduce((n, s) => n + s.blocksOf, 0);
+    const done = segs.reduce((n, s) => n + s.blocksDone, 0);
     const allDone = segs.every((s) => s.state === 'done');
     const rows = segs.map((s) => [
       `<code>${e(s.relation)}</code>`,
       e(s.shown),
       bar(s.state === 'done' ? 100 : s.percent),
-      `${num(s.nextBlock)} / ${num(s.totalBlocks)}`,
+      `${num(s.blocksDone)} / ${num(s.blocksOf)}${s.tailBlocks > 0 ? ` <span class="muted">(+${num(s.tailBlocks)} grown since the pass started: swept too)</span>` : ''}`,
       s.rowsPerSec === null ? '-' : num(s.rowsPerSec),
       s.etaSeconds === null ? '-' : e(formatDuration(s.etaSeconds)),
       num(s.rowsRewritten),
       num(s.rowsQuarantined),
       remainingOf(s.relation),
     ]);
-    return `<h3><code>${e(name)}</code></h3>${bar(allDone ? 100 : total > 0 ? (100 * done) / total : 0)}${table(['relation', 'state', 'progress', 'blocks swept / total', 'rows/s', 'ETA', 'rewritten', 'quarantined', 'remaining at last check'], rows)}`;
+    return `<h3><code>${e(name)}</code></h3>${bar(allDone ? 100 : total > 0 ? (100 * done) / total : 0)}${table(['relation', 'state', 'progress', 'blocks swept / at start', 'rows/s', 'ETA', 'rewritten', 'quarantined', 'remaining at last check'], rows)}`;
   });
   return `<h2>Tables</h2>${overall}${parts.join('')}`;
 }
@@ -195,6 +195,7 @@ export function renderStatusPage(v: StatusPageView): string {
     verdict(v),
     v.error ? `<p class="error">cannot read the state from the database: ${e(v.error)}</p>` : '',
     v.report?.newerBackfill ? `<p>Since the last check: ${e(describeNewerBackfill(v.report.newerBackfill))}</p>` : '',
+    v.report?.newerVerify ? `<p>Since the last check: ${e(describeNewerVerify(v.report.newerVerify))}</p>` : '',
     streamSection(v),
     v.report ? throttleSection(v.report.throttle) : '',
     tablesSection(v),

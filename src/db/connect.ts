@@ -194,7 +194,12 @@ const CONNECT_HINT = 'check --database-url / DATABASE_URL / `database:` in the c
 const PASSWORD_HINT =
   'the server wants a password for this role: put it in ~/.pgpass (host:port:database:user:password, mode 0600; or PGPASSFILE), ' +
   'or set PGPASSWORD, or add it to the connection string (postgres://user:password@host/db)';
-const SSL_HINT = 'set the TLS mode the server expects: PGSSLMODE=require / verify-full (and PGSSLROOTCERT), or ?sslmode=... in the connection string';
+// node-postgres reads sslmode and sslrootcert from the connection string only: PGSSLMODE=verify-full
+// alone trusts Node's CA store (plus NODE_EXTRA_CA_CERTS), and PGSSLROOTCERT is not read at all.
+export const SSL_HINT =
+  'give the TLS mode and the CA that signed the server certificate in the connection string: ' +
+  'postgres://user@host/db?sslmode=verify-full&sslrootcert=/path/ca.pem (PGSSLMODE alone trusts only the system CAs; PGSSLROOTCERT is not read); ' +
+  'a server without TLS: sslmode=disable';
 
 /** The hint for a failed connect: what to set for a missing/wrong password or a TLS mismatch, else the general one. */
 export function connectHint(e: unknown): string {

@@ -30,3 +30,12 @@ export async function lastEventAt(db: pg.Pool | pg.ClientBase, kind: EventKind):
   const r = await db.query<{ at: Date | null }>(`select max(at) as at from pgrekey.event where kind = $1`, [kind]);
   return r.rows[0]?.at ?? null;
 }
+
+/** The newest event of a kind (null: never). */
+export async function lastEvent(db: pg.Pool | pg.ClientBase, kind: EventKind): Promise<EventRow | null> {
+  const r = await db.query<EventRow>(
+    `select id::float8 as id, at, kind, host, db_role as role, coalesce(detail, '{}') as detail from pgrekey.event where kind = $1 order by at desc, id desc limit 1`,
+    [kind],
+  );
+  return r.rows[0] ?? null;
+}

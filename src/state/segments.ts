@@ -24,13 +24,16 @@ export interface Segment {
   lockTimeouts: number;
   /** pg_relation_filenode when the checkpoint was last written (null before). */
   relfilenode: string | null;
+  /** The relation's size when this pass started (block 0); null before it starts. Progress counts against it. */
+  startBlocks: number | null;
 }
 
 const COLUMNS = `table_name as "tableName", relation, segment_start::float8 as "segmentStart", segment_end::float8 as "segmentEnd",
   next_block::float8 as "nextBlock", total_blocks::float8 as "totalBlocks", state, generation, chunks::float8 as chunks,
   rows_scanned::float8 as "rowsScanned", rows_rewritten::float8 as "rowsRewritten", rows_conflict::float8 as "rowsConflict",
   rows_quarantined::float8 as "rowsQuarantined", started_at as "startedAt", updated_at as "updatedAt", finished_at as "finishedAt",
-  chunk_blocks as "chunkBlocks", rows_per_sec as "rowsPerSec", lock_timeouts::float8 as "lockTimeouts", relfilenode::text as relfilenode`;
+  chunk_blocks as "chunkBlocks", rows_per_sec as "rowsPerSec", lock_timeouts::float8 as "lockTimeouts", relfilenode::text as relfilenode,
+  start_blocks::float8 as "startBlocks"`;
 
 export async function listSegments(db: pg.Pool | pg.ClientBase): Promise<Segment[]> {
   return (await db.query<Segment>(`select ${COLUMNS} from pgrekey.sweep_segment order by table_name, relation, segment_start`)).rows;
@@ -51,7 +54,7 @@ export async function restartSegments(db: pg.Pool | pg.ClientBase, relations?: s
     `update pgrekey.sweep_segment
         set next_block = segment_start, state = 'pending', generation = generation + 1, chunks = 0,
             rows_scanned = 0, rows_rewritten = 0, rows_conflict = 0, rows_quarantined = 0,
-            started_at = null, finished_at = null, updated_at = now()
+            started_at = null, finished_at = null, start_blocks = null, updated_at = now()
       where $1::text[] is null or relation = any($1::text[])`,
     [relations ?? null],
   );
@@ -60,6 +63,11 @@ export async function restartSegments(db: pg.Pool | pg.ClientBase, relations?: s
 /** Records the relation's current file node with its checkpoint. */
 export async function recordFilenode(db: pg.Pool | pg.ClientBase, relation: string, filenode: string | null): Promise<void> {
   await db.query(`update pgrekey.sweep_segment set relfilenode = $2::oid where relation = $1 and segment_start = 0`, [relation, filenode]);
+}
+
+/** Records the relation's size as the pass starts (block 0): progress counts against it, not against the growing size. */
+export async function recordStartBlocks(db: pg.Pool | pg.ClientBase, relation: string, blocks: number): Promise<void> {
+  await db.query(`update pgrekey.sweep_segment set start_blocks = $2 where relation = $1 and segment_start = 0`, [relation, blocks]);
 }
 
 /** Moves a relation's checkpoint back to `block` (if it is past it), to be swept again from there. */

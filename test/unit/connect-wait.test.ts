@@ -1,7 +1,11 @@
 // waitForConnection: which failures are waited out, the backoff schedule and its cap, giving up, stopping.
 import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { ConnectWaitInterrupted, isRetryable, waitForConnection } from '../../src/db/connect.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseIntoClientConfig } from 'pg-connection-string';
+import { ConnectWaitInterrupted, connectHint, isRetryable, SSL_HINT, waitForConnection } from '../../src/db/connect.js';
 import { RuntimeFailure } from '../../src/errors.js';
 import type { Logger } from '../../src/logger.js';
 
@@ -115,5 +119,27 @@ describe('row security off on every pool connection', () => {
     // Certificate files stay with pg, which reads them at every connect.
     expect(connectionConfig('postgres://u@h/db?sslcert=/x.crt&sslkey=/x.key').connectionString).toContain('sslcert');
     expect(connectionConfig('postgres://u@h/db', { rowSecurityOff: false }).options ?? '').not.toMatch(/row_security/);
+  });
+});
+
+describe('connect hints', () => {
+  it('a TLS failure names what node-postgres reads (sslmode and sslrootcert in the URL), never PGSSLROOTCERT as a fix', () => {
+    for (const m of ['self-signed certificate in certificate chain', 'The server does not support SSL connections', 'no pg_hba.conf entry for host "x", user "u", database "d", no encryption']) {
+      const hint = connectHint(err(m));
+      expect(hint, m).toContain('?sslmode=verify-full&sslrootcert=/path/ca.pem');
+      expect(hint, m).toContain('PGSSLROOTCERT is not read');
+      expect(hint, m).not.toMatch(/\(and PGSSLROOTCERT\)/);
+    }
+    expect(connectHint(refused())).not.toContain('sslrootcert');
+  });
+
+  it('the URL form the hint suggests is what pg parses: the CA file becomes ssl.ca, verify-full checks the host', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'pg-rekey-ca-'));
+    const ca = path.join(dir, 'ca.pem');
+    writeFileSync(ca, '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
+    const example = SSL_HINT.match(/postgres:\/\/\S+/)![0]!.replace('/path/ca.pem', encodeURIComponent(ca));
+    const parsed = parseIntoClientConfig(example) as { ssl?: { ca?: string; rejectUnauthorized?: boolean } };
+    expect(parsed.ssl?.ca).toContain('BEGIN CERTIFICATE');
+    expect(parsed.ssl?.rejectUnauthorized).not.toBe(false);
   });
 });

@@ -10,7 +10,7 @@ function segment(over: Partial<StatusReport['sweep'][number]> = {}): StatusRepor
   return {
     tableName: EVIL_TABLE, relation: EVIL_TABLE, segmentStart: 0, segmentEnd: null, nextBlock: 30, totalBlocks: 120, state: 'running', generation: 1, chunks: 3,
     rowsScanned: 100, rowsRewritten: 90, rowsConflict: 0, rowsQuarantined: 0, startedAt: new Date(0), updatedAt: new Date(1000), finishedAt: null,
-    chunkBlocks: 8, rowsPerSec: 1234, lockTimeouts: 0, relfilenode: '1', percent: 25, etaSeconds: 90, shown: over.state ?? 'running', ...over,
+    chunkBlocks: 8, rowsPerSec: 1234, lockTimeouts: 0, relfilenode: '1', startBlocks: 120, percent: 25, blocksDone: 30, blocksOf: 120, tailBlocks: 0, etaSeconds: 90, shown: over.state ?? 'running', ...over,
   };
 }
 
@@ -22,9 +22,10 @@ function report(over: Partial<StatusReport> = {}): StatusReport {
       lagSeconds: 1.5, slotRecreations: 0, retainedWal: { bytes: 4096, maxBytes: 0, exceeded: false }, daemon: null, converged: false, starting: null,
     },
     throttle: { paused: false, pauseReason: null, pausedBy: null, pausedAt: null, reason: null, detail: null, since: null, overrides: {}, controller: null, controllerAt: null },
-    sweep: [segment(), segment({ tableName: 'public.incidents', relation: 'public.incidents', nextBlock: 50, totalBlocks: 50, state: 'done', percent: 100, etaSeconds: null })],
-    overall: { relations: 2, done: 1, blocksDone: 80, blocksTotal: 170, percent: 47.1, etaSeconds: 90 },
+    sweep: [segment(), segment({ tableName: 'public.incidents', relation: 'public.incidents', nextBlock: 50, totalBlocks: 50, startBlocks: 50, blocksDone: 50, blocksOf: 50, state: 'done', percent: 100, etaSeconds: null })],
+    overall: { relations: 2, done: 1, blocksDone: 80, blocksTotal: 170, percent: 47.1, etaSeconds: 90, remaining: { remaining: 1234, converged: false, source: 'verify', at: new Date(0), ageSeconds: 180 }, rowsPerSec: 850 },
     newerBackfill: null,
+    newerVerify: null,
     quarantine: { total: 1, byColumn: [{ table: EVIL_TABLE, column: `"<b>c</b>"`, version: 1, reason: 'decrypt failed', count: 1 }] },
     lastRuns: [{ id: 1, command: 'run', startedAt: new Date(0), finishedAt: null, outcome: null }],
     openTransactions: [{ xid: '7', kind: 'session', pid: 42, database: 'd', application: `<img src=x onerror=alert(1)>`, state: 'idle in transaction', ageSeconds: 30 }],
@@ -87,11 +88,13 @@ describe('status page', () => {
 describe('status page: the sweep as a whole', () => {
   it('shows one overall line (blocks swept of the blocks known, ETA, or why there is none) and a newer backfill', () => {
     const html = renderStatusPage(view());
-    expect(html).toMatch(/aria-valuenow="47\.1".*overall: 1 of 2 relation\(s\) done, 80 of 170 blocks swept, ETA ~2m/);
+    expect(html).toMatch(/aria-valuenow="47\.1".*overall: 1 of 2 relation\(s\) done, 80 of 170 blocks swept, ETA ~2m; 1,?234 old-version value\(s\) left at the newest count \(verify, 3m ago\); 850 rows\/s rewritten now/);
     const paused = renderStatusPage(view({ report: report({ overall: { ...report().overall, etaSeconds: null }, throttle: { ...report().throttle, paused: true } }) }));
     expect(paused).toMatch(/80 of 170 blocks swept, PAUSED: no ETA/);
     const newer = renderStatusPage(view({ report: report({ newerBackfill: { id: 9, command: 'backfill', startedAt: new Date(0), finishedAt: new Date(7000), outcome: 'converged', summary: { converged: false, remaining: 3 } } }) }));
     expect(newer).toContain('Since the last check: a backfill (run 9) finished after it, at 1970-01-01T00:00:07.000Z: 3 old-version value(s) left then');
+    const verified = renderStatusPage(view({ report: report({ newerVerify: { at: new Date(8000), host: 'ops1', converged: true, remaining: 0 } }) }));
+    expect(verified).toContain('Since the last check: a verify at 1970-01-01T00:00:08.000Z on ops1 counted 0 old-version value(s) (converged)');
   });
 });
 
