@@ -9,6 +9,7 @@ import { ConfigError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { publishLeaves, unpublishedLeaves } from '../replication/publication.js';
 import { countLeaves } from '../verify/count-versions.js';
+import { rememberLeaves } from '../state/segments.js';
 
 export interface LeafRef {
   /** Configured table (display name). */
@@ -92,10 +93,13 @@ export class CatalogWatch {
   }
 
   /**
-   * At startup: refuses unlogged leaves (ConfigError, with the fix), makes sure the publication
-   * publishes every leaf (INHERITS children created since setup), records every leaf's file node.
+   * At startup: refuses unlogged leaves (ConfigError, with the fix), remembers every leaf (a
+   * segment row: one attached while run was stopped is not forgotten if it leaves before the
+   * sweep reaches it), makes sure the publication publishes every leaf (INHERITS children
+   * created since setup), records every leaf's file node.
    */
   async init(): Promise<void> {
+    await rememberLeaves(this.db, this.full);
     const unlogged = unloggedProblems(this.full);
     if (unlogged.length) {
       throw new ConfigError(

@@ -10,7 +10,7 @@ import { PG_REKEY_VERSION } from '../version.js';
 import { LogProgress, type ProgressSink } from '../backfill/progress.js';
 import { sweepTables } from '../backfill/sweep.js';
 import { sleep } from '../timing.js';
-import { ensureSegment, restartSegments } from '../state/segments.js';
+import { ensureSegment, rememberLeaves, restartSegments } from '../state/segments.js';
 import { summarizeQuarantine } from '../state/quarantine.js';
 import { formatLsn, parseLsn } from '../replication/lsn.js';
 import { RelationMap } from '../replication/relation-map.js';
@@ -492,6 +492,8 @@ export class Daemon {
       if (!c.changed) return false;
       const relations = await RelationMap.build(this.ctx.pool, c.tables);
       for (const l of [...c.added, ...c.rewritten]) await ensureSegment(this.ctx.pool, l.table, l.relation);
+      // Unlogged leaves too (not swept, but counted): one that leaves later is listed outside the configured tables.
+      await rememberLeaves(this.ctx.pool, c.full);
       this.catalog.accept(c);
       this.tables = c.tables;
       this.relations = relations;

@@ -1,0 +1,84 @@
+// What run must keep watching so that a count of 0 proves something (issue 9; design.md rule 7):
+// a partition that joins while run is stopped and leaves before the sweep reaches it, row security
+// switched on under run, an UNLOGGED partition attached under run, a child unlinked (NO INHERIT)
+// under run. Each is checked against the superuser's count of v1 values: no convergence claim while
+// a v1 value exists that pg-rekey was supposed to see.
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { KeyRing } from '../../src/crypto/key-ring.js';
+import { encryptValue } from '../../src/crypto/rewrite.js';
+import { createTestDatabase, type TestDatabase } from '../support/db.js';
+import { insertBatched, testRing } from '../support/fixtures.js';
+import { claimsConvergence, noFalseClaim, v1Count } from '../support/claims.js';
+import { cli, eventually, startDaemon, writeDaemonFiles, type RunningDaemon } from '../support/daemon.js';
+
+let ring: KeyRing;
+const dbs: TestDatabase[] = [];
+let daemon: RunningDaemon | null = null;
+
+const v1 = (text: string) => encryptValue(Buffer.from(text), 1, ring);
+const v2 = (text: string) => encryptValue(Buffer.from(text), 2, ring);
+const linesOf = (d: RunningDaemon, from = 0) => d.proc.lines.slice(from).map((l) => l.text);
+
+async function newDb(prefix: string): Promise<TestDatabase> {
+  const db = await createTestDatabase(prefix);
+  dbs.push(db);
+  return db;
+}
+
+beforeAll(async () => {
+  ring = await testRing();
+});
+
+afterEach(async () => {
+  if (daemon) await daemon.proc.stop('SIGKILL');
+  daemon = null;
+});
+
+afterAll(async () => {
+  for (const db of dbs) await db.drop();
+});
+
+describe('a leaf that joined while run was stopped', () => {
+  it('attached with v1 rows while run is stopped, detached under run before the sweep reaches it: run never claims convergence, verify exits 1 listing it outside the configured tables', async () => {
+    const db = await newDb('attach_stopped');
+    await db.pool.query(`
+      create table events (region text not null, id bigint not null, secret text, primary key (region, id)) partition by list (region);
+      create table events_a partition of events for values in ('a');
+    `);
+    await insertBatched(db.pool, 'events', ['region', 'id', 'secret'], ['text', 'bigint', 'text'], Array.from({ length: 20 }, (_, i) => ['a', i + 1, v2(`a ${i + 1}`)]));
+    const files = writeDaemonFiles(db.url, [{ name: 'events', columns: ['secret'] }]);
+    expect((await cli(files, 'setup')).code).toBe(0);
+
+    // While run is stopped: a table holding v1 rows becomes a partition (setup never saw it).
+    await db.pool.query(`create table events_z (region text not null, id bigint not null, secret text, primary key (region, id))`);
+    await insertBatched(db.pool, 'events_z', ['region', 'id', 'secret'], ['text', 'bigint', 'text'], Array.from({ length: 30 }, (_, i) => ['z', i + 1, v1(`z ${i + 1}`)]));
+    await db.pool.query(`alter table events attach partition events_z for values in ('z')`);
+
+    // The sweep is held (the pause switch) so that it cannot reach events_z before it leaves.
+    expect((await cli(files, 'pause', '--reason', 'test')).code).toBe(0);
+    daemon = await startDaemon(files);
+    const from = daemon.proc.lines.length;
+    await db.pool.query(`alter table events detach partition events_z`);
+    await daemon.proc.waitForLine(/public\.events_z is no longer a leaf of public\.events/, { fromIndex: from, timeoutMs: 15_000 });
+    expect(await v1Count(db, 'events_z')).toBe(30);
+    expect((await cli(files, 'resume')).code).toBe(0);
+
+    // What is left of `events` is swept; the first verdict after that must not be a convergence claim.
+    const verdict = await daemon.proc.waitForLine((t) => (/not converged yet/.test(t) && t.includes('events_z')) || /CONVERGED/.test(t), { fromIndex: from, timeoutMs: 30_000 });
+    expect(verdict.text).not.toMatch(/CONVERGED/);
+    expect(await v1Count(db, 'events_z')).toBe(30);
+
+    const verify = await cli(files, 'verify', '--json');
+    expect(verify.code, verify.stdout + verify.stderr).toBe(1);
+    await noFalseClaim(db, 'events_z', verify, 'verify');
+    const report = JSON.parse(verify.stdout);
+    expect(report.remaining).toBe(0);
+    expect(report.outside).toMatchObject([{ relation: 'public.events_z', wasPartOf: 'public.events', ignored: false, remaining: 30 }]);
+    const text = await cli(files, 'verify');
+    expect(text.code).toBe(1);
+    expect(text.stdout).toContain('outside the configured tables');
+    expect(text.stdout).toMatch(/public\.events_z was a leaf of public\.events .*holds 30 old-version value/);
+    expect(linesOf(daemon).some((l) => /CONVERGED/.test(l))).toBe(false);
+    expect(claimsConvergence(text.stdout)).toBe(false);
+  });
+});
