@@ -481,6 +481,15 @@ export class Daemon {
     const run = async (): Promise<boolean> => {
       if (this.stopping) return false;
       const c = await this.catalog.check();
+      if (c.hidden.length) {
+        // Exit 2 as at the start: a grant (or the connection) fixes it, and nothing was claimed meanwhile.
+        this.log.fatal(
+          { problems: c.hidden, trigger, hint: 'grant what each problem says (or run as a role that sees every row), then start `pg-rekey run` again; the slot keeps the changes made meanwhile' },
+          `row security now hides rows of a configured table from this role: a count of 0 would prove nothing, so run stops (exit 2): ${c.hidden.join('; ')}`,
+        );
+        this.stop(EXIT_USAGE);
+        return false;
+      }
       if (c.problems.length) {
         this.log.fatal(
           { problems: c.problems, trigger, hint: 'fix the table or the `tables:` section of the config, run `pg-rekey setup`, then start `pg-rekey run` again' },

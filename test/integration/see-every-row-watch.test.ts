@@ -7,7 +7,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { KeyRing } from '../../src/crypto/key-ring.js';
 import { encryptValue } from '../../src/crypto/rewrite.js';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
-import { insertBatched, testRing } from '../support/fixtures.js';
+import { insertBatched, tableChecksum, testRing } from '../support/fixtures.js';
+import { createWorkerRole, type WorkerRole } from '../support/worker-role.js';
 import { claimsConvergence, noFalseClaim, v1Count } from '../support/claims.js';
 import { cli, eventually, startDaemon, writeDaemonFiles, type RunningDaemon } from '../support/daemon.js';
 
@@ -80,5 +81,67 @@ describe('a leaf that joined while run was stopped', () => {
     expect(text.stdout).toMatch(/public\.events_z was a leaf of public\.events .*holds 30 old-version value/);
     expect(linesOf(daemon).some((l) => /CONVERGED/.test(l))).toBe(false);
     expect(claimsConvergence(text.stdout)).toBe(false);
+  });
+});
+
+describe('row security switched on under run', () => {
+  const ROLE = `serw_rls_${process.pid}`;
+  let role: WorkerRole | null = null;
+  afterAll(async () => {
+    await role?.drop();
+  });
+
+  it('ENABLE ROW LEVEL SECURITY on one partition (a policy the least-privilege role does not match) under run: run stops with exit 2 naming the grant, never CONVERGED; run and backfill then refuse, the data byte-identical', async () => {
+    const db = await newDb('rls_under_run');
+    await db.pool.query(`
+      create table logs (id bigint primary key, secret text) partition by range (id);
+      create table logs_1 partition of logs for values from (0) to (1000);
+      create table logs_2 partition of logs for values from (1000) to (2000);
+    `);
+    role = await createWorkerRole(db, ROLE, 'pgrekey_serw');
+    await db.pool.query(`
+      grant select, update (secret) on logs, logs_1, logs_2 to ${ROLE};
+      create publication pgrekey_serw for table logs with (publish = 'insert, update');
+    `);
+    await insertBatched(db.pool, 'logs', ['id', 'secret'], ['bigint', 'text'], Array.from({ length: 20 }, (_, i) => [i < 10 ? i + 1 : 1000 + i, v1(`log ${i}`)]));
+    const files = writeDaemonFiles(role.url, [{ name: 'logs', columns: ['secret'] }], { replication: { publication: 'pgrekey_serw' } });
+    const setup = await cli(files, 'setup');
+    expect(setup.code, setup.stderr).toBe(0);
+    daemon = await startDaemon(files);
+    await daemon.proc.waitForLine(/CONVERGED/, { timeoutMs: 30_000 });
+    expect(await v1Count(db, 'logs')).toBe(0);
+
+    // The owner turns row security on for one partition, then writes v1 values this role may not see.
+    const from = daemon.proc.lines.length;
+    await db.pool.query(`begin; alter table logs_2 enable row level security; create policy only_owner on logs_2 to postgres using (true); commit`);
+    for (let id = 1500; id < 1505; id++) await db.pool.query(`insert into logs values ($1, $2)`, [id, v1(`log ${id}`)]);
+    const d = daemon;
+    daemon = null;
+    const exited = await Promise.race([d.proc.exited, new Promise<null>((r) => setTimeout(() => r(null), 30_000))]);
+    const r = exited ?? (await d.proc.stop('SIGKILL'));
+    expect(exited, `run did not stop within 30 s:\n${linesOf(d, from).join('\n').slice(-3000)}`).not.toBeNull();
+    expect(r.code, r.stderr.slice(-3000)).toBe(2);
+    const after = linesOf(d, from).join('\n');
+    expect(after).toMatch(/public\.logs_2 has row level security enabled and role .* would not see every row/);
+    expect(after).toMatch(/BYPASSRLS/);
+    expect(after).not.toMatch(/CONVERGED/);
+    expect(await v1Count(db, 'logs')).toBe(5);
+
+    // Refused at the start, by run and by backfill, and nothing is written.
+    const before = await tableChecksum(db.pool, 'logs');
+    const run = await cli(files, 'run', '--exit-when-converged');
+    expect(run.code, run.stderr.slice(-2000)).toBe(2);
+    expect(run.stderr).toMatch(/public\.logs_2 has row level security enabled/);
+    const backfill = await cli(files, 'backfill');
+    expect(backfill.code, backfill.stderr.slice(-2000)).toBe(2);
+    expect(backfill.stderr).toMatch(/public\.logs_2 has row level security enabled/);
+    await noFalseClaim(db, 'logs', backfill, 'backfill');
+    expect(await tableChecksum(db.pool, 'logs')).toBe(before);
+
+    // BYPASSRLS, as the error says: the whole table is counted again, the hidden v1 values included.
+    await db.pool.query(`alter role ${ROLE} bypassrls`);
+    const verify = await cli(files, 'verify', '--json');
+    expect(verify.code, verify.stderr.slice(-2000)).toBe(1);
+    expect(JSON.parse(verify.stdout).remaining).toBe(5);
   });
 });
