@@ -145,3 +145,74 @@ describe('row security switched on under run', () => {
     expect(JSON.parse(verify.stdout).remaining).toBe(5);
   });
 });
+
+describe('leaves that change under run', () => {
+  it('an UNLOGGED partition ATTACHed and an INHERITS child unlinked (NO INHERIT) while run is running: run says it no longer follows them and never claims convergence; verify exits 1 naming both', async () => {
+    const db = await newDb('unlogged_noinherit');
+    await db.pool.query(`
+      create table logs (id bigint primary key, secret text) partition by range (id);
+      create table logs_1 partition of logs for values from (0) to (1000);
+      create table calls (id bigint primary key, secret text);
+    `);
+    await insertBatched(db.pool, 'logs', ['id', 'secret'], ['bigint', 'text'], Array.from({ length: 10 }, (_, i) => [i + 1, v1(`log ${i + 1}`)]));
+    await insertBatched(db.pool, 'calls', ['id', 'secret'], ['bigint', 'text'], Array.from({ length: 10 }, (_, i) => [i + 1, v1(`call ${i + 1}`)]));
+    const files = writeDaemonFiles(db.url, [
+      { name: 'logs', columns: ['secret'] },
+      { name: 'calls', columns: ['secret'] },
+    ]);
+    expect((await cli(files, 'setup')).code).toBe(0);
+    daemon = await startDaemon(files);
+    await daemon.proc.waitForLine(/CONVERGED/, { timeoutMs: 30_000 });
+    expect(await v1Count(db, 'logs')).toBe(0);
+    expect(await v1Count(db, 'calls')).toBe(0);
+
+    // The sweep held, so that the child linked below is not swept before it is unlinked again.
+    expect((await cli(files, 'pause', '--reason', 'test')).code).toBe(0);
+    const from = daemon.proc.lines.length;
+    await db.pool.query(`create unlogged table logs_u (id bigint primary key, secret text)`);
+    await insertBatched(db.pool, 'logs_u', ['id', 'secret'], ['bigint', 'text'], Array.from({ length: 5 }, (_, i) => [2000 + i, v1(`log ${2000 + i}`)]));
+    await db.pool.query(`alter table logs attach partition logs_u for values from (2000) to (3000)`);
+    await daemon.proc.waitForLine(/public\.logs_u \(a leaf of public\.logs\) is UNLOGGED \(partition attached or created, UNLOGGED\).*no longer sweeps or streams it/, { fromIndex: from, timeoutMs: 15_000 });
+
+    // A table holding v1 rows becomes a child (only the sweep, held, could reach them), then leaves again.
+    await db.pool.query(`create table calls_x (id bigint primary key, secret text)`);
+    await insertBatched(db.pool, 'calls_x', ['id', 'secret'], ['bigint', 'text'], Array.from({ length: 8 }, (_, i) => [100 + i, v1(`call ${100 + i}`)]));
+    await db.pool.query(`alter table calls_x inherit calls`);
+    await daemon.proc.waitForLine(/new leaf public\.calls_x of public\.calls \(inheritance child/, { fromIndex: from, timeoutMs: 15_000 });
+    await db.pool.query(`alter table calls_x no inherit calls`);
+    await daemon.proc.waitForLine(/public\.calls_x is no longer a leaf of public\.calls/, { fromIndex: from, timeoutMs: 15_000 });
+    expect((await cli(files, 'resume')).code).toBe(0);
+
+    const verdict = await daemon.proc.waitForLine((t) => (/not converged yet/.test(t) && t.includes('logs_u') && t.includes('calls_x')) || /CONVERGED/.test(t), { fromIndex: from, timeoutMs: 30_000 });
+    expect(verdict.text).not.toMatch(/CONVERGED/);
+    expect(await v1Count(db, 'logs_u')).toBe(5);
+    expect(await v1Count(db, 'calls_x')).toBe(8);
+
+    const verify = await cli(files, 'verify', '--json');
+    expect(verify.code, verify.stdout + verify.stderr).toBe(1);
+    await noFalseClaim(db, 'calls_x', verify, 'verify');
+    const report = JSON.parse(verify.stdout);
+    expect(report.unfollowed).toContainEqual(expect.stringMatching(/public\.logs_u \(a leaf of public\.logs\) is UNLOGGED/));
+    expect(report.outside).toMatchObject([{ relation: 'public.calls_x', wasPartOf: 'public.calls', ignored: false, remaining: 8 }]);
+    expect(linesOf(daemon, from).some((l) => /CONVERGED/.test(l))).toBe(false);
+  });
+
+  it('a standalone UNLOGGED configured table: setup refuses (exit 2) with the fix and creates nothing (no state schema, publication or slot)', async () => {
+    const db = await newDb('unlogged_standalone');
+    await db.pool.query(`create unlogged table scratch (id bigint primary key, secret text)`);
+    await db.pool.query(`insert into scratch values (1, $1)`, [v1('scratch 1')]);
+    const files = writeDaemonFiles(db.url, [{ name: 'scratch', columns: ['secret'] }]);
+    const setup = await cli(files, 'setup');
+    expect(setup.code, setup.stderr).toBe(2);
+    expect(setup.stderr).toContain('ALTER TABLE public.scratch SET LOGGED');
+    expect(claimsConvergence(setup.stdout + setup.stderr)).toBe(false);
+    const made = (
+      await db.pool.query(
+        `select to_regnamespace('pgrekey') is not null as schema, (select count(*)::int from pg_publication) as publications,
+                (select count(*)::int from pg_replication_slots where database = current_database()) as slots`,
+      )
+    ).rows[0];
+    expect(made).toEqual({ schema: false, publications: 0, slots: 0 });
+    expect(await v1Count(db, 'scratch')).toBe(1);
+  });
+});
