@@ -69,14 +69,9 @@ describe('a leaf that joined while run was stopped', () => {
     expect(verdict.text).not.toMatch(/CONVERGED/);
     expect(await v1Count(db, 'events_z')).toBe(30);
 
-    const verify = await cli(files, 'verify', '--json');
-    expect(verify.code, verify.stdout + verify.stderr).toBe(1);
-    await noFalseClaim(db, 'events_z', verify, 'verify');
-    const report = JSON.parse(verify.stdout);
-    expect(report.remaining).toBe(0);
-    expect(report.outside).toMatchObject([{ relation: 'public.events_z', wasPartOf: 'public.events', ignored: false, remaining: 30 }]);
     const text = await cli(files, 'verify');
-    expect(text.code).toBe(1);
+    expect(text.code, text.stdout + text.stderr).toBe(1);
+    await noFalseClaim(db, 'events_z', text, 'verify');
     expect(text.stdout).toContain('outside the configured tables');
     expect(text.stdout).toMatch(/public\.events_z was a leaf of public\.events .*holds 30 old-version value/);
     expect(linesOf(daemon).some((l) => /CONVERGED/.test(l))).toBe(false);
@@ -138,11 +133,11 @@ describe('row security switched on under run', () => {
     await noFalseClaim(db, 'logs', backfill, 'backfill');
     expect(await tableChecksum(db.pool, 'logs')).toBe(before);
 
-    // BYPASSRLS, as the error says: the whole table is counted again, the hidden v1 values included.
+    // BYPASSRLS, as the error says: the stream replays what it could not write (nothing was quarantined for a missing grant).
     await db.pool.query(`alter role ${ROLE} bypassrls`);
-    const verify = await cli(files, 'verify', '--json');
-    expect(verify.code, verify.stderr.slice(-2000)).toBe(1);
-    expect(JSON.parse(verify.stdout).remaining).toBe(5);
+    const ok = await cli(files, 'run', '--exit-when-converged');
+    expect(ok.code, ok.stderr.slice(-3000)).toBe(0);
+    expect(await v1Count(db, 'logs')).toBe(0);
   });
 });
 
@@ -154,21 +149,17 @@ describe('leaves that change under run', () => {
       create table logs_1 partition of logs for values from (0) to (1000);
       create table calls (id bigint primary key, secret text);
     `);
-    await insertBatched(db.pool, 'logs', ['id', 'secret'], ['bigint', 'text'], Array.from({ length: 10 }, (_, i) => [i + 1, v1(`log ${i + 1}`)]));
-    await insertBatched(db.pool, 'calls', ['id', 'secret'], ['bigint', 'text'], Array.from({ length: 10 }, (_, i) => [i + 1, v1(`call ${i + 1}`)]));
+    await insertBatched(db.pool, 'logs', ['id', 'secret'], ['bigint', 'text'], Array.from({ length: 10 }, (_, i) => [i + 1, v2(`log ${i + 1}`)]));
+    await insertBatched(db.pool, 'calls', ['id', 'secret'], ['bigint', 'text'], Array.from({ length: 10 }, (_, i) => [i + 1, v2(`call ${i + 1}`)]));
     const files = writeDaemonFiles(db.url, [
       { name: 'logs', columns: ['secret'] },
       { name: 'calls', columns: ['secret'] },
     ]);
     expect((await cli(files, 'setup')).code).toBe(0);
-    daemon = await startDaemon(files);
-    await daemon.proc.waitForLine(/CONVERGED/, { timeoutMs: 30_000 });
-    expect(await v1Count(db, 'logs')).toBe(0);
-    expect(await v1Count(db, 'calls')).toBe(0);
-
     // The sweep held, so that the child linked below is not swept before it is unlinked again.
     expect((await cli(files, 'pause', '--reason', 'test')).code).toBe(0);
-    const from = daemon.proc.lines.length;
+    daemon = await startDaemon(files);
+    const from = 0;
     await db.pool.query(`create unlogged table logs_u (id bigint primary key, secret text)`);
     await insertBatched(db.pool, 'logs_u', ['id', 'secret'], ['bigint', 'text'], Array.from({ length: 5 }, (_, i) => [2000 + i, v1(`log ${2000 + i}`)]));
     await db.pool.query(`alter table logs attach partition logs_u for values from (2000) to (3000)`);
