@@ -48,6 +48,12 @@ grant execute on function pg_replication_origin_session_setup(text), pg_replicat
 -- PostgreSQL 14 and older let every role create objects in schema public (15+ do not): consider
 -- REVOKE CREATE ON SCHEMA public FROM PUBLIC there (check your applications first).
 
+-- Row level security is off on every configured relation today. pg-rekey must see every row: its sessions run
+-- with row_security = off, so a policy turned on later (ENABLE ROW LEVEL SECURITY) makes setup, backfill and
+-- verify refuse and run stop (exit 2) instead of counting part of a table. Then, as a superuser, either
+--   alter role "rekey_worker" bypassrls;
+-- or run pg-rekey as the table's owner (the owner sees every row unless the table has FORCE ROW LEVEL SECURITY).
+
 -- The publication the stream decodes (inserts and updates; deletes and truncates need no rewrite).
 select 'create publication "pg_rekey" for table "public"."incidents", "public"."incident_communications", "public"."cfs_incidents" with (publish = ''insert, update'')' where not exists (select from pg_publication where pubname = 'pg_rekey') \gexec
 

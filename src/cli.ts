@@ -199,6 +199,8 @@ Typical rotation:
         'daemon.shutdown_timeout (10s); past it, exit 3 naming what was left (it replays from the slot).\n' +
         'A second signal exits at once (3).\n' +
         'A lost or dropped slot is recreated and the sweep restarts from block 0.\n' +
+        'Row security turned on under run for a configured table or leaf this role would not see whole: run stops\n' +
+        'with exit 2 naming the grant (BYPASSRLS, or the table\'s owner without FORCE); the slot keeps what was missed.\n' +
         'Rollout gate: every old-version value in an application INSERT/UPDATE the stream decodes (pg-rekey\'s\n' +
         'own rewrites aside) is recorded per version, table and column with its commit time (pgrekey.old_version_write,\n' +
         'pg_rekey_old_version_writes_total, pg_rekey_old_version_last_write_timestamp_seconds): an application\n' +

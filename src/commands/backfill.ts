@@ -14,7 +14,7 @@ import { LogProgress, TtyProgress } from '../backfill/progress.js';
 import { countLeftBehind, type LeftBehind, type RelationResult } from '../backfill/sweep.js';
 import { sweepAll } from '../backfill/worker-pool.js';
 import { displayName } from '../db/ident.js';
-import { restartSegments } from '../state/segments.js';
+import { rememberLeaves, restartSegments } from '../state/segments.js';
 import { finishRun, openedSummary, startRun } from '../state/runs.js';
 import { onShutdownSignals } from '../signals.js';
 import { LiveSettings } from '../throttle/live-settings.js';
@@ -93,6 +93,8 @@ export async function backfillCommand(flags: GlobalFlags, opts: BackfillOptions)
     await proveTargetKey(ctx.pool, tables, ring, ctx.log);
     // A dry run writes nothing, so it carries no origin either.
     const origin = opts.dryRun ? undefined : (await rewriteOrigins(ctx.pool, ctx.config.replication.origin, ctx.config.replication.slot, ctx.log)).sweep;
+    // Every leaf remembered before the sweep: one that leaves before the sweep reaches it stays listed by verify.
+    if (!opts.dryRun) await rememberLeaves(ctx.pool, tables);
     if (!opts.dryRun) runId = await startRun(ctx.pool, 'backfill', ring);
     const tty = process.stderr.isTTY === true && !opts.json;
     // A dry run writes nothing (not even the throttle state) and may run before setup: it is not throttled.

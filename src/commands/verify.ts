@@ -28,6 +28,8 @@ import type { Context } from '../context.js';
 import type { TableInfo } from '../db/catalog.js';
 import { readRollout, renderRollout, type RolloutStatus } from './status.js';
 import { recordEvent } from '../state/events.js';
+import { rememberLeaves } from '../state/segments.js';
+import { countedLeaves } from '../db/unlogged.js';
 
 export interface VerifyReport {
   target: string;
@@ -146,6 +148,8 @@ export async function collectVerify(ctx: Context, tables: TableInfo[], target: n
   // A count of part of a table is worse than none: refuse rather than print it.
   await refuseHiddenRows(ctx.pool, tables, 'cannot count every row');
   const withState = await stateIsCurrent(ctx.pool);
+  // Remember every leaf counted now (when this role may): one that leaves later is listed outside the configured tables.
+  if (withState) await rememberCountedLeaves(ctx, tables);
   // One snapshot for the whole count (snapshot-count.ts): no row counted twice or missed as it moves.
   const counted = await countInOneSnapshot(ctx.pool, tables, target, withState);
   const columns = counted.columns;
@@ -173,6 +177,21 @@ export async function collectVerify(ctx: Context, tables: TableInfo[], target: n
         })
       : null,
   };
+}
+
+/**
+ * verify remembers the leaves it counts (a segment row by oid, as run and backfill do), so that a
+ * partition attached while run was stopped and detached before any sweep reached it is still
+ * listed outside the configured tables afterwards. A role that may not write the state (a
+ * read-only auditor) remembers nothing: it is told, and its count of what exists now stands.
+ */
+async function rememberCountedLeaves(ctx: Context, tables: TableInfo[]): Promise<void> {
+  const may = (await ctx.pool.query<{ ok: boolean }>(`select has_table_privilege('pgrekey.sweep_segment', 'INSERT') as ok`)).rows[0]!.ok;
+  if (!may) {
+    ctx.log.info({ component: 'verify' }, 'this role may not write pgrekey.sweep_segment: the leaves counted now are not remembered (run and backfill remember them)');
+    return;
+  }
+  await rememberLeaves(ctx.pool, tables.map((t) => ({ display: t.display, leaves: countedLeaves(t) })));
 }
 
 function parseSample(opts: VerifyOptions): number | undefined {

@@ -5,10 +5,12 @@ import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js'
 import { followedView, unloggedProblems } from '../db/unlogged.js';
 import { findUpdateTriggers } from '../db/triggers.js';
 import { undecidedProblems } from '../db/trigger-decision.js';
+import { rowSecurityNotOff, rowSecurityProblems } from '../db/row-security.js';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { publishLeaves, unpublishedLeaves } from '../replication/publication.js';
 import { countLeaves } from '../verify/count-versions.js';
+import { rememberLeaves } from '../state/segments.js';
 
 export interface LeafRef {
   /** Configured table (display name). */
@@ -51,6 +53,11 @@ export interface CatalogChanges {
   unpublished: LeafRef[];
   /** Changes run cannot follow: a configured column or the key gone, a table created again, an UPDATE trigger nobody decided about. */
   problems: string[];
+  /**
+   * Rows this role no longer sees whole (row security enabled or forced under run, on a table or
+   * one leaf; or row_security no longer off in the session), each with the grant that fixes it.
+   */
+  hidden: string[];
   changed: boolean;
   /** File node per leaf, applied by accept(). */
   readonly nodes: Map<string, string>;
@@ -92,10 +99,13 @@ export class CatalogWatch {
   }
 
   /**
-   * At startup: refuses unlogged leaves (ConfigError, with the fix), makes sure the publication
-   * publishes every leaf (INHERITS children created since setup), records every leaf's file node.
+   * At startup: refuses unlogged leaves (ConfigError, with the fix), remembers every leaf (a
+   * segment row: one attached while run was stopped is not forgotten if it leaves before the
+   * sweep reaches it), makes sure the publication publishes every leaf (INHERITS children
+   * created since setup), records every leaf's file node.
    */
   async init(): Promise<void> {
+    await rememberLeaves(this.db, this.full);
     const unlogged = unloggedProblems(this.full);
     if (unlogged.length) {
       throw new ConfigError(
@@ -112,7 +122,9 @@ export class CatalogWatch {
 
   async check(): Promise<CatalogChanges> {
     const before = new Map(this.full.map((t) => [t.display, t]));
-    const out: CatalogChanges = { tables: [], dropped: [], added: [], removed: [], rewritten: [], unlogged: [], unpublished: [], problems: [], changed: false, nodes: new Map(), full: [] };
+    const out: CatalogChanges = { tables: [], dropped: [], added: [], removed: [], rewritten: [], unlogged: [], unpublished: [], problems: [], hidden: [], changed: false, nodes: new Map(), full: [] };
+    const notOff = await rowSecurityNotOff(this.db);
+    if (notOff) out.hidden.push(notOff);
     const fresh: { table: string; leaf: QualifiedName }[] = [];
     for (const cfg of this.configured) {
       const name = displayName(cfg);
@@ -154,6 +166,8 @@ export class CatalogWatch {
       }
       const now = new Set(info.leaves.map(displayName));
       for (const relation of was) if (!now.has(relation)) out.removed.push({ table: name, relation, ...(await this.leftWith(relation, info)) });
+      // Row security enabled under run (on the table, or on one leaf): a count of 0 would prove nothing.
+      out.hidden.push(...(await rowSecurityProblems(this.db, [info])).map((h) => h.problem));
       // A trigger created under run on a table without a `triggers:` decision (on a new leaf too): stop, as the start would refuse.
       out.problems.push(...undecidedProblems(await findUpdateTriggers(this.db, [info])));
       out.full.push(info);

@@ -8,6 +8,7 @@ import { parseLsn, type Lsn } from '../replication/lsn.js';
 import { unpublishedLeaves } from '../replication/publication.js';
 import type { QualifiedName } from '../db/ident.js';
 import { countedLeaves, isUnlogged } from '../db/unlogged.js';
+import { rowSecurityNotOff, rowSecurityProblems } from '../db/row-security.js';
 import { blocksConvergence, findOutsideRelations, outsideProblems, type OutsideRelation } from '../verify/outside.js';
 
 export interface ConvergenceCheck {
@@ -101,6 +102,10 @@ export async function checkConvergence(
   const blockers = await unfollowedLeaves(db, tables, waits.publication);
   const outside = await findOutsideRelations(db, tables, target, waits.ignore ?? []);
   blockers.push(...outsideProblems(outside));
+  // Row security enabled since the last catalog check: what this role counted may be part of a table.
+  const notOff = await rowSecurityNotOff(db);
+  if (notOff) blockers.push(notOff);
+  blockers.push(...(await rowSecurityProblems(db, tables)).map((h) => h.problem));
   return {
     sweepDone,
     streamCaughtUp,

@@ -10,7 +10,7 @@ import { PG_REKEY_VERSION } from '../version.js';
 import { LogProgress, type ProgressSink } from '../backfill/progress.js';
 import { sweepAll } from '../backfill/worker-pool.js';
 import { sleep } from '../timing.js';
-import { ensureSegment, restartSegments } from '../state/segments.js';
+import { ensureSegment, rememberLeaves, restartSegments } from '../state/segments.js';
 import { summarizeQuarantine } from '../state/quarantine.js';
 import { formatLsn, parseLsn } from '../replication/lsn.js';
 import { RelationMap } from '../replication/relation-map.js';
@@ -499,6 +499,15 @@ export class Daemon {
     const run = async (): Promise<boolean> => {
       if (this.stopping) return false;
       const c = await this.catalog.check();
+      if (c.hidden.length) {
+        // Exit 2 as at the start: a grant (or the connection) fixes it, and nothing was claimed meanwhile.
+        this.log.fatal(
+          { problems: c.hidden, trigger, hint: 'grant what each problem says (or run as a role that sees every row), then start `pg-rekey run` again; the slot keeps the changes made meanwhile' },
+          `row security now hides rows of a configured table from this role: a count of 0 would prove nothing, so run stops (exit 2): ${c.hidden.join('; ')}`,
+        );
+        this.stop(EXIT_USAGE);
+        return false;
+      }
       if (c.problems.length) {
         this.log.fatal(
           { problems: c.problems, trigger, hint: 'fix the table or the `tables:` section of the config, run `pg-rekey setup`, then start `pg-rekey run` again' },
@@ -510,6 +519,8 @@ export class Daemon {
       if (!c.changed) return false;
       const relations = await RelationMap.build(this.ctx.pool, c.tables);
       for (const l of [...c.added, ...c.rewritten]) await ensureSegment(this.ctx.pool, l.table, l.relation);
+      // Unlogged leaves too (not swept, but counted): one that leaves later is listed outside the configured tables.
+      await rememberLeaves(this.ctx.pool, c.full);
       this.catalog.accept(c);
       this.tables = c.tables;
       this.relations = relations;

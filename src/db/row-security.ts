@@ -47,8 +47,31 @@ export async function rowSecurityProblems(db: pg.Pool | pg.ClientBase, tables: r
   return out;
 }
 
+/**
+ * The fail-loud switch is only as good as its arrival: `-c row_security=off` is a startup option,
+ * which a connection pooler (PgBouncer) may drop, and which a connection string's own `options`
+ * could replace. Null when this session has row_security off, else the problem with its fix.
+ */
+export async function rowSecurityNotOff(db: pg.Pool | pg.ClientBase): Promise<string | null> {
+  const r = await db.query<{ v: string; bypass: boolean }>(
+    `select current_setting('row_security') as v, (select rolsuper or rolbypassrls from pg_roles where rolname = current_user) as bypass`,
+  );
+  const { v, bypass } = r.rows[0]!;
+  if (v === 'off' || bypass) return null; // a role that bypasses row security sees every row whatever the setting
+  return (
+    `this session has row_security = ${v}, not off: the startup option -c row_security=off that pg-rekey sends did not take effect ` +
+    '(a connection pooler such as PgBouncer drops startup options; an `options` of the connection string may replace it), ' +
+    'so a policy could silently hide rows instead of raising an error. Connect to PostgreSQL directly (or through a pooler in session mode ' +
+    "that passes `options` on), or give the role BYPASSRLS (ALTER ROLE ... BYPASSRLS)"
+  );
+}
+
 /** For commands that read or rewrite (backfill, run, verify): refuse (exit 2) rather than work on part of a table. */
 export async function refuseHiddenRows(db: pg.Pool | pg.ClientBase, tables: readonly TableInfo[], what = 'pg-rekey would not see every row'): Promise<void> {
+  const notOff = await rowSecurityNotOff(db);
+  if (notOff) {
+    throw new ConfigError(`${what}: row_security is not off in pg-rekey's session`, 'connect so that the startup option arrives, then run the command again; nothing was counted or written', [notOff]);
+  }
   const hidden = await rowSecurityProblems(db, tables);
   if (hidden.length === 0) return;
   throw new ConfigError(

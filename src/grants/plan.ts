@@ -152,6 +152,15 @@ export function renderGrants(f: GrantFacts): string {
       '-- (its sessions run with row_security = off, so a hidden row is an error, never a silent skip). Needs a superuser.',
       `alter role ${role} bypassrls;`,
     );
+  } else {
+    out.push(
+      '',
+      '-- Row level security is off on every configured relation today. pg-rekey must see every row: its sessions run',
+      '-- with row_security = off, so a policy turned on later (ENABLE ROW LEVEL SECURITY) makes setup, backfill and',
+      '-- verify refuse and run stop (exit 2) instead of counting part of a table. Then, as a superuser, either',
+      `--   alter role ${role} bypassrls;`,
+      "-- or run pg-rekey as the table's owner (the owner sees every row unless the table has FORCE ROW LEVEL SECURITY).",
+    );
   }
   out.push('', `-- The publication the stream decodes (inserts and updates; deletes and truncates need no rewrite).`);
   if (f.unpublished === null) {

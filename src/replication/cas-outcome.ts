@@ -43,6 +43,9 @@ export function isolatedByRow(err: unknown): boolean {
   const code = (err as { code?: unknown })?.code;
   if (typeof code !== 'string' || code.length !== 5) return false;
   if (CATALOG_CODES.has(code)) return false;
+  // Row security (42501 from check_enable_rls): a grant is missing, not a row at fault. Replayed, never
+  // quarantined: run's catalog check stops run (exit 2) naming the grant, and after it the slot replays these rows.
+  if ((err as { routine?: unknown }).routine === 'check_enable_rls') return false;
   return !TRANSIENT_CLASSES.some((c) => code.startsWith(c));
 }
 

@@ -82,6 +82,8 @@ export class ReplicationStream {
   private txn: DecodedTransaction | null = null;
   /** Last "still writes an old version" log line per version and table (at most one a minute). */
   private readonly staleLogged = new Map<string, number>();
+  /** Last "old-version write to a relation that is not a leaf" log line per relation oid. */
+  private readonly unknownLogged = new Map<number, number>();
   /** The transaction being decoded is one of pg-rekey's own rewrites (its origin message named one of ours). */
   private ownOrigin = false;
   private chain: Promise<unknown> = Promise.resolve();
@@ -251,7 +253,7 @@ export class ReplicationStream {
         if (!rel && this.o.onUnknownRelation && (await this.o.onUnknownRelation(msg.relation.schema, msg.relation.name))) {
           rel = this.o.relations().get(msg.relation.schema, msg.relation.name);
         }
-        if (!rel) return;
+        if (!rel) return this.noteUnknownRelation(msg.relation, msg.new);
         this.noteOldVersionWrite(msg.new, rel.table, rel.columns);
         const d = planRowWork(msg.new, rel, this.o.ring);
         if (d.kind === 'no-key') {
@@ -293,6 +295,27 @@ export class ReplicationStream {
         );
       }
     }
+  }
+
+  /**
+   * A change for a relation that is not (or no longer) a leaf of a configured table, which the
+   * publication still sent: most often a partition detached (or a child unlinked) after the
+   * change was made. Nothing rewrites its old-version values; say so, once a minute per relation,
+   * with names, oid and versions only (never a value). A leaf that left while run followed it is
+   * remembered by oid and listed by `pg-rekey verify` outside the configured tables.
+   */
+  private noteUnknownRelation(relation: { schema: string; name: string; relationOid: number }, tuple: Record<string, unknown>): void {
+    const found = oldVersionColumns(tuple, Object.keys(tuple), this.o.ring.target);
+    if (found.length === 0) return;
+    const name = `${relation.schema}.${relation.name}`;
+    if (Date.now() - (this.unknownLogged.get(relation.relationOid) ?? 0) < 60_000) return;
+    this.unknownLogged.set(relation.relationOid, Date.now());
+    this.log.warn(
+      { relation: name, relationOid: relation.relationOid, columns: found.map((f) => `${f.column} ${versionLabel(f.version)}`), commitLsn: this.txn?.commitLsn },
+      `the stream decoded an old-version write to ${name} (oid ${relation.relationOid}), which is not a leaf of a configured table now: nothing rewrites it. ` +
+        'If it was detached (DETACH PARTITION) or unlinked (NO INHERIT) from a configured table, `pg-rekey verify` lists it outside the configured tables; ' +
+        'add it to `tables:` (then `pg-rekey setup`) to rotate it, or list it under `ignore:` (logged at most once a minute per relation)',
+    );
   }
 
   private async flush(): Promise<void> {

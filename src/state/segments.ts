@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { displayName } from '../db/ident.js';
 
 /** A sweep segment row (see sql/001_state.sql). */
 export interface Segment {
@@ -111,4 +112,22 @@ export async function advanceSegment(
     [relation, nextBlock, totalBlocks, done, c.scanned, c.rewritten, c.conflicts, c.quarantined, pace?.chunkBlocks ?? null, pace?.rowsPerSec ?? null],
   );
   return r.rows[0]?.lsn ?? null;
+}
+
+/**
+ * Remembers every leaf of the configured tables, by oid (the row's relid, sql/006), before
+ * anything relies on it: a leaf with a segment row is listed "outside the configured tables"
+ * once it leaves (verify/outside.ts), and one without is forgotten. A partition attached while
+ * nothing ran and detached before the sweep reached it would otherwise hold old-version values
+ * that nothing counts. New rows start at block 0 (pending); existing ones are left as they are.
+ */
+export async function rememberLeaves(db: pg.Pool | pg.ClientBase, tables: readonly { display: string; leaves: readonly { schema: string; name: string }[] }[]): Promise<void> {
+  const rows = tables.flatMap((t) => t.leaves.map((l) => [t.display, displayName(l)] as const));
+  if (rows.length === 0) return;
+  await db.query(
+    `insert into pgrekey.sweep_segment (table_name, relation)
+     select t, r from unnest($1::text[], $2::text[]) as x(t, r)
+     on conflict (relation, segment_start) do nothing`,
+    [rows.map((r) => r[0]), rows.map((r) => r[1])],
+  );
 }

@@ -1,6 +1,6 @@
 // Row security must never make pg-rekey see fewer rows than exist (issue 9, item 1): as a role that a
 // policy filters, verify refuses to print a count instead of counting only what the policy shows.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createTestDatabase, dropDatabaseAndRole, urlAs, type TestDatabase } from '../support/db.js';
 import { testRing } from '../support/fixtures.js';
 import { cli, writeDaemonFiles, type DaemonFiles } from '../support/daemon.js';
@@ -45,6 +45,22 @@ describe('row level security', () => {
       expect(JSON.parse(r.stdout).remaining).toBe(30);
     } finally {
       await db.pool.query(`alter role ${ROLE} nobypassrls`);
+    }
+  });
+
+  // A pooler that drops the startup option -c row_security=off leaves the session at row_security = on, where a policy
+  // filters silently. A login event trigger (PostgreSQL 17+) that turns it back on stands in for that pooler.
+  it.skipIf(inject('pgMajor') < 17)('row_security not off in the session (the startup option lost): verify refuses (exit 2) saying so, prints no count', async () => {
+    await db.pool.query(`
+      create function rls_back_on() returns event_trigger language plpgsql as $$ begin perform set_config('row_security', 'on', false); end $$;
+      create event trigger rls_back_on on login execute function rls_back_on();`);
+    try {
+      const r = await cli(files, 'verify');
+      expect(r.code, r.stdout + r.stderr).toBe(2);
+      expect(r.stderr).toMatch(/row_security = on, not off: the startup option -c row_security=off .* did not take effect/);
+      expect(r.stdout).not.toMatch(/converged|remaining/);
+    } finally {
+      await db.pool.query(`drop event trigger rls_back_on; drop function rls_back_on()`);
     }
   });
 

@@ -207,6 +207,39 @@ describe('UPDATE triggers on a configured table', () => {
     expect(await audited()).toBe(before + 10);
     expect(await count(`select count(*)::int as n from calls_audit where id between 301 and 310 and starts_with(old_secret, 'v1:')`)).toBe(10);
   });
+
+  it('an ENABLE REPLICA trigger: under `skip` reported as still firing and fires on each rewrite (replica mode); under `fire` reported as not fired, and does not fire', async () => {
+    await db.pool.query(`alter table calls enable replica trigger audit`);
+    try {
+      const skip = files(pg15() ? workerUrl : db.url, { triggers: 'skip' });
+      const setup = await cli(skip, 'setup');
+      expect(setup.code, setup.stderr).toBe(0);
+      expect(setup.stdout).toMatch(/STILL FIRING on each rewrite .*"audit" AFTER ROW \(ENABLE REPLICA/);
+      let before = await audited();
+      const stampedBefore = await stamped();
+      await addRows(251, 10);
+      const backfill = await cli(skip, 'backfill');
+      expect(backfill.code, backfill.stdout + backfill.stderr).toBe(0);
+      expect(await v1Left()).toBe(0);
+      expect(await audited()).toBe(before + 10); // fired by the rewrites, in replica mode
+      expect(await stamped()).toBe(stampedBefore); // touch (ENABLE) skipped
+
+      const fire = files(workerUrl, {}, { triggers: 'fire' });
+      const setupFire = await cli(fire, 'setup');
+      expect(setupFire.code, setupFire.stderr).toBe(0);
+      const line = setupFire.stdout.split('\n').find((l) => l.startsWith('table public.calls: triggers: fire;')) ?? '';
+      expect(line, setupFire.stdout).toMatch(/not fired \(ENABLE REPLICA, only in replica mode\): .*"audit" AFTER ROW/);
+      before = await audited();
+      await addRows(261, 10); // the application's INSERTs (origin mode): the UPDATE trigger is not involved
+      const backfillFire = await cli(fire, 'backfill');
+      expect(backfillFire.code, backfillFire.stdout + backfillFire.stderr).toBe(0);
+      expect(await v1Left()).toBe(0);
+      expect(await audited()).toBe(before); // not fired outside replica mode
+      expect(await stamped()).toBe(stampedBefore + 10); // touch (ENABLE) fired on each rewrite
+    } finally {
+      await db.pool.query(`alter table calls enable trigger audit`);
+    }
+  });
 });
 
 describe('triggers: skip and foreign keys', () => {

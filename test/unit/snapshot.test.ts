@@ -58,6 +58,11 @@ describe('CAS outcomes', () => {
     for (const code of ['40001', '40P01', '55P03', '57014', '08006', '53200', 'XX000', '42P01', '42703', undefined, 'ECONNRESET']) expect(isolatedByRow({ code })).toBe(false);
   });
 
+  it('a row-security refusal (42501 from check_enable_rls) is a missing grant: replayed, never isolated and quarantined', () => {
+    expect(isolatedByRow({ code: '42501', routine: 'check_enable_rls' })).toBe(false);
+    expect(isolatedByRow({ code: '42501', routine: 'aclcheck_error' })).toBe(true);
+  });
+
   it('a sanitized database error keeps the SQLSTATE and drops the message', () => {
     const e = new SanitizedDbError('rewriting public.t', { code: '42501', message: 'permission denied ... v1:AAAA', routine: 'aclcheck_error' });
     expect(e.code).toBe('42501');
