@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Metrics } from '../metrics.js';
 
@@ -23,8 +23,44 @@ const PAGE_HEADERS = {
  * /readyz: the stream is connected (readiness). /metrics: Prometheus text format.
  */
 export async function startHttp(host: string, port: number, metrics: Metrics, health: Health, page: () => Promise<string>): Promise<{ server: Server; port: number }> {
-  const server = createServer(async (req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
+  const e = await HttpEndpoint.listen(host, port, { metrics, health, page });
+  return { server: e.server, port: e.port };
+}
+
+/** What the endpoint serves: a standby's view until it leads, then the daemon's. */
+export interface Routes {
+  metrics: Metrics;
+  health: Health;
+  page: () => Promise<string>;
+}
+
+/** One HTTP endpoint for the life of the process; `serve` switches what it serves (standby, then leader). */
+export class HttpEndpoint {
+  private constructor(
+    readonly server: Server,
+    readonly port: number,
+    private routes: Routes,
+  ) {}
+
+  serve(routes: Routes): void {
+    this.routes = routes;
+  }
+
+  static async listen(host: string, port: number, routes: Routes): Promise<HttpEndpoint> {
+    let endpoint: HttpEndpoint | null = null;
+    const server = createServer((req, res) => void handle(endpoint?.routes ?? routes, req.url ?? '/', res));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    endpoint = new HttpEndpoint(server, (server.address() as AddressInfo).port, routes);
+    return endpoint;
+  }
+}
+
+async function handle({ metrics, health, page }: Routes, url: string, res: ServerResponse): Promise<void> {
+  {
+    const path = url.split('?')[0];
     try {
       if (path === '/' || path === '/index.html') {
         const html = await page();
@@ -43,10 +79,5 @@ export async function startHttp(host: string, port: number, metrics: Metrics, he
     } catch (e) {
       res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(e as Error).message}\n`);
     }
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => resolve());
-  });
-  return { server, port: (server.address() as AddressInfo).port };
+  }
 }

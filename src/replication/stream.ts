@@ -46,6 +46,12 @@ export interface StreamOptions {
    * of this slot, which carry only what needs no work) are not compared.
    */
   origins?: { writer: RewriteOrigin; skip: ReadonlySet<string> };
+  /**
+   * Runs before every connect (the first included); a throw fails the attempt (retried with backoff).
+   * The daemon proves here that it still holds the slot's lease and term (a holder that lost it
+   * must never take the walsender back) and ends a stale holder's walsender.
+   */
+  beforeConnect?: () => Promise<void>;
 }
 
 const STATUS_INTERVAL_MS = 2_000;
@@ -157,6 +163,7 @@ export class ReplicationStream {
   private async session(): Promise<void> {
     this.o.writer.discard(); // anything unacknowledged replays from the slot
     this.inTxn = false;
+    await this.o.beforeConnect?.();
     const svc = new LogicalReplicationService(
       { ...connectionConfig(this.o.connectionString, { rowSecurityOff: false }), application_name: 'pg-rekey-stream' },
       { acknowledge: { auto: false, timeoutSeconds: 0 }, flowControl: { enabled: true } },
