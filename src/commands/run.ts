@@ -113,7 +113,10 @@ async function runLeased(base: Context, ring: KeyRing, bound: ShutdownBound, sta
   if (!taken) return EXIT_OK;
   const { lease, http } = taken;
   // Every connection of the leader's pool carries its term: the database refuses its state writes once another run leads.
-  const pool = createTermPool({ connectionString: config.connectionString, max: 7, slot: config.replication.slot, term: lease.token.term, onFenced: (e) => lease.fence(e) });
+  const pool = createTermPool({ connectionString: config.connectionString, max: 7, slot: config.replication.slot, term: lease.token.term, onFenced: (e) => {
+      base.log.fatal({ err: e, term: lease.token.term, slot: config.replication.slot }, `FENCED: the database refused a state write of term ${lease.token.term} (SQLSTATE RKF01): another pg-rekey run leads replication slot ${config.replication.slot} now; stopping (exit 3)`);
+      lease.fence(e);
+    } });
   const ctx: Context = { ...base, pool };
   let served = false;
   try {

@@ -11,6 +11,7 @@ import { readOverrides } from '../throttle/live-settings.js';
 import { describeTransactions, openTransactionsNow, type OpenTransaction } from '../db/open-transactions.js';
 import { renderOpenTransactions } from './verify.js';
 import { readLeaseHolder } from '../daemon/lease.js';
+import { describeLeadership, readLeadership, type Leadership } from '../state/leadership.js';
 import { describeNewerBackfill, liveFigures, newerBackfill, shownState, sweepOverall, type RunRow, type SweepOverall, type SweepState } from './status-truth.js';
 import { quietSince, readOldVersionWrites, type OldVersionWrites } from '../state/old-version-writes.js';
 import { describeSightings, latestByVersion, RECENT_MS } from '../rollout/gate.js';
@@ -48,6 +49,9 @@ export interface ReplicationStatus {
   converged: boolean;
   /** A `run` holds the slot's lease but has not written its own daemon row yet (its first seconds). */
   starting: { backendPid: number | null } | null;
+  /** The slot's fencing term (who leads) and the standbys waiting (README "HA and failover"). */
+  leader: Leadership['leader'];
+  standbys: Leadership['standbys'];
 }
 
 export interface ThrottleStatus {
@@ -174,6 +178,7 @@ async function readReplication(db: Parameters<typeof listSegments>[0], slot: str
     daemon,
     converged: daemon?.convergedAt != null && !starting,
     starting,
+    ...(await readLeadership(db, slot)),
   };
 }
 
@@ -275,6 +280,7 @@ function renderReplication(r: ReplicationStatus, newer: RunRow | null): string {
     lines.push('daemon: `pg-rekey run` has not run yet');
     if (newer) lines.push(`  ${describeNewerBackfill(newer)}`);
   }
+  if (r.leader || r.standbys.length) lines.push(...describeLeadership(r));
   return lines.join('\n');
 }
 

@@ -48,9 +48,10 @@ export async function bumpTerm(client: pg.ClientBase, slot: string, host: string
     try {
       await client.query(`set local lock_timeout = '1s'`);
       await client.query(`select pg_advisory_xact_lock(${TERM_LOCK})`, [slot]);
+      // `since` once the lock is ours: every transaction of the old term committed (or rolled back) before it.
       const term = (
         await client.query<{ term: string }>(
-          `insert into pgrekey.leader as l (slot_name, term, host, pid, since) values ($1, 1, $2, $3, now())
+          `insert into pgrekey.leader as l (slot_name, term, host, pid, since) values ($1, 1, $2, $3, clock_timestamp())
            on conflict (slot_name) do update set term = l.term + 1, host = excluded.host, pid = excluded.pid, since = excluded.since
            returning term::text as term`,
           [slot, host, pid],
