@@ -36,7 +36,7 @@ beforeAll(async () => {
 afterEach(async () => {
   for (const w of workloads.splice(0)) await w.stop().catch(() => undefined);
   for (const p of procs.splice(0)) {
-    if (p.child.pid) process.kill(p.child.pid, 'SIGCONT');
+    if (p.child.pid && p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGCONT'); // a stopped one cannot die otherwise
     await p.stop('SIGKILL');
   }
 });
