@@ -119,8 +119,10 @@ export function describeHolder(h: LeaseHolder): string {
 
 /** Ends the session holding the lease of `slot` (teardown --force): its daemon stops. True if one was ended. */
 export async function terminateLeaseHolder(db: pg.Pool | pg.ClientBase, slot: string): Promise<boolean> {
-  // First the status row stops naming the daemon: it must not take the lease again afterwards.
+  // First the status row stops naming the daemon, and its term ends (every state write of it is
+  // refused from now on): it must not take the lease again afterwards, nor write.
   await db.query(`update pgrekey.daemon set started_at = now(), pid = null where slot_name = $1`, [slot]).catch(() => undefined);
+  await db.query(`update pgrekey.leader set term = term + 1, host = null, pid = null, since = clock_timestamp() where slot_name = $1`, [slot]).catch(() => undefined);
   const r = await db.query<{ ok: boolean }>(`select pg_terminate_backend(l.pid) as ok from pg_locks l where ${LOCK_MATCH}`, [NAMESPACE, slot]);
   return r.rows.some((x) => x.ok);
 }
