@@ -6,6 +6,7 @@ import { Metrics } from '../metrics.js';
 import { PG_REKEY_VERSION } from '../version.js';
 import { sleep } from '../timing.js';
 import { HttpEndpoint } from './http.js';
+import { escapeHtml } from './status-page.js';
 import { connectLeaseClient, describeHolder, readLeaseHolder, SlotLease } from './lease.js';
 
 /** How often a standby tries the lock, and refreshes its row in pgrekey.standby. */
@@ -122,8 +123,4 @@ async function openEndpoint(ctx: Context, metrics: Metrics, ready: () => { ok: b
     }
     throw e;
   }
-}
-
-function escapeHtml(s: string): string {
-  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }

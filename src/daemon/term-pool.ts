@@ -27,7 +27,7 @@ export function createTermPool(o: { connectionString: string | undefined; max: n
 }
 
 /** Reports every error of `client.query` to `seen` (promise and callback forms; both are used by pg-pool). */
-function watchQueries(client: pg.PoolClient, seen: (e: unknown) => void): void {
+export function watchQueries(client: pg.PoolClient, seen: (e: unknown) => void): void {
   const query = client.query.bind(client) as (...args: unknown[]) => unknown;
   (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
     const last = args.length - 1;

@@ -152,6 +152,14 @@ async function v1Remaining(pool: pg.Pool): Promise<number> {
 describe('standby daemons on one slot', () => {
   it('three, then two daemons: the leader is kill -9ed three times under writers; a standby takes over within the bound each time, the ledger stays intact', async () => {
     const { db, files, ledger, slot } = await scenario('standby_kill', 8_000);
+    // Every state table is fenced, except the term's own, the standbys', the migrations' and the probe's heartbeat rows.
+    const unfenced = await db.pool.query<{ t: string }>(
+      `select c.relname as t from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname = 'pgrekey' and c.relkind in ('r', 'p')
+          and not exists (select from pg_trigger g where g.tgrelid = c.oid and g.tgname = 'fence')
+        order by 1`,
+    );
+    expect(unfenced.rows.map((r) => r.t)).toEqual(['leader', 'migration', 'probe', 'standby']);
     const rand = rng(SEED);
     const first = await join(files);
     await eventually('the first daemon streams', async () => (await ready(first)).status === 200, 60_000);
