@@ -1,3 +1,4 @@
+import type pg from 'pg';
 import type { GlobalFlags } from '../config/load-config.js';
 import { openContext, requireState, type Context } from '../context.js';
 import { ConnectWaitInterrupted } from '../db/connect.js';
@@ -43,7 +44,7 @@ export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?:
     throw e;
   }
   const bound = new ShutdownBound(ctx.config.daemon.shutdownTimeoutMs, ctx.log);
-  const state: RunState = { daemon: null, standby: null, signalled: false };
+  const state: RunState = { daemon: null, standby: null, signalled: false, pools: [] };
   // From here on a signal drains (or, before the daemon exists, ends the startup); a second one exits at once.
   const removeSignals = onShutdownSignals(ctx.log, () => {
     state.signalled = true;
@@ -64,7 +65,7 @@ export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?:
     bound.arm('exiting');
     bound.drained(exit);
     ring.wipe(memzero);
-    await bound.track('closing the database connections', ctx.close());
+    await bound.track('closing the database connections', Promise.all([ctx.close(), ...state.pools.map((p) => p.end().catch(() => undefined))]));
     removeSignals();
   }
 }
@@ -73,6 +74,8 @@ interface RunState {
   daemon: Daemon | null;
   standby: Standby | null;
   signalled: boolean;
+  /** The leader's pool (with its term), closed with the context's pool. */
+  pools: pg.Pool[];
 }
 
 interface RunOptions {
@@ -117,6 +120,7 @@ async function runLeased(base: Context, ring: KeyRing, bound: ShutdownBound, sta
       base.log.fatal({ err: e, term: lease.token.term, slot: config.replication.slot }, `FENCED: the database refused a state write of term ${lease.token.term} (SQLSTATE RKF01): another pg-rekey run leads replication slot ${config.replication.slot} now; stopping (exit 3)`);
       lease.fence(e);
     } });
+  state.pools.push(pool);
   const ctx: Context = { ...base, pool };
   let served = false;
   try {
@@ -144,7 +148,6 @@ async function runLeased(base: Context, ring: KeyRing, bound: ShutdownBound, sta
     }
   } finally {
     if (http && !served) await new Promise((r) => http.server.close(r));
-    await bound.track('closing the leader pool', pool.end()).catch(() => undefined);
     await bound.track('releasing the slot lease', lease.release());
   }
 }

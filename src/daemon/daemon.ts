@@ -110,7 +110,7 @@ export class Daemon {
       const slot = ctx.config.replication.slot;
       this.metrics.leader.set(0);
       if (cause instanceof Fenced) {
-        this.log.fatal({ err: cause, slot, term: opts.lease.token.term }, `${cause.message} (exit 3)`);
+        this.log.fatal({ err: cause, slot, term: opts.lease.token.term }, `LEASE LOST: ${cause.message} (exit 3)`);
         return this.stop(EXIT_RUNTIME);
       }
       this.log.fatal(

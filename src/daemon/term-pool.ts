@@ -1,33 +1,44 @@
-import type pg from 'pg';
+import pg from 'pg';
 import { createPool } from '../db/connect.js';
 import { isFencedError } from './leader-term.js';
 
 /**
  * The leader's pool: every connection carries the leader's term (pgrekey.term, pgrekey.slot) from
  * its first statement on, so each of its state writes is fenced by the database
- * (sql/010_leader_term.sql). The setting is the first query queued on a new connection, before
- * pg-pool hands it out. Any query refused as FENCED (SQLSTATE RKF01), wherever it was issued (the
- * sweep, the stream's batch, a status write), calls `onFenced` once: the daemon stops.
+ * (sql/010_leader_term.sql). The settings are made inside connect(), before pg-pool hands the
+ * connection out (a failure fails the connect). Any query refused as FENCED (SQLSTATE RKF01),
+ * wherever it was issued (the sweep, the stream's batch, a status write), calls `onFenced` once:
+ * the daemon stops.
  */
 export function createTermPool(o: { connectionString: string | undefined; max: number; slot: string; term: string; onFenced: (e: unknown) => void }): pg.Pool {
-  const pool = createPool({ connectionString: o.connectionString, max: o.max });
   let reported = false;
   const seen = (e: unknown) => {
     if (reported || !isFencedError(e)) return;
     reported = true;
     o.onFenced(e);
   };
-  pool.on('connect', (client: pg.PoolClient) => {
-    // Queued first on this client: every later query of it runs with the term set. A failure here
-    // fails the connection's next queries too (the server is gone), never runs them without it.
-    client.query(`select set_config('pgrekey.term', $1, false), set_config('pgrekey.slot', $2, false)`, [o.term, o.slot]).catch(() => undefined);
-    watchQueries(client, seen);
-  });
-  return pool;
+  class TermClient extends pg.Client {
+    constructor(config?: string | pg.ClientConfig) {
+      super(config);
+      watchQueries(this as unknown as pg.ClientBase, seen);
+    }
+
+    override connect(): Promise<pg.Client>;
+    override connect(callback: ((err: Error) => void) | ((err: null, c: pg.Client) => void)): void;
+    override connect(callback?: ((err: Error) => void) | ((err: null, c: pg.Client) => void)): Promise<pg.Client> | void {
+      const done = super
+        .connect()
+        .then(() => (pg.Client.prototype.query as (text: string, values: unknown[]) => Promise<unknown>).call(this, `select set_config('pgrekey.term', $1, false), set_config('pgrekey.slot', $2, false)`, [o.term, o.slot]))
+        .then(() => this as pg.Client);
+      if (!callback) return done;
+      done.then((c) => (callback as (err: null, c: pg.Client) => void)(null, c), callback as (err: Error) => void);
+    }
+  }
+  return createPool({ connectionString: o.connectionString, max: o.max, Client: TermClient });
 }
 
-/** Reports every error of `client.query` to `seen` (promise and callback forms; both are used by pg-pool). */
-export function watchQueries(client: pg.PoolClient, seen: (e: unknown) => void): void {
+/** Reports every error of `client.query` to `seen` (promise and callback forms; pg-pool uses the callback one). */
+export function watchQueries(client: pg.ClientBase, seen: (e: unknown) => void): void {
   const query = client.query.bind(client) as (...args: unknown[]) => unknown;
   (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
     const last = args.length - 1;
