@@ -37,12 +37,15 @@ const TERM_LOCK_MATCH = `l.locktype = 'advisory' and l.granted and l.objsubid = 
 
 /**
  * Starts a new term for `slot` and returns it (text: int8). Call only while holding the slot's
- * lease, on the lease connection. Takes the term lock exclusively: a transaction of the old term
- * that holds it (a paused leader's, stopped mid-write) is ended, since its session can never
- * commit a write of the current term; then every write of the old term has committed or rolled
- * back before the new term exists.
+ * lease, on the lease connection. Takes the term lock exclusively. Every session that holds it
+ * shared belongs to an older term (each connection of a leader's pool holds it for its life, and
+ * each fenced write for its transaction): those sessions are ended first, since none of them can
+ * ever write again, and a paused leader's could keep a transaction (and its row locks) open for as
+ * long as it is paused. Then every write of the old term has committed or rolled back before the
+ * new term exists.
  */
 export async function bumpTerm(client: pg.ClientBase, slot: string, host: string, pid: number): Promise<string> {
+  await client.query(`select pg_terminate_backend(l.pid, 5000) from pg_locks l where ${TERM_LOCK_MATCH}`, [slot]);
   for (let attempt = 1; ; attempt++) {
     await client.query('begin');
     try {

@@ -10,6 +10,15 @@ import { isFencedError } from './leader-term.js';
  * wherever it was issued (the sweep, the stream's batch, a status write), calls `onFenced` once:
  * the daemon stops.
  */
+/**
+ * The term, and a session-level shared hold on the slot's term lock for the life of the
+ * connection: the next leader's bump (leader-term.ts) ends every connection of this pool before
+ * its term starts, so none of them keeps a transaction open (row locks on the application's
+ * tables, say) past a takeover, paused or not.
+ */
+const TERM_SESSION_SQL = `select set_config('pgrekey.term', $1, false), set_config('pgrekey.slot', $2, false),
+  pg_advisory_lock_shared(hashtext('pg-rekey-term'), hashtext($2))`;
+
 export function createTermPool(o: { connectionString: string | undefined; max: number; slot: string; term: string; onFenced: (e: unknown) => void }): pg.Pool {
   let reported = false;
   const seen = (e: unknown) => {
@@ -28,7 +37,7 @@ export function createTermPool(o: { connectionString: string | undefined; max: n
     override connect(callback?: ((err: Error) => void) | ((err: null, c: pg.Client) => void)): Promise<pg.Client> | void {
       const done = super
         .connect()
-        .then(() => (pg.Client.prototype.query as (text: string, values: unknown[]) => Promise<unknown>).call(this, `select set_config('pgrekey.term', $1, false), set_config('pgrekey.slot', $2, false)`, [o.term, o.slot]))
+        .then(() => (pg.Client.prototype.query as (text: string, values: unknown[]) => Promise<unknown>).call(this, TERM_SESSION_SQL, [o.term, o.slot]))
         .then(() => this as pg.Client);
       if (!callback) return done;
       done.then((c) => (callback as (err: null, c: pg.Client) => void)(null, c), callback as (err: Error) => void);
