@@ -147,7 +147,11 @@ async function runLeased(base: Context, ring: KeyRing, bound: ShutdownBound, sta
       await bound.track('the run history row', finishRun(ctx.pool, runId, outcome, { exitCode: code, converged: daemon.converged })).catch(() => undefined);
     }
   } finally {
-    if (http && !served) await new Promise((r) => http.server.close(r));
+    if (http && !served) {
+      const closed = new Promise((r) => http.server.close(r));
+      http.server.closeAllConnections(); // keep-alive scrapers
+      await closed;
+    }
     await bound.track('releasing the slot lease', lease.release());
   }
 }

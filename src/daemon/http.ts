@@ -20,7 +20,7 @@ const PAGE_HEADERS = {
 
 /**
  * /: the status page (HTML, status-page.ts). /healthz: the process answers (liveness).
- * /readyz: the stream is connected (readiness). /metrics: Prometheus text format.
+ * /readyz: the stream is connected (readiness; a standby answers 503, role standby). /metrics: Prometheus text format.
  */
 export async function startHttp(host: string, port: number, metrics: Metrics, health: Health, page: () => Promise<string>): Promise<{ server: Server; port: number }> {
   const e = await HttpEndpoint.listen(host, port, { metrics, health, page });
@@ -59,25 +59,23 @@ export class HttpEndpoint {
 }
 
 async function handle({ metrics, health, page }: Routes, url: string, res: ServerResponse): Promise<void> {
-  {
-    const path = url.split('?')[0];
-    try {
-      if (path === '/' || path === '/index.html') {
-        const html = await page();
-        res.writeHead(200, PAGE_HEADERS).end(html);
-      } else if (path === '/healthz') {
-        res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
-      } else if (path === '/readyz') {
-        const r = health.ready();
-        res.writeHead(r.ok ? 200 : 503, { 'content-type': 'text/plain' }).end(`${r.reason}\n`);
-      } else if (path === '/metrics') {
-        const body = await metrics.registry.metrics();
-        res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body);
-      } else {
-        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try / (status page), /healthz, /readyz, /metrics\n');
-      }
-    } catch (e) {
-      res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(e as Error).message}\n`);
+  const path = url.split('?')[0];
+  try {
+    if (path === '/' || path === '/index.html') {
+      const html = await page();
+      res.writeHead(200, PAGE_HEADERS).end(html);
+    } else if (path === '/healthz') {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    } else if (path === '/readyz') {
+      const r = health.ready();
+      res.writeHead(r.ok ? 200 : 503, { 'content-type': 'text/plain' }).end(`${r.reason}\n`);
+    } else if (path === '/metrics') {
+      const body = await metrics.registry.metrics();
+      res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body);
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try / (status page), /healthz, /readyz, /metrics\n');
     }
+  } catch (e) {
+    res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(e as Error).message}\n`);
   }
 }

@@ -78,8 +78,9 @@ export class Standby {
         await sleep(POLL_MS, this.stopped.signal);
       }
       await this.forget();
-      await new Promise((r) => this.http!.server.close(r)).catch(() => undefined);
-      this.http.server.closeAllConnections();
+      const closed = new Promise((r) => this.http!.server.close(r));
+      this.http.server.closeAllConnections(); // keep-alive scrapers
+      await closed;
       return null;
     } finally {
       await client?.end().catch(() => undefined);
