@@ -174,9 +174,10 @@ Typical rotation:
         'Standbys (--standby): any number may wait on one slot; each serves HTTP (/healthz 200, /readyz 503\n' +
         '"standby", pg_rekey_leader 0) and shows in `status`. The lease holder leads in a fencing term (bumped by\n' +
         'each new holder); the database refuses state writes of an older term (SQLSTATE RKF01): a leader that was\n' +
-        'paused and wakes up after a takeover logs FENCED and exits 3. Takeover: about 1-2 s plus startup after the\n' +
-        'leader dies (kill -9); within ~10 s (the lease session\'s idle_session_timeout) plus that when it hangs\n' +
-        '(SIGSTOP, a hung network: TCP keepalives and tcp_user_timeout are set on the lease session too).\n' +
+        'paused and wakes up after a takeover logs FENCED and exits 3. Takeover after the leader dies (kill -9): the\n' +
+        'lease within about 1 s (the standbys poll every second), streaming within 10 s. When the leader hangs\n' +
+        '(SIGSTOP, a hung network) add up to 10 s: the lease session\'s idle_session_timeout (TCP keepalives and\n' +
+        'tcp_user_timeout are set on it too). See README "HA and failover".\n' +
         'SIGTERM/SIGINT: finish the batch in flight, acknowledge, checkpoint, exit 0, all within\n' +
         'daemon.shutdown_timeout (10s); past it, exit 3 naming what was left (it replays from the slot).\n' +
         'A second signal exits at once (3).\n' +
