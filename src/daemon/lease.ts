@@ -256,6 +256,7 @@ export class SlotLease extends EventEmitter {
    * the lease never takes the slot's walsender back.
    */
   async confirm(): Promise<void> {
+    if (this.state === 'regaining') throw new Error('the lease connection ended and is being taken again: not streaming until it is held');
     if (this.state !== 'held') throw new Fenced(this.slot, this.token.term, `its lease is ${this.state}`);
     const term = await currentTerm(this.client, this.slot);
     if (term !== this.token.term) {
