@@ -184,6 +184,7 @@ Typical rotation:
     .option('--exit-when-converged', 'exit 0 once converged; exit 1 if the sweep is complete but quarantined values remain')
     .option('--quiet-period <duration>', 'with --exit-when-converged: exit 0 only once converged and no old-version write was seen for this long (e.g. 15m)')
     .option('--fast', 'sweep unthrottled (sweep.mode fast: no pacing, large chunks read ahead); for a suspected key compromise. Pauses, lag and load limits still apply')
+    .option('--standby', 'when another run holds the slot, wait as a standby and take over when it dies (instead of exiting 2)')
     .addHelpText(
       'after',
       '\nConsumes the replication slot created by `setup` and rewrites every INSERT/UPDATE that carries an\n' +
@@ -195,6 +196,13 @@ Typical rotation:
         'One daemon per slot: run holds a lease on its slot (an advisory lock on a connection of its own) for its\n' +
         'whole life; a second run on the same slot exits 2 at once, naming the first (pid, host, start time).\n' +
         'If the lease connection is lost, run stops with exit 3 (another run may take over).\n' +
+        'Standbys (--standby): any number may wait on one slot; each serves HTTP (/healthz 200, /readyz 503\n' +
+        '"standby", pg_rekey_leader 0) and shows in `status`. The lease holder leads in a fencing term (bumped by\n' +
+        'each new holder); the database refuses state writes of an older term (SQLSTATE RKF01): a leader that was\n' +
+        'paused and wakes up after a takeover logs FENCED and exits 3. Takeover after the leader dies (kill -9): the\n' +
+        'lease within about 1 s (the standbys poll every second), streaming within 10 s. When the leader hangs\n' +
+        '(SIGSTOP, a hung network) add up to 10 s: the lease session\'s idle_session_timeout (TCP keepalives and\n' +
+        'tcp_user_timeout are set on it too). See README "HA and failover".\n' +
         'SIGTERM/SIGINT: finish the batch in flight, acknowledge, checkpoint, exit 0, all within\n' +
         'daemon.shutdown_timeout (10s); past it, exit 3 naming what was left (it replays from the slot).\n' +
         'A second signal exits at once (3).\n' +

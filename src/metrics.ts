@@ -74,6 +74,8 @@ export class Metrics {
   readonly info = new Gauge({ name: 'pg_rekey_info', help: 'Always 1: the target key version, the replication slot and the pg-rekey version of this daemon', labelNames: ['target_version', 'slot', 'version'] as const, registers: [this.registry] });
   readonly oldVersionWrites = new Counter({ name: 'pg_rekey_old_version_writes_total', help: 'Old-version values in application INSERTs/UPDATEs decoded by the stream (pg-rekey\'s own rewrites excluded): an application instance still writes an old key', labelNames: ['version', 'table'] as const, registers: [this.registry] });
   readonly oldVersionLastWrite = new Gauge({ name: 'pg_rekey_old_version_last_write_timestamp_seconds', help: 'Commit time (Unix seconds) of the last application write of an old-version value, as recorded', labelNames: ['version', 'table'] as const, registers: [this.registry] });
+  readonly leader = new Gauge({ name: 'pg_rekey_leader', help: '1 while this process leads its replication slot (holds the lease), 0 while it waits as a standby (run --standby)', registers: [this.registry] });
+  readonly term = new Gauge({ name: 'pg_rekey_term', help: "The slot's fencing term this process leads in (absent on a standby)", registers: [this.registry] });
   readonly quietSeconds = new Gauge({ name: 'pg_rekey_quiet_seconds', help: 'Seconds since the last old-version write (or the slot creation, if later) at the last convergence check', registers: [this.registry] });
 
   constructor() {

@@ -1,3 +1,4 @@
+import type pg from 'pg';
 import type { GlobalFlags } from '../config/load-config.js';
 import { openContext, requireState, type Context } from '../context.js';
 import { ConnectWaitInterrupted } from '../db/connect.js';
@@ -11,7 +12,11 @@ import { refuseHiddenRows } from '../db/row-security.js';
 import { refuseTriggerSurprises } from '../db/triggers.js';
 import { proveTargetKey } from '../crypto/target-proof.js';
 import { Daemon } from '../daemon/daemon.js';
-import { SlotLease } from '../daemon/lease.js';
+import { LeaseHeld, SlotLease } from '../daemon/lease.js';
+import { Standby } from '../daemon/standby.js';
+import { createTermPool } from '../daemon/term-pool.js';
+import type { HttpEndpoint } from '../daemon/http.js';
+import { versionLabel } from '../crypto/envelope.js';
 import { ShutdownBound } from '../daemon/shutdown-bound.js';
 import { onShutdownSignals } from '../signals.js';
 
@@ -21,7 +26,7 @@ import { onShutdownSignals } from '../signals.js';
  * (exit 2 if another run has it), then everything else. From the first stop
  * on, the process exits within daemon.shutdown_timeout (ShutdownBound).
  */
-export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?: boolean; quietPeriod?: string; fast?: boolean }): Promise<number> {
+export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?: boolean; quietPeriod?: string; fast?: boolean; standby?: boolean }): Promise<number> {
   const quietPeriodMs = opts.quietPeriod === undefined ? 0 : parseDurationFlag('--quiet-period', opts.quietPeriod);
   if (opts.quietPeriod !== undefined && !opts.exitWhenConverged) {
     throw new ConfigError('--quiet-period only applies with --exit-when-converged', 'add --exit-when-converged (a run without it keeps running; `pg-rekey status` shows how long it has been quiet)');
@@ -39,16 +44,17 @@ export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?:
     throw e;
   }
   const bound = new ShutdownBound(ctx.config.daemon.shutdownTimeoutMs, ctx.log);
-  const state: RunState = { daemon: null, signalled: false };
+  const state: RunState = { daemon: null, standby: null, signalled: false, pools: [] };
   // From here on a signal drains (or, before the daemon exists, ends the startup); a second one exits at once.
   const removeSignals = onShutdownSignals(ctx.log, () => {
     state.signalled = true;
     bound.arm('signal');
+    state.standby?.stop();
     state.daemon?.stop();
   });
   let exit = EXIT_RUNTIME;
   try {
-    exit = await runLeased(ctx, ring, bound, state, opts.exitWhenConverged === true, quietPeriodMs, opts.fast === true);
+    exit = await runLeased(ctx, ring, bound, state, { exitWhenConverged: opts.exitWhenConverged === true, quietPeriodMs, fast: opts.fast === true, standby: opts.standby === true });
     return exit;
   } catch (e) {
     exit = exitCodeOf(e);
@@ -59,21 +65,64 @@ export async function runCommand(flags: GlobalFlags, opts: { exitWhenConverged?:
     bound.arm('exiting');
     bound.drained(exit);
     ring.wipe(memzero);
-    await bound.track('closing the database connections', ctx.close());
+    await bound.track('closing the database connections', Promise.all([ctx.close(), ...state.pools.map((p) => p.end().catch(() => undefined))]));
     removeSignals();
   }
 }
 
 interface RunState {
   daemon: Daemon | null;
+  standby: Standby | null;
   signalled: boolean;
+  /** The leader's pool (with its term), closed with the context's pool. */
+  pools: pg.Pool[];
 }
 
-async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, state: RunState, exitWhenConverged: boolean, quietPeriodMs: number, fast: boolean): Promise<number> {
+interface RunOptions {
+  exitWhenConverged: boolean;
+  quietPeriodMs: number;
+  fast: boolean;
+  standby: boolean;
+}
+
+/** The slot's lease: at once, or (--standby) once the holder is gone. null: stopped while waiting. */
+async function takeLease(ctx: Context, ring: KeyRing, state: RunState, standby: boolean): Promise<{ lease: SlotLease; http?: HttpEndpoint } | null> {
   const { config } = ctx;
-  await requireState(ctx.pool);
-  // Before anything else that touches the slot or the state: one daemon per slot (exit 2 if taken).
-  const lease = await SlotLease.acquire({ connectionString: config.connectionString, slot: config.replication.slot, log: ctx.log });
+  try {
+    return { lease: await SlotLease.acquire({ connectionString: config.connectionString, slot: config.replication.slot, log: ctx.log }) };
+  } catch (e) {
+    if (!standby || !(e instanceof LeaseHeld)) throw e;
+  }
+  // What would stop it as leader stops it now, not at the takeover (exit 2).
+  const tables = await resolveTables(ctx.pool, config.tables);
+  await refuseHiddenRows(ctx.pool, tables);
+  await refuseTriggerSurprises(ctx.pool, tables, ctx.log);
+  await proveTargetKey(ctx.pool, tables, ring, ctx.log);
+  if (state.signalled) return null;
+  state.standby = new Standby(ctx, versionLabel(ring.target));
+  try {
+    return await state.standby.wait();
+  } finally {
+    state.standby = null;
+  }
+}
+
+async function runLeased(base: Context, ring: KeyRing, bound: ShutdownBound, state: RunState, o: RunOptions): Promise<number> {
+  const { exitWhenConverged, quietPeriodMs, fast } = o;
+  const { config } = base;
+  await requireState(base.pool);
+  // Before anything else that touches the slot or the state: one daemon per slot (exit 2 if taken, or wait as a standby).
+  const taken = await takeLease(base, ring, state, o.standby);
+  if (!taken) return EXIT_OK;
+  const { lease, http } = taken;
+  // Every connection of the leader's pool carries its term: the database refuses its state writes once another run leads.
+  const pool = createTermPool({ connectionString: config.connectionString, max: 7, slot: config.replication.slot, term: lease.token.term, onFenced: (e) => {
+      base.log.fatal({ err: e, term: lease.token.term, slot: config.replication.slot }, `FENCED: the database refused a state write of term ${lease.token.term} (SQLSTATE RKF01): another pg-rekey run leads replication slot ${config.replication.slot} now; stopping (exit 3)`);
+      lease.fence(e);
+    } });
+  state.pools.push(pool);
+  const ctx: Context = { ...base, pool };
+  let served = false;
   try {
     const tables = await resolveTables(ctx.pool, config.tables);
     // Before the first rewrite: every row must be visible to this role, and the target key must
@@ -83,8 +132,9 @@ async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, stat
     await refuseTriggerSurprises(ctx.pool, tables, ctx.log);
     await proveTargetKey(ctx.pool, tables, ring, ctx.log);
     if (state.signalled) return EXIT_OK;
-    const daemon = new Daemon(ctx, ring, tables, { exitWhenConverged, quietPeriodMs, lease, bound, fast });
+    const daemon = new Daemon(ctx, ring, tables, { exitWhenConverged, quietPeriodMs, lease, bound, fast, http });
     state.daemon = daemon;
+    served = true;
     const runId = await startRun(ctx.pool, 'run', ring);
     let code: number | null = null;
     try {
@@ -97,6 +147,11 @@ async function runLeased(ctx: Context, ring: KeyRing, bound: ShutdownBound, stat
       await bound.track('the run history row', finishRun(ctx.pool, runId, outcome, { exitCode: code, converged: daemon.converged, opened: openedSummary(daemon.opened) })).catch(() => undefined);
     }
   } finally {
+    if (http && !served) {
+      const closed = new Promise((r) => http.server.close(r));
+      http.server.closeAllConnections(); // keep-alive scrapers
+      await closed;
+    }
     await bound.track('releasing the slot lease', lease.release());
   }
 }

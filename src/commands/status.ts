@@ -16,6 +16,7 @@ import {
   type NewestCount, type RunRow, type SweepOverall, type SweepState, type VerifyRecord,
 } from './status-truth.js';
 import { lastEvent } from '../state/events.js';
+import { describeLeadership, readLeadership, type Leadership } from '../state/leadership.js';
 import { quietSince, readOldVersionWrites, type OldVersionWrites } from '../state/old-version-writes.js';
 import { describeSightings, latestByVersion, RECENT_MS } from '../rollout/gate.js';
 import type { PacerState } from '../throttle/pacer.js';
@@ -52,6 +53,9 @@ export interface ReplicationStatus {
   converged: boolean;
   /** A `run` holds the slot's lease but has not written its own daemon row yet (its first seconds). */
   starting: { backendPid: number | null } | null;
+  /** The slot's fencing term (who leads) and the standbys waiting (README "HA and failover"). */
+  leader: Leadership['leader'];
+  standbys: Leadership['standbys'];
 }
 
 export interface ThrottleStatus {
@@ -190,6 +194,7 @@ async function readReplication(db: Parameters<typeof listSegments>[0], slot: str
     daemon,
     converged: daemon?.convergedAt != null && !starting,
     starting,
+    ...(await readLeadership(db, slot)),
   };
 }
 
@@ -310,6 +315,7 @@ function renderReplication(r: ReplicationStatus, newer: RunRow | null, verify: V
     if (newer) lines.push(`  ${describeNewerBackfill(newer)}`);
     if (verify) lines.push(`  ${describeNewerVerify(verify)}`);
   }
+  if (r.leader || r.standbys.length) lines.push(...describeLeadership(r));
   return lines.join('\n');
 }
 

@@ -26,7 +26,8 @@ import { LiveSettings } from '../throttle/live-settings.js';
 import { Throttle } from '../throttle/throttle.js';
 import { withMode } from '../throttle/live-settings.js';
 import { autoPacer, type AutoPacer } from '../throttle/pacer.js';
-import { startHttp } from './http.js';
+import { startHttp, type HttpEndpoint } from './http.js';
+import { endStaleWalsender, Fenced } from './leader-term.js';
 import { readStatus } from '../commands/status.js';
 import type { LiveView } from './status-page.js';
 import { CheckHistory, StatusPageSource } from './status-view.js';
@@ -49,6 +50,8 @@ export interface DaemonOptions {
   bound: ShutdownBound;
   /** `run --fast`: sweep.mode fast (unthrottled). */
   fast?: boolean;
+  /** A standby's endpoint (run --standby), served by this daemon from now on instead of opening its own. */
+  http?: HttpEndpoint;
 }
 
 /**
@@ -104,8 +107,15 @@ export class Daemon {
     this.log = ctx.log.child({ component: 'daemon' });
     this.metrics.info.set({ target_version: versionLabel(ring.target), slot: ctx.config.replication.slot, version: PG_REKEY_VERSION }, 1);
     this.metrics.slotRetainedWalMaxBytes.set(ctx.config.replication.maxRetainedWalBytes);
+    this.metrics.leader.set(1);
+    this.metrics.term.set(Number(opts.lease.token.term));
     const onLost = (cause: unknown) => {
       const slot = ctx.config.replication.slot;
+      this.metrics.leader.set(0);
+      if (cause instanceof Fenced) {
+        this.log.fatal({ err: cause, slot, term: opts.lease.token.term }, `LEASE LOST: ${cause.message} (exit 3)`);
+        return this.stop(EXIT_RUNTIME);
+      }
       this.log.fatal(
         { err: cause, slot },
         `LEASE LOST: the connection holding the lease of replication slot ${slot} ended, so another pg-rekey run may take the slot over now; ` +
@@ -164,10 +174,16 @@ export class Daemon {
   /** The HTTP endpoint; a port in use (or not ours to take) is a configuration error that names the setting. */
   private async listen(): Promise<{ server: Server; port: number }> {
     const { httpHost, httpPort } = this.ctx.config.daemon;
+    const term = this.opts.lease.token.term;
+    const health = {
+      ready: () => (this.stream?.connected ? { ok: true, reason: `streaming (role: leader, term ${term})` } : { ok: false, reason: `replication stream not connected (role: leader, term ${term})` }),
+    };
+    if (this.opts.http) {
+      this.opts.http.serve({ metrics: this.metrics, health, page: () => this.page.html() });
+      return this.opts.http;
+    }
     try {
-      return await startHttp(httpHost, httpPort, this.metrics, {
-        ready: () => (this.stream?.connected ? { ok: true, reason: 'streaming' } : { ok: false, reason: 'replication stream not connected' }),
-      }, () => this.page.html());
+      return await startHttp(httpHost, httpPort, this.metrics, health, () => this.page.html());
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       const fix = 'set daemon.http_port in the config (or PG_REKEY_DAEMON_HTTP_PORT) to a free port, or 0 to pick one (logged at start)';
@@ -215,7 +231,18 @@ export class Daemon {
       beforeSession: () => this.ensureSlot('stream (re)connect'),
       onUnknownRelation: (schema, name) => this.refreshTables(schema, name),
       origins: this.origins.stream,
+      beforeConnect: () => this.takeWalsender(),
     });
+  }
+
+  /**
+   * Before each stream connect: prove the lease and term are still ours (on the lease session),
+   * then end a walsender a former leader left on the slot (paused or cut off, it still holds it).
+   */
+  private async takeWalsender(): Promise<void> {
+    await this.opts.lease.confirm();
+    const pid = await endStaleWalsender(this.ctx.pool, this.ctx.config.replication.slot);
+    if (pid !== null) this.log.warn({ walsenderPid: pid, term: this.opts.lease.token.term }, 'ended the walsender a former leader left on the replication slot (this daemon holds the lease)');
   }
 
   /**

@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Metrics } from '../metrics.js';
 
@@ -20,33 +20,62 @@ const PAGE_HEADERS = {
 
 /**
  * /: the status page (HTML, status-page.ts). /healthz: the process answers (liveness).
- * /readyz: the stream is connected (readiness). /metrics: Prometheus text format.
+ * /readyz: the stream is connected (readiness; a standby answers 503, role standby). /metrics: Prometheus text format.
  */
 export async function startHttp(host: string, port: number, metrics: Metrics, health: Health, page: () => Promise<string>): Promise<{ server: Server; port: number }> {
-  const server = createServer(async (req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
-    try {
-      if (path === '/' || path === '/index.html') {
-        const html = await page();
-        res.writeHead(200, PAGE_HEADERS).end(html);
-      } else if (path === '/healthz') {
-        res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
-      } else if (path === '/readyz') {
-        const r = health.ready();
-        res.writeHead(r.ok ? 200 : 503, { 'content-type': 'text/plain' }).end(`${r.reason}\n`);
-      } else if (path === '/metrics') {
-        const body = await metrics.registry.metrics();
-        res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body);
-      } else {
-        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try / (status page), /healthz, /readyz, /metrics\n');
-      }
-    } catch (e) {
-      res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(e as Error).message}\n`);
+  const e = await HttpEndpoint.listen(host, port, { metrics, health, page });
+  return { server: e.server, port: e.port };
+}
+
+/** What the endpoint serves: a standby's view until it leads, then the daemon's. */
+export interface Routes {
+  metrics: Metrics;
+  health: Health;
+  page: () => Promise<string>;
+}
+
+/** One HTTP endpoint for the life of the process; `serve` switches what it serves (standby, then leader). */
+export class HttpEndpoint {
+  private constructor(
+    readonly server: Server,
+    readonly port: number,
+    private routes: Routes,
+  ) {}
+
+  serve(routes: Routes): void {
+    this.routes = routes;
+  }
+
+  static async listen(host: string, port: number, routes: Routes): Promise<HttpEndpoint> {
+    let endpoint: HttpEndpoint | null = null;
+    const server = createServer((req, res) => void handle(endpoint?.routes ?? routes, req.url ?? '/', res));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    endpoint = new HttpEndpoint(server, (server.address() as AddressInfo).port, routes);
+    return endpoint;
+  }
+}
+
+async function handle({ metrics, health, page }: Routes, url: string, res: ServerResponse): Promise<void> {
+  const path = url.split('?')[0];
+  try {
+    if (path === '/' || path === '/index.html') {
+      const html = await page();
+      res.writeHead(200, PAGE_HEADERS).end(html);
+    } else if (path === '/healthz') {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    } else if (path === '/readyz') {
+      const r = health.ready();
+      res.writeHead(r.ok ? 200 : 503, { 'content-type': 'text/plain' }).end(`${r.reason}\n`);
+    } else if (path === '/metrics') {
+      const body = await metrics.registry.metrics();
+      res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body);
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try / (status page), /healthz, /readyz, /metrics\n');
     }
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => resolve());
-  });
-  return { server, port: (server.address() as AddressInfo).port };
+  } catch (e) {
+    res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(e as Error).message}\n`);
+  }
 }

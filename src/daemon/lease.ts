@@ -5,6 +5,7 @@ import { hostname } from 'node:os';
 import pg from 'pg';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../logger.js';
+import { bumpTerm, carryTerm, currentTerm, Fenced } from './leader-term.js';
 
 /**
  * One daemon per slot. `run` holds a lease on its replication slot for its
@@ -28,19 +29,39 @@ import type { Logger } from '../logger.js';
  * carries it, so a daemon that lost its lease cannot overwrite a successor's
  * row even before it notices the loss.
  *
- * For the HA issue (not built here): standby daemons would wait on
- * pg_advisory_lock instead of failing on pg_try_advisory_lock, and the token
- * becomes a fencing term (a counter bumped by each new holder, stored with the
- * slot's state) checked on every state write, sweep checkpoint and stream
- * batch, not only on the status row. A pooler in transaction mode between
- * pg-rekey and PostgreSQL breaks session advisory locks: the lease needs a
- * direct session.
+ * Standbys and the fencing term (HA): `run --standby` polls the lock instead
+ * of exiting (standby.ts). Each new holder bumps the slot's term right after
+ * taking the lock (leader-term.ts) and its pool carries that term, so the
+ * database refuses every state write of an older term: a holder that was
+ * paused past the lease and wakes up cannot write, even before it notices.
+ *
+ * How long a dead or paused holder keeps the lock: kill -9 closes its sockets,
+ * and the server ends the session at once. A paused process (SIGSTOP, a long
+ * GC) or a hung network sends no more pings: the server ends the lease session
+ * after LEASE_TIMEOUT_MS idle (idle_session_timeout, set on this session), and
+ * its TCP keepalives and tcp_user_timeout (also set here) notice a dead peer
+ * within about the same time. A pooler in transaction mode between pg-rekey
+ * and PostgreSQL breaks session advisory locks: the lease needs a direct session.
  */
 
 const NAMESPACE = 'pg-rekey';
 /** How often the lease connection is checked, and how long a check may take before the lease counts as lost. */
-const PING_EVERY_MS = 5_000;
-const PING_TIMEOUT_MS = 15_000;
+const PING_EVERY_MS = 2_000;
+const PING_TIMEOUT_MS = 8_000;
+/**
+ * The server ends a lease session that sent nothing for this long (idle_session_timeout), which
+ * releases the lock: a paused or cut-off holder loses the slot after at most this long, and a
+ * standby takes over within about a second more. Pings come every PING_EVERY_MS.
+ */
+export const LEASE_TIMEOUT_MS = 10_000;
+/** Server-side TCP settings of the lease session: a dead peer is noticed within about LEASE_TIMEOUT_MS. */
+const LEASE_SESSION_SETTINGS: Record<string, string> = {
+  idle_session_timeout: `${LEASE_TIMEOUT_MS}ms`,
+  tcp_keepalives_idle: '5',
+  tcp_keepalives_interval: '2',
+  tcp_keepalives_count: '3',
+  tcp_user_timeout: `${LEASE_TIMEOUT_MS}`,
+};
 /** How long a lease whose connection ended is taken again before it counts as lost (a server restart takes seconds). */
 const REGAIN_MS = 30_000;
 
@@ -99,8 +120,10 @@ export function describeHolder(h: LeaseHolder): string {
 
 /** Ends the session holding the lease of `slot` (teardown --force): its daemon stops. True if one was ended. */
 export async function terminateLeaseHolder(db: pg.Pool | pg.ClientBase, slot: string): Promise<boolean> {
-  // First the status row stops naming the daemon: it must not take the lease again afterwards.
+  // First the status row stops naming the daemon, and its term ends (every state write of it is
+  // refused from now on): it must not take the lease again afterwards, nor write.
   await db.query(`update pgrekey.daemon set started_at = now(), pid = null where slot_name = $1`, [slot]).catch(() => undefined);
+  await db.query(`update pgrekey.leader set term = term + 1, host = null, pid = null, since = clock_timestamp() where slot_name = $1`, [slot]).catch(() => undefined);
   const r = await db.query<{ ok: boolean }>(`select pg_terminate_backend(l.pid) as ok from pg_locks l where ${LOCK_MATCH}`, [NAMESPACE, slot]);
   return r.rows.some((x) => x.ok);
 }
@@ -119,7 +142,22 @@ export class LeaseHeld extends ConfigError {
 function leaseClient(connectionString: string | undefined, connectionTimeoutMillis: number): pg.Client {
   // To the primary of a host list (db/primary.ts): after a failover, regain() finds the new one.
   const Client = primaryClientClass(locatorFor(connectionString));
-  return new Client({ ...connectionConfig(connectionString, { rowSecurityOff: false }), application_name: 'pg-rekey-lease', keepAlive: true, keepAliveInitialDelayMillis: 10_000, connectionTimeoutMillis });
+  return new Client({ ...connectionConfig(connectionString, { rowSecurityOff: false }), application_name: 'pg-rekey-lease', keepAlive: true, keepAliveInitialDelayMillis: 5_000, connectionTimeoutMillis });
+}
+
+/** Connects a lease session with its server-side timeouts (LEASE_SESSION_SETTINGS). */
+export async function connectLeaseClient(connectionString: string | undefined, connectionTimeoutMillis = 15_000): Promise<pg.Client> {
+  const client = leaseClient(connectionString, connectionTimeoutMillis);
+  client.on('error', () => undefined); // until a lease listens; a failed query still rejects
+  try {
+    await client.connect();
+    const names = Object.keys(LEASE_SESSION_SETTINGS);
+    await client.query(`select ${names.map((_, i) => `set_config($${2 * i + 1}, $${2 * i + 2}, false)`).join(', ')}`, names.flatMap((n) => [n, LEASE_SESSION_SETTINGS[n]!]));
+    return client;
+  } catch (e) {
+    await client.end().catch(() => undefined);
+    throw e;
+  }
 }
 
 /** The session advisory lock keyed on the slot; false when another session holds it. */
@@ -138,6 +176,8 @@ export interface LeaseToken {
   host: string;
   pid: number;
   startedAt: string;
+  /** The fencing term this holder started (int8 as text): every state write of this process carries it. */
+  term: string;
 }
 
 /**
@@ -168,13 +208,28 @@ export class SlotLease extends EventEmitter {
 
   /** Takes the lease of `slot` and records this process as its holder; throws LeaseHeld if another session has it. */
   static async acquire(o: LeaseOptions): Promise<SlotLease> {
-    const client = leaseClient(o.connectionString, 15_000);
-    const ignore = () => undefined;
-    client.on('error', ignore); // until the lease listens; a failed query still rejects
-    await client.connect();
+    const client = await connectLeaseClient(o.connectionString);
     try {
-      if (!(await tryLock(client, o.slot))) throw new LeaseHeld(await readLeaseHolder(client, o.slot));
-      const token: LeaseToken = { host: hostname(), pid: process.pid, startedAt: '' };
+      const lease = await SlotLease.take(client, o);
+      if (!lease) throw new LeaseHeld(await readLeaseHolder(client, o.slot));
+      return lease;
+    } catch (e) {
+      await client.end().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /**
+   * Tries the lock on `client` (a connectLeaseClient session): null when another session holds it
+   * (the client stays open, for a standby's next try). Otherwise starts a new term, records this
+   * process as the holder and returns the lease, which owns the client from then on.
+   */
+  static async take(client: pg.Client, o: LeaseOptions): Promise<SlotLease | null> {
+    if (!(await tryLock(client, o.slot))) return null;
+    try {
+      const token: LeaseToken = { host: hostname(), pid: process.pid, startedAt: '', term: '' };
+      token.term = await bumpTerm(client, o.slot, token.host, token.pid);
+      await carryTerm(client, o.slot, token.term);
       // A new holder: the row is this process's from now on. Not converged until this daemon has checked.
       token.startedAt = (
         await client.query<{ t: string }>(
@@ -186,14 +241,37 @@ export class SlotLease extends EventEmitter {
           [o.slot, token.host, token.pid],
         )
       ).rows[0]!.t;
-      client.off('error', ignore);
+      client.removeAllListeners('error');
       const lease = new SlotLease(client, o.slot, token, o.log.child({ component: 'lease', slot: o.slot }), o);
-      lease.log.info({ host: token.host, pid: token.pid }, `holding the lease of replication slot ${o.slot}: no other pg-rekey run can use it while this one runs`);
+      lease.log.info({ host: token.host, pid: token.pid, term: token.term }, `holding the lease of replication slot ${o.slot} in term ${token.term}: no other pg-rekey run can use it while this one runs`);
       return lease;
     } catch (e) {
+      // The lock goes with the session: a half-taken lease is no lease.
       await client.end().catch(() => undefined);
       throw e;
     }
+  }
+
+  /**
+   * Proves, on the lease session itself, that this process still leads the slot: the session is
+   * alive (so it holds the lock) and the slot's term is still this lease's. Throws Fenced (or the
+   * connection's error) otherwise. The stream calls it before every connect, so a holder that lost
+   * the lease never takes the slot's walsender back.
+   */
+  async confirm(): Promise<void> {
+    if (this.state === 'regaining') throw new Error('the lease connection ended and is being taken again: not streaming until it is held');
+    if (this.state !== 'held') throw new Fenced(this.slot, this.token.term, `its lease is ${this.state}`);
+    const term = await currentTerm(this.client, this.slot);
+    if (term !== this.token.term) {
+      const e = new Fenced(this.slot, this.token.term, `the slot's current term is ${term ?? 'none'}`);
+      this.fence(e);
+      throw e;
+    }
+  }
+
+  /** The database refused a write of this term (or confirm() found a newer one): lost, with a Fenced cause. */
+  fence(cause: unknown): void {
+    this.lose(cause instanceof Fenced ? cause : new Fenced(this.slot, this.token.term, `the database refused a state write of this term (${(cause as Error)?.message ?? cause})`));
   }
 
   get held(): boolean {
@@ -221,8 +299,8 @@ export class SlotLease extends EventEmitter {
   /**
    * The lease connection ended (a server restart, a failover, a network cut): the lock is gone
    * with it. Nothing is written meanwhile (`held` is false). For up to REGAIN_MS the lease is
-   * taken again, and kept only if the status row still names this process, i.e. no other run
-   * held the slot in between; otherwise, or past the bound, it is lost.
+   * taken again, and kept only if the slot's term is still this lease's, i.e. no other run
+   * held the slot in between (a new holder bumps it); otherwise, or past the bound, it is lost.
    */
   private connectionLost(client: pg.Client, cause: unknown): void {
     if (client !== this.client || this.state !== 'held') return;
@@ -234,25 +312,26 @@ export class SlotLease extends EventEmitter {
   private async regain(cause: unknown): Promise<void> {
     const deadline = Date.now() + REGAIN_MS;
     for (let attempt = 1; this.state === 'regaining'; attempt++) {
-      const client = leaseClient(this.o.connectionString, 5_000);
-      client.on('error', () => undefined);
+      let client: pg.Client | null = null;
       try {
-        await client.connect();
+        client = await connectLeaseClient(this.o.connectionString, 5_000);
         if (!(await tryLock(client, this.slot))) throw new LeaseHeld(await readLeaseHolder(client, this.slot));
-        const ours = await client.query(`select 1 from pgrekey.daemon where slot_name = $1 and host = $2 and pid = $3 and started_at = $4::timestamptz`, [this.slot, this.token.host, this.token.pid, this.token.startedAt]);
-        if (ours.rowCount === 0) throw new Error('another pg-rekey run held the slot while the lease connection was down (the status row names it)');
+        const term = await currentTerm(client, this.slot);
+        if (term !== this.token.term) throw new Fenced(this.slot, this.token.term, `another pg-rekey run held the slot while the lease connection was down (the slot's term is now ${term ?? 'none'})`);
+        await carryTerm(client, this.slot, this.token.term);
         if (this.state !== 'regaining') {
           await client.end().catch(() => undefined);
           return;
         }
+        client.removeAllListeners('error');
         this.client = client;
         this.listen(client);
         this.state = 'held';
         this.log.info({ attempt }, `the lease of replication slot ${this.slot} is held again`);
         return;
       } catch (e) {
-        await client.end().catch(() => undefined);
-        const final = e instanceof LeaseHeld || (e instanceof Error && e.message.startsWith('another pg-rekey run'));
+        await client?.end().catch(() => undefined);
+        const final = e instanceof LeaseHeld || e instanceof Fenced;
         if (final || Date.now() + 1_000 > deadline) return this.lose(final ? e : cause);
         await new Promise((r) => setTimeout(r, Math.min(1_000 * attempt, 5_000)).unref());
       }

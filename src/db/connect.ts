@@ -15,6 +15,8 @@ export interface ConnectOptions {
   /** Shown in pg_stat_activity, so load checks can exclude pg-rekey's own backends. */
   applicationName?: string;
   max?: number;
+  /** The client class of the pool (the daemon's leader pool sets its fencing term on connect). */
+  Client?: typeof pg.Client;
 }
 
 type PgpassLookup = (params: unknown, cb: (password: string | undefined) => void) => void;
@@ -102,6 +104,7 @@ export function createPool(opts: ConnectOptions): pg.Pool {
     Client: primaryClientClass(locatorFor(opts.connectionString)),
     application_name: opts.applicationName ?? APPLICATION_NAME,
     max: opts.max ?? 4,
+    ...(opts.Client ? { Client: opts.Client } : {}),
     idleTimeoutMillis: 30_000,
     connectionTimeoutMillis: 15_000,
   });

@@ -51,6 +51,12 @@ export interface StreamOptions {
    * of this slot, which carry only what needs no work) are not compared.
    */
   origins?: { writer: RewriteOrigin; skip: ReadonlySet<string> };
+  /**
+   * Runs before every connect (the first included); a throw fails the attempt (retried with backoff).
+   * The daemon proves here that it still holds the slot's lease and term (a holder that lost it
+   * must never take the walsender back) and ends a stale holder's walsender.
+   */
+  beforeConnect?: () => Promise<void>;
 }
 
 const STATUS_INTERVAL_MS = 2_000;
@@ -166,6 +172,8 @@ export class ReplicationStream {
     this.inTxn = false;
     // The library connects by itself: to the primary of a host list, found now (db/primary.ts).
     const host = await locatorFor(this.o.connectionString).locate();
+    // Only the lease holder of the current term streams; a walsender a former leader left on the slot is ended (daemon.ts).
+    await this.o.beforeConnect?.();
     // A different server, a new timeline: what the slot of that name is worth there (daemon.ts).
     if (this.o.beforeSession) await this.o.beforeSession();
     const svc = new LogicalReplicationService(

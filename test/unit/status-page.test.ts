@@ -20,6 +20,8 @@ function report(over: Partial<StatusReport> = {}): StatusReport {
       slot: 'pg_rekey',
       info: { exists: true, active: true, walStatus: 'reserved', confirmedFlushLsn: '0/1', currentLsn: '0/2', lagBytes: 2048, retainedBytes: 4096, activePid: 1 } as StatusReport['replication']['info'],
       lagSeconds: 1.5, slotRecreations: 0, retainedWal: { bytes: 4096, maxBytes: 0, exceeded: false }, daemon: null, converged: false, starting: null,
+      leader: null,
+      standbys: [],
     },
     throttle: { paused: false, pauseReason: null, pausedBy: null, pausedAt: null, reason: null, detail: null, since: null, overrides: {}, controller: null, controllerAt: null },
     sweep: [segment(), segment({ tableName: 'public.incidents', relation: 'public.incidents', nextBlock: 50, totalBlocks: 50, startBlocks: 50, blocksDone: 50, blocksOf: 50, state: 'done', percent: 100, etaSeconds: null })],
