@@ -247,10 +247,11 @@ describe('against PostgreSQL', () => {
   it('progress counts against the size when the pass started: a table that grows as rows are rewritten never makes % go back', async () => {
     // Every row v1 and no room on its page (fillfactor 100, no autovacuum): every rewrite appends a new row version.
     await db.pool.query(`create table growing (id bigint primary key, title text, raw_xml text) with (fillfactor = 100, autovacuum_enabled = false)`);
-    await fillIncidents(db.pool, 'growing', await testRing(), { rows: 3000, seed: 5, mix: { v1: 1, v2: 0, null: 0, notOurs: 0 } });
+    // Enough rows that the pass outlasts the pause taking effect (the throttle checks every 50 ms here) by seconds.
+    await fillIncidents(db.pool, 'growing', await testRing(), { rows: 20_000, seed: 5, mix: { v1: 1, v2: 0, null: 0, notOurs: 0 } });
     const blocks = async () => Number((await db.pool.query<{ n: string }>(`select pg_relation_size('growing') / current_setting('block_size')::int as n`)).rows[0]!.n);
     const startSize = await blocks();
-    const cfg = writeCliFiles({ databaseUrl: db.url, tables: [{ name: 'growing', columns: ['title'] }], sweep: { chunk_time: 0, chunk_blocks: 2, nice_ratio: 1, progress_interval: '0ms' }, replication: { slot: db.name } });
+    const cfg = writeCliFiles({ databaseUrl: db.url, tables: [{ name: 'growing', columns: ['title'] }], sweep: { chunk_time: 0, chunk_blocks: 2, nice_ratio: 1, progress_interval: '0ms' }, throttle: { check_interval: '50ms' }, replication: { slot: db.name } });
     expect((await runCli(['-c', cfg.configPath, '--env-file', cfg.envPath, 'setup'])).code).toBe(0);
     type Seg = { relation: string; state: string; shown: string; percent: number; blocksDone: number; blocksOf: number; totalBlocks: number | null; tailBlocks: number };
     const status = async (): Promise<{ seg: Seg; overall: { blocksTotal: number; percent: number } }> => {
@@ -263,10 +264,15 @@ describe('against PostgreSQL', () => {
     const progress = (t: string) => (t.includes('"sweep progress"') ? (JSON.parse(t) as { block: number; blocks: number; percent: number; tailBlocks?: number }) : null);
     // Well into the pass, with the table already grown: hold the sweep there (pause) and ask status.
     await proc.waitForLine((t) => (progress(t)?.percent ?? 0) >= 20 && (progress(t)?.tailBlocks ?? 0) > 0, { timeoutMs: 60_000 });
-    await db.pool.query(`update pgrekey.control set paused = true, paused_by = 'test', paused_at = now()`);
-    await proc.waitForLine(/"sweep throttled"/, { timeoutMs: 30_000 });
-    const mid = await status();
-    await db.pool.query(`update pgrekey.control set paused = false`);
+    let mid: Awaited<ReturnType<typeof status>>;
+    try {
+      await db.pool.query(`update pgrekey.control set paused = true, paused_by = 'test', paused_at = now()`);
+      await proc.waitForLine(/"sweep throttled"/, { timeoutMs: 30_000 });
+      mid = await status();
+    } finally {
+      // Never leave the switch on for the next test of this database.
+      await db.pool.query(`update pgrekey.control set paused = false`);
+    }
     const r = await proc.exited;
     expect(r.code, output(r)).toBe(0);
     const end = await status();

@@ -237,6 +237,7 @@ export function writeCliFiles(opts: {
   databaseUrl?: string;
   tables: { name: string; columns: string[] }[];
   sweep?: Record<string, unknown>;
+  throttle?: Record<string, unknown>;
   /** Slot names are cluster-wide: give each test database its own. */
   replication?: { slot: string; publication?: string };
   env?: Record<string, string>;
@@ -246,6 +247,7 @@ export function writeCliFiles(opts: {
   if (opts.databaseUrl) doc.database = opts.databaseUrl;
   // mode duty unless a test asks for auto (see writeDaemonFiles in daemon.ts).
   doc.sweep = { mode: 'duty', ...(opts.sweep ?? {}) };
+  if (opts.throttle) doc.throttle = opts.throttle;
   if (opts.replication) doc.replication = opts.replication;
   const configPath = path.join(dir, 'pg-rekey.yaml');
   writeFileSync(configPath, stringify(doc));
