@@ -17,6 +17,8 @@ export default defineConfig({
           name: 'integration',
           include: ['test/integration/**/*.test.ts'],
           globalSetup: ['test/support/global-setup.ts'],
+          // Every CLI output is searched for the keys it was given (test/support/key-leak.ts).
+          setupFiles: ['test/support/leak-check.ts'],
           testTimeout: 180_000,
           hookTimeout: 180_000,
           // At most two test files run at once against the shared cluster.
@@ -29,6 +31,7 @@ export default defineConfig({
           // Real Patroni + etcd + PostgreSQL 15 from Debian (make test-ha): one file at a time.
           name: 'ha',
           include: ['test/ha/**/*.test.ts'],
+          setupFiles: ['test/support/leak-check.ts'],
           testTimeout: 300_000,
           hookTimeout: 180_000,
           maxWorkers: 1,

@@ -3,6 +3,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { guardProcess } from './guard.js';
+import { keyMaterialIn, keysGiven, recordLeak } from './key-leak.js';
 
 export const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 const bin = fileURLToPath(new URL('../../bin/pg-rekey.js', import.meta.url));
@@ -80,6 +81,8 @@ export function spawnCli(args: string[], opts: CliOptions = {}): CliProcess {
   const exited = new Promise<CliResult>((resolve) => {
     child.once('close', (code, signal) => {
       disarm();
+      const keys = keyMaterialIn(output.stdout + output.stderr, keysGiven(args, opts.env));
+      if (keys.length) recordLeak(`pg-rekey ${args.filter((a) => !a.startsWith('/')).join(' ')}: ${keys.join(', ')}`);
       resolve({ code, signal, ...output });
     });
   });
