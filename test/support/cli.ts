@@ -82,7 +82,7 @@ export function spawnCli(args: string[], opts: CliOptions = {}): CliProcess {
     child.once('close', (code, signal) => {
       disarm();
       const keys = keyMaterialIn(output.stdout + output.stderr, keysGiven(args, opts.env));
-      if (keys.length) recordLeak(`pg-rekey ${args.filter((a) => !a.startsWith('/')).join(' ')}: ${keys.join(', ')}`);
+      if (keys.length) recordLeak(`pg-rekey ${args.filter((a) => !a.startsWith('/')).map((a) => a.replace(/[0-9a-fA-F]{64}/g, '<64 hex>')).join(' ')}: ${keys.join(', ')}`);
       resolve({ code, signal, ...output });
     });
   });
