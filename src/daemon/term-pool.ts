@@ -1,5 +1,6 @@
 import pg from 'pg';
-import { createPool } from '../db/connect.js';
+import { createPool, locatorFor } from '../db/connect.js';
+import { primaryClientClass } from '../db/primary.js';
 import { isFencedError } from './leader-term.js';
 
 /**
@@ -26,7 +27,10 @@ export function createTermPool(o: { connectionString: string | undefined; max: n
     reported = true;
     o.onFenced(e);
   };
-  class TermClient extends pg.Client {
+  // On top of the primary's client (db/primary.ts): with a host list each connection still goes
+  // to the host that is the primary now (after a failover, the new one), then takes its term.
+  const Base = primaryClientClass(locatorFor(o.connectionString));
+  class TermClient extends Base {
     constructor(config?: string | pg.ClientConfig) {
       super(config);
       watchQueries(this as unknown as pg.ClientBase, seen);

@@ -42,13 +42,16 @@ describe('the rollout gate', () => {
     let stop = false;
     let writes = 0;
     let lastWriteAt = 0;
-    // An application instance that still writes v1 every ~200 ms.
+    // An application instance that still writes v1 every ~1 s: within the 3 s quiet period, and with
+    // room between writes for a count that finds none in flight (converged again, so that run can
+    // say the next write restarted the wait; at one write per 200 ms a busy machine's stream never
+    // left a count without one).
     const staleWriter = (async () => {
       for (let i = 0; !stop; i++) {
         await db.pool.query(`update incidents set title = $1 where id = $2`, [encryptValue(Buffer.from(`stale ${i}`), 1, ring), 1 + (i % 500)]);
         writes++;
         lastWriteAt = Date.now();
-        await new Promise((r) => setTimeout(r, 200));
+        await new Promise((r) => setTimeout(r, 1_000));
       }
     })();
     const d = await startDaemon(files, '--exit-when-converged', '--quiet-period', '3s');
@@ -60,15 +63,15 @@ describe('the rollout gate', () => {
       await d.proc.waitForLine(/waiting for --quiet-period 3s without old-version writes/, { timeoutMs: 30_000 });
       // ...and the writes keep restarting the quiet period: run keeps running well past 3 s.
       const converged = d.proc.lines.length;
-      await d.proc.waitForLine(/an old-version write restarted the quiet period \(the last v1 write \(public\.incidents\.title\)/, { timeoutMs: 20_000, fromIndex: converged });
+      await d.proc.waitForLine(/an old-version write restarted the quiet period \(the last v1 write \(public\.incidents\.title\)/, { timeoutMs: 45_000, fromIndex: converged });
       // Longer than the quiet period, with writes all along: it must still be running.
       await new Promise((r) => setTimeout(r, 4_000));
       expect(exitedEarly, 'run exited while the stale writer was still writing v1').toBe(false);
-      expect(writes).toBeGreaterThan(20);
+      expect(writes).toBeGreaterThan(5);
 
       const metrics = await (await fetch(`${d.httpUrl}/metrics`)).text();
       const total = Number(/pg_rekey_old_version_writes_total\{version="v1",table="public\.incidents"\} (\d+)/.exec(metrics)?.[1]);
-      expect(total).toBeGreaterThan(10);
+      expect(total).toBeGreaterThan(3);
       const last = Number(/pg_rekey_old_version_last_write_timestamp_seconds\{version="v1",table="public\.incidents"\} ([\d.e+]+)/.exec(metrics)?.[1]);
       expect(Math.abs(last * 1000 - Date.now())).toBeLessThan(10_000);
 
@@ -79,6 +82,10 @@ describe('the rollout gate', () => {
       const verify = await cli(files, 'verify', '--json');
       const report = JSON.parse(verify.stdout) as { rollout: { stillWritten: string[] } };
       expect(report.rollout.stillWritten).toEqual(['v1']);
+    } catch (e) {
+      // The daemon holds the slot's lease: the next test could not start its own.
+      await d.proc.stop('SIGKILL', 5_000).catch(() => undefined);
+      throw e;
     } finally {
       stop = true;
       await staleWriter;
