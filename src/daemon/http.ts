@@ -1,5 +1,6 @@
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { ConfigError } from '../errors.js';
 import type { Metrics } from '../metrics.js';
 
 export interface Health {
@@ -25,6 +26,31 @@ const PAGE_HEADERS = {
 export async function startHttp(host: string, port: number, metrics: Metrics, health: Health, page: () => Promise<string>): Promise<{ server: Server; port: number }> {
   const e = await HttpEndpoint.listen(host, port, { metrics, health, page });
   return { server: e.server, port: e.port };
+}
+
+/**
+ * The daemon's endpoint: a standby's (run --standby), served from now on, or a new one. A port in
+ * use (or not ours to take) is a configuration error that names the setting.
+ */
+export async function listenForDaemon(host: string, port: number, routes: Routes, standby?: HttpEndpoint): Promise<{ server: Server; port: number }> {
+  if (standby) {
+    standby.serve(routes);
+    return standby;
+  }
+  try {
+    return await startHttp(host, port, routes.metrics, routes.health, routes.page);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const fix = 'set daemon.http_port in the config (or PG_REKEY_DAEMON_HTTP_PORT) to a free port, or 0 to pick one (logged at start)';
+    if (code === 'EADDRINUSE') {
+      throw new ConfigError(`cannot listen on ${host}:${port} for /healthz /readyz /metrics: port ${port} is already in use (another pg-rekey run, for another slot? another service?)`, fix);
+    }
+    if (code === 'EACCES') throw new ConfigError(`cannot listen on ${host}:${port}: permission denied (ports below 1024 need privileges)`, fix);
+    if (code === 'EADDRNOTAVAIL' || code === 'ENOTFOUND') {
+      throw new ConfigError(`cannot listen on ${host}:${port}: ${host} is not an address of this host`, 'set daemon.http_host (or PG_REKEY_DAEMON_HTTP_HOST) to an address of this host, e.g. 127.0.0.1 or 0.0.0.0');
+    }
+    throw e;
+  }
 }
 
 /** What the endpoint serves: a standby's view until it leads, then the daemon's. */

@@ -172,9 +172,9 @@ export class ReplicationStream {
     this.inTxn = false;
     // The library connects by itself: to the primary of a host list, found now (db/primary.ts).
     const host = await locatorFor(this.o.connectionString).locate();
-    // Only the lease holder of the current term streams; a walsender a former leader left on the slot is ended (daemon.ts).
+    // Only the lease holder of the current term streams; a walsender a former leader left on the slot is ended (stream-runner.ts).
     await this.o.beforeConnect?.();
-    // A different server, a new timeline: what the slot of that name is worth there (daemon.ts).
+    // A different server, a new timeline: what the slot of that name is worth there (slot-watch.ts).
     if (this.o.beforeSession) await this.o.beforeSession();
     const svc = new LogicalReplicationService(
       { ...connectionConfig(this.o.connectionString, { rowSecurityOff: false, host }), application_name: 'pg-rekey-stream' },
