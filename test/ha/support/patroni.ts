@@ -407,9 +407,21 @@ export async function startPatroniCluster(opts: PatroniOptions): Promise<Patroni
     async switchover() {
       const from = await leader();
       const to = nodes.find((n) => n !== from)!;
-      const output = await patronictl('switchover', scope, '--leader', from.name, '--candidate', to.name, '--force');
-      await waitForNewLeader(from.name);
-      return { from, to, output };
+      // Patroni in synchronous_mode only switches over to the synchronous standby; on a busy machine
+      // its loop can drop that status for a moment (seen: "Updating synchronous privilege temporarily
+      // ... to []" just as the request came in), and the request is then dropped without an error.
+      // So: wait for a healthy pair, ask, and ask again (at most 3 times) if no new leader came.
+      const outputs: string[] = [];
+      for (let attempt = 1; ; attempt++) {
+        await waitForHealthy({ timeoutMs: 60_000 });
+        outputs.push(await patronictl('switchover', scope, '--leader', from.name, '--candidate', to.name, '--force').catch((e: Error) => `attempt ${attempt}: ${e.message}`));
+        try {
+          await waitForNewLeader(from.name, attempt < 3 ? 30_000 : 60_000);
+          return { from, to, output: outputs.join('\n') };
+        } catch (e) {
+          if (attempt >= 3) throw new Error(`${(e as Error).message}; patronictl switchover said:\n${outputs.join('\n')}`);
+        }
+      }
     },
     async killPrimaryPostmaster() {
       const node = await leader();
