@@ -279,6 +279,7 @@ describe('run survives failures', () => {
     workloads.push(w);
     await sleep(2_000);
     const dropLine = d.proc.lines.length;
+    const sweptBefore = (await rewritesBySource(d)).sweep ?? 0;
 
     // In one transaction: write v1 values, end the walsender and drop the slot. The old slot never
     // delivers these changes (dropped before they commit) and the new one starts after them (its
@@ -342,11 +343,15 @@ describe('run survives failures', () => {
     const gap = await db.pool.query(`select count(*)::int as n from ${TABLE} where (id = any($1::bigint[]) or id = any($2::bigint[])) and starts_with(title, 'v2:')`, [gapIds, gapUpdated]);
     expect(gap.rows[0].n).toBe(gapIds.length + gapUpdated.length);
     expectLedgerIntact(await checkWorkloadLedger(db.pool, TABLE, s.ledger, ring), 5_000);
-    expect(await generation()).toBe(genBefore + 1);
-    // No slot delivered the in-between writes: the re-sweep (this generation's counters) rewrote them.
-    const resweptRewrites = Number((await db.pool.query(`select rows_rewritten from pgrekey.sweep_segment`)).rows[0].rows_rewritten);
+    // One generation for the new slot; a RE-SWEEP of values the checks saw stuck meanwhile may add
+    // another (CI saw genBefore + 2 twice): more sweeping, never less.
+    const generations = (await generation()) - genBefore;
+    expect(generations).toBeGreaterThanOrEqual(1);
+    // No slot delivered the in-between writes: the sweep passes after the drop rewrote them (the
+    // sweep's rewrite counter, across every pass, aborted ones included).
+    const resweptRewrites = ((await rewritesBySource(d)).sweep ?? 0) - sweptBefore;
     expect(resweptRewrites).toBeGreaterThan(0);
-    summary('slot dropped', { dropAttempts: attempts, recreatedMsAfterDrop: recreatedMs, resweptRewrites, commits: stats.commits, convergedMsAfterStop: convergedMs });
+    summary('slot dropped', { dropAttempts: attempts, recreatedMsAfterDrop: recreatedMs, generations, resweptRewrites, commits: stats.commits, convergedMsAfterStop: convergedMs });
   });
 });
 
