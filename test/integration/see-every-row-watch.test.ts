@@ -115,7 +115,9 @@ describe('row security switched on under run', () => {
     const exited = await Promise.race([d.proc.exited, new Promise<null>((r) => setTimeout(() => r(null), 30_000))]);
     const r = exited ?? (await d.proc.stop('SIGKILL'));
     expect(exited, `run did not stop within 30 s:\n${linesOf(d, from).join('\n').slice(-3000)}`).not.toBeNull();
-    expect(r.code, r.stderr.slice(-3000)).toBe(2);
+    // 2 (the refusal), or 3 when the stream batch that hit the policy was still replaying at the
+    // shutdown bound (CI, PostgreSQL 14): stopped either way, naming the grant, never converged.
+    expect([2, 3], r.stderr.slice(-3000)).toContain(r.code);
     const after = linesOf(d, from).join('\n');
     expect(after).toMatch(/public\.logs_2 has row level security enabled and role .* would not see every row/);
     expect(after).toMatch(/BYPASSRLS/);
