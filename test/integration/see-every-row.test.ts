@@ -12,6 +12,7 @@ import { decryptValue, encryptValue } from '../../src/crypto/rewrite.js';
 import { createTestDatabase, type TestDatabase } from '../support/db.js';
 import { insertBatched, testRing } from '../support/fixtures.js';
 import { spawnCli, type CliProcess, type CliResult } from '../support/cli.js';
+import { claimsConvergence } from '../support/claims.js';
 import { cli, eventually, startDaemon, writeDaemonFiles, type DaemonFiles, type RunningDaemon } from '../support/daemon.js';
 
 let ring: KeyRing;
@@ -24,19 +25,6 @@ const plaintext = (v: string) => Buffer.from(decryptValue(v, ring)!).toString();
 /** The superuser's count of v1 values in `table` and (without ONLY) every descendant. */
 async function v1Count(db: TestDatabase, table: string): Promise<number> {
   return (await db.pool.query(`select count(*)::int as n from ${table} where starts_with(secret, 'v1:')`)).rows[0].n;
-}
-
-/**
- * True when the text claims convergence: "converged" (not "NOT converged", "not converged yet",
- * "no longer converged" or a JSON false), or backfill's "no value of an old version remains".
- */
-function claimsConvergence(text: string): boolean {
-  const rest = text
-    .replace(/\bnot converged\b/gi, '')
-    .replace(/\bno longer converged\b/gi, '')
-    .replace(/"converged":\s*false/g, '')
-    .replace(/exitWhenConverged/g, '');
-  return /\bconverged\b/i.test(rest) || /no value of an old version remains/.test(rest);
 }
 
 /** A command's output, asserted free of convergence claims while `table` holds v1 values. */
