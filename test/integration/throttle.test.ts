@@ -118,16 +118,19 @@ describe('throttle signals hold a running sweep back and release it', () => {
   });
 
   it('replica lag: a standby that does not replay', async () => {
+    // The standby connects once the sweep moves: connected first, the WAL of the backfill's own
+    // start-up (run record, leaves, the key proofs) could already put it over 64kB before the sweep
+    // reached block 3 (CI saw the sweep held from its start, on PostgreSQL 18).
+    const p = await startBackfill();
     const standby = await startFakeStandby(db.url);
     try {
-      const p = await startBackfill();
       await db.pool.query(`insert into calls (id, pad) select g, repeat('y', 500) from generate_series(100000, 100400) g`); // WAL
       await eventually('throttled: replica-lag', async () => (await throttleReason()) === 'replica-lag', 10_000);
       expect(await stalled(db.pool)).toBe(true);
       standby.catchUp();
       expect(await stalled(db.pool, 2000)).toBe(false);
-      await p.stop('SIGTERM');
     } finally {
+      await p.stop('SIGTERM');
       await standby.stop();
     }
   });
