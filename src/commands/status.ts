@@ -329,13 +329,16 @@ export const CONTROLLER_FRESH_MS = 30_000;
 
 const ms = (x: number | null) => (x === null ? '?' : `${x.toFixed(2)} ms`);
 
+/** The tail the controller holds: the share of recent probes above the baseline's 90th percentile x ratio. */
+const tail = (c: PacerState) => (c.tailShare == null || c.tailMs == null ? '' : `, ${Math.round(100 * c.tailShare)}% of recent probes above ${ms(c.tailMs)}`);
+
 /** sweep.mode auto: target, measured, rate, and why it last slowed down. */
 export function renderController(c: PacerState, at: Date): string[] {
   const limits = [c.maxRate > 0 ? `max_rate ${c.maxRate}` : '', c.maxWalRate > 0 ? `max_wal_rate ${formatBytes(c.maxWalRate)}/s` : ''].filter(Boolean).join(', ');
   const lines = [
     c.phase === 'learning'
       ? `sweep pacing (auto): LEARNING the probe baseline (the sweep pauses for about a second)${c.baselineMs === null ? '' : `; last baseline ${ms(c.baselineMs)}`}`
-      : `sweep pacing (auto): probe ${ms(c.measuredMs)} against target ${ms(c.targetMs)} (baseline ${ms(c.baselineMs)}); rate ${Math.round(c.rate)} rows/s, achieved ${c.achievedRate === null || Number.isNaN(c.achievedRate) ? '?' : Math.round(c.achievedRate)} rows/s, chunk ${c.chunkTimeMs.toFixed(0)} ms${limits ? `; ${limits}` : ''}`,
+      : `sweep pacing (auto): probe ${ms(c.measuredMs)} against target ${ms(c.targetMs)} (baseline ${ms(c.baselineMs)})${tail(c)}; rate ${Math.round(c.rate)} rows/s, achieved ${c.achievedRate === null || Number.isNaN(c.achievedRate) ? '?' : Math.round(c.achievedRate)} rows/s, chunk ${c.chunkTimeMs.toFixed(0)} ms${limits ? `; ${limits}` : ''}`,
   ];
   if (c.slowedBy) lines.push(`  last slowed down ${c.slowedAt ? new Date(c.slowedAt).toISOString() : '?'}: ${c.slowedBy} (${c.slowedDetail ?? ''}); slowdowns: ${Object.entries(c.cuts).map(([k, n]) => `${k} ${n}`).join(', ')}`);
   if (c.probeDown) lines.push('  WARNING: the latency probe gets no answers: paced at the minimum rate until it does');

@@ -5,10 +5,17 @@
  * control, which holds background work to a latency target:
  *
  * - The target is learned: while the sweep pauses, the probe's median latency is the baseline;
- *   target = baseline x ratio (at least baseline + minMarginMs: sub-millisecond probes are noisy).
- *   The caller pauses the sweep while `learning` is true, and the baseline is learned again every
- *   relearnMs (the foreground's own load changes over a day).
+ *   target = baseline x ratio, and at least baseline + minMarginMs and baseline + 2.5 standard errors
+ *   of a window's median against the baseline's (a rise the probe's noise hides cannot be acted on: a noisy probe would
+ *   otherwise cut the rate on noise alone). The caller pauses the sweep while `learning` is true,
+ *   and the baseline is learned again every relearnMs (the foreground's own load changes over a
+ *   day). The samples of the last learnings are pooled (up to poolSamples) while their medians
+ *   agree within poolDrift; a learning that disagrees starts the pool anew.
  * - Measured = the median of the last `window` probe samples.
+ * - The tail counts too (the foreground's p99 is what an application feels, and the median is blind
+ *   to a sweep that delays one transaction in ten): the baseline's 90th percentile, x ratio, is the
+ *   tail threshold; more than tailLimit of the last tailWindow samples above it cuts (at most once
+ *   per tailWindow samples), and the rate grows only while at most tailGrowLimit of them are.
  * - Grow slowly: each probe sample within target adds to the rate (x slowStartGrowth per sample
  *   until the first cut, then + increase x rate, at least minStep).
  * - Cut fast: a single sample above spikeFactor x target halves the rate at once (within one probe
@@ -35,6 +42,10 @@ export interface LatencyControllerSettings {
   baselineSkip: number;
   /** Learn the baseline again this often (ms). */
   relearnMs: number;
+  /** Baseline samples kept across learnings. */
+  poolSamples: number;
+  /** A learning whose median differs from the pool's by more than this share replaces the pool. */
+  poolDrift: number;
   /** Multiplicative decrease. */
   decrease: number;
   /** Additive increase per sample within target, as a fraction of the rate ... */
@@ -45,6 +56,12 @@ export interface LatencyControllerSettings {
   slowStartGrowth: number;
   /** A single sample above target x spikeFactor cuts at once. */
   spikeFactor: number;
+  /** Probe samples over which the tail is judged. */
+  tailWindow: number;
+  /** More than this share of them above the tail threshold cuts ... */
+  tailLimit: number;
+  /** ... and the rate grows only while at most this share are. */
+  tailGrowLimit: number;
 }
 
 export const DEFAULT_CONTROLLER: Omit<LatencyControllerSettings, 'ratio' | 'maxRate' | 'relearnMs'> = {
@@ -54,15 +71,20 @@ export const DEFAULT_CONTROLLER: Omit<LatencyControllerSettings, 'ratio' | 'maxR
   window: 10,
   baselineSamples: 20,
   baselineSkip: 2,
+  poolSamples: 80,
+  poolDrift: 0.2,
   decrease: 0.5,
   increase: 0.02,
   minStep: 20,
   slowStartGrowth: 1.08,
   spikeFactor: 3,
+  tailWindow: 30,
+  tailLimit: 0.25,
+  tailGrowLimit: 0.15,
 };
 
 /** Why the controller last slowed the sweep down. */
-export type SlowReason = 'probe-spike' | 'probe-latency' | 'lock-waits' | 'standby-lag' | 'slot-lag' | 'archiver-backlog' | 'wal-sync';
+export type SlowReason = 'probe-spike' | 'probe-latency' | 'probe-tail' | 'lock-waits' | 'standby-lag' | 'slot-lag' | 'archiver-backlog' | 'wal-sync';
 
 /** A reading of the server's other load signals (load-signals.ts); null = not available here. */
 export interface LoadReading {
@@ -90,6 +112,10 @@ export interface ControllerState {
   targetMs: number | null;
   /** Median of the recent probe samples, ms. */
   measuredMs: number | null;
+  /** The baseline's 90th percentile x ratio, ms (null until learned). */
+  tailMs: number | null;
+  /** Share of the last tailWindow samples above tailMs (null: none yet). */
+  tailShare: number | null;
   /** The rate the sweep is paced to, rows/s. */
   rate: number;
   slowedBy: SlowReason | null;
@@ -115,13 +141,19 @@ export class LatencyController {
   private readonly s: LatencyControllerSettings;
   private phase: 'learning' | 'running' = 'learning';
   private learned: number[] = [];
+  /** Baseline samples of the last learnings that agree. */
+  private pool: number[] = [];
   private learningSeen = 0;
   private baseline: number | null = null;
+  /** 2.5 standard errors of a window's median against the baseline's, from the pool's spread (ms). */
+  private noiseMs = 0;
   /** The 90th percentile of the baseline samples: a spike must clear twice that too (noise). */
   private baselineHigh: number | null = null;
   /** Rows/s the sweep actually achieved recently: the rate does not grow past twice that. */
   private achieved: number | null = null;
   private recent: number[] = [];
+  /** 1 per recent sample above the tail threshold, else 0 (the last tailWindow). */
+  private tail: number[] = [];
   private samplesSinceCut = Infinity;
   private cutOnce = false;
   private r: number;
@@ -147,7 +179,16 @@ export class LatencyController {
   }
 
   get targetMs(): number | null {
-    return this.baseline === null ? null : Math.max(this.baseline * this.s.ratio, this.baseline + this.s.minMarginMs);
+    return this.baseline === null ? null : Math.max(this.baseline * this.s.ratio, this.baseline + this.s.minMarginMs, this.baseline + this.noiseMs);
+  }
+
+  /** Samples above this are the tail (the baseline's 90th percentile x ratio). */
+  get tailMs(): number | null {
+    return this.baselineHigh === null ? null : Math.max(this.baselineHigh * this.s.ratio, this.baselineHigh + this.s.minMarginMs);
+  }
+
+  private get tailShare(): number | null {
+    return this.tail.length ? this.tail.reduce((a, b) => a + b, 0) / this.tail.length : null;
   }
 
   /** Live changes (`pg-rekey set`): keeps what was learned. */
@@ -179,11 +220,19 @@ export class LatencyController {
       if (this.learningSeen++ < this.s.baselineSkip) return;
       this.learned.push(ms);
       if (this.learned.length >= this.s.baselineSamples) {
-        this.baseline = median(this.learned);
-        this.baselineHigh = quantile(this.learned, 0.9);
+        const m = median(this.learned);
+        const poolMedian = this.pool.length ? median(this.pool) : null;
+        this.pool = poolMedian !== null && Math.abs(m - poolMedian) <= this.s.poolDrift * poolMedian ? [...this.pool, ...this.learned].slice(-this.s.poolSamples) : [...this.learned];
+        this.baseline = median(this.pool);
+        this.baselineHigh = quantile(this.pool, 0.9);
+        // A median's standard error ~ 1.25 sigma / sqrt(n) (sigma from the interquartile range): the
+        // window's median against the baseline's, each with its own error; 2.5 of them together.
+        const sigma = (quantile(this.pool, 0.75) - quantile(this.pool, 0.25)) / 1.35;
+        this.noiseMs = 2.5 * 1.25 * sigma * Math.sqrt(1 / this.s.window + 1 / this.pool.length);
         this.phase = 'running';
         this.learnedAt = now;
         this.recent = [];
+        this.tail = [];
         this.samplesSinceCut = Infinity;
       }
       return;
@@ -203,7 +252,15 @@ export class LatencyController {
       if (this.samplesSinceCut >= this.s.window) this.cut('probe-latency', `probe median ${measured.toFixed(2)} ms > target ${target.toFixed(2)} ms`, now);
       return;
     }
-    if (!this.congested && measured <= target) this.grow();
+    const share = this.tailShare!;
+    if (this.tail.length >= this.s.tailWindow && share > this.s.tailLimit) {
+      if (this.samplesSinceCut >= this.s.tailWindow) {
+        const pct = (x: number) => `${Math.round(100 * x)}%`;
+        this.cut('probe-tail', `${pct(share)} of the last ${this.tail.length} probes above ${this.tailMs!.toFixed(2)} ms (the baseline's 90th percentile x ${this.s.ratio}; at most ${pct(this.s.tailLimit)})`, now);
+      }
+      return;
+    }
+    if (!this.congested && measured <= target && share <= this.s.tailGrowLimit) this.grow();
   }
 
   /** What the sweep achieved recently (rows/s): the rate does not run away above what is done. */
@@ -227,6 +284,8 @@ export class LatencyController {
       baselineMs: this.baseline,
       targetMs: this.targetMs,
       measuredMs: this.recent.length ? median(this.recent) : null,
+      tailMs: this.tailMs,
+      tailShare: this.tailShare,
       rate: this.r,
       ...this.last,
       cuts: { ...this.cuts },
@@ -236,6 +295,8 @@ export class LatencyController {
   private push(ms: number): void {
     this.recent.push(ms);
     if (this.recent.length > this.s.window) this.recent.shift();
+    this.tail.push(ms > this.tailMs! ? 1 : 0);
+    if (this.tail.length > this.s.tailWindow) this.tail.shift();
   }
 
   private grow(): void {

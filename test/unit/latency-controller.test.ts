@@ -75,6 +75,45 @@ describe('latency controller (sweep.mode auto)', () => {
     expect(c.rate).toBeGreaterThan(1000);
   });
 
+  it('slows down for the tail the median does not see: one probe in five delayed by the sweep', () => {
+    // A sweep that collides with a share of the foreground's transactions proportional to its rate
+    // (CPU or WAL flush queues), each collision doubling that transaction's latency: the median stays
+    // at the baseline until half collide, the 90th percentile doubles as soon as one in ten does.
+    const C = 10_000; // rows/s at which every probe collides
+    const r = rng(11);
+    const collide = (rate: number, n: () => number) => BASE * (1 + n()) * (r() < rate / C ? 2 : 1);
+    const c = new LatencyController({ ratio: 1.1, maxRate: 0, relearnMs: 1e9 });
+    const { rates, lats } = simulate(c, 120, noise(5, 0.03), 0, collide);
+    const late = rates.slice(-600);
+    // It holds the share of probes delayed near tailLimit (25%), not near the median's 50%.
+    expect(mean(late) / C).toBeLessThan(0.3);
+    expect(mean(late) / C).toBeGreaterThan(0.08);
+    expect(c.state().cuts['probe-tail']).toBeGreaterThan(0);
+    const delayed = lats.slice(-600).filter((x) => x > 1.5 * BASE).length / 600;
+    expect(delayed).toBeLessThan(0.3);
+  });
+
+  it('a long-tailed foreground the sweep does not touch: the tail rule does not hold the rate down', () => {
+    // Latencies with a heavy tail (lognormal-ish), whatever the rate: the baseline's 90th percentile
+    // is exceeded by ~10% of the samples, well under tailLimit.
+    const r = rng(13);
+    const heavy = () => BASE * Math.exp(0.5 * Math.sqrt(-2 * Math.log(Math.max(r(), 1e-9))) * Math.cos(2 * Math.PI * r()));
+    const c = new LatencyController({ ratio: 1.1, maxRate: 20_000, relearnMs: 1e9 });
+    const { rates } = simulate(c, 120, () => 0, 0, () => heavy());
+    expect(mean(rates.slice(-300))).toBeGreaterThan(0.5 * 20_000);
+    // Learnings that agree are pooled (a steadier baseline); the target stays above the probe's noise.
+    const pooled = new LatencyController({ ratio: 1.1, maxRate: 20_000, relearnMs: 5_000 });
+    let t = 0;
+    for (let i = 0; i < 12; i++) {
+      ({ t } = simulate(pooled, 5, () => 0, t, () => heavy()));
+      pooled.tick(t);
+    }
+    simulate(pooled, 2.5, () => 0, t, () => heavy());
+    expect(pooled.state().baselineMs).toBeGreaterThan(0.85 * BASE);
+    expect(pooled.state().baselineMs).toBeLessThan(1.15 * BASE);
+    expect(pooled.state().targetMs).toBeGreaterThan(1.1 * pooled.state().baselineMs!);
+  });
+
   it('a probe still in flight after an interval counts as a spike at once (a stall is seen before it ends)', () => {
     const c = new LatencyController({ ratio: 1.1, maxRate: 0, relearnMs: 1e9 });
     const { t } = simulate(c, 20, () => 0);
