@@ -1,15 +1,20 @@
-// What the foreground feels at fixed sweep rates, and what the auto mode's probe sees meanwhile: the
-// calibration behind the controller's target (not part of `make bench`).
+// What the foreground feels at fixed sweep rates, measured so that the machine's own drift cancels
+// out: the calibration behind the auto controller's constants (not part of `make bench`).
 //
-//   node --import tsx bench/load-spike/calibrate.ts [rates=1000,2000,4000,8000,16000] [workloads=pgbench,bench]
+//   node --import tsx bench/load-spike/calibrate.ts [rates=0,2000,8000] [workloads=pgbench,bench]
 //
-// For each workload and rate: the table restored to all-v1, the workload started, a window of the
-// workload alone, then `pg-rekey backfill` held at that rate (sweep.mode auto with max_rate = the rate
-// and latency_ratio 100, so only the hard limit paces it) for CAL_SECONDS (30). A probe like the
-// auto mode's (src/throttle/latency-probe.ts) samples every 100 ms in both windows. Rate "auto" runs
-// the defaults. Writes .bench-data/calibrate/calibrate.md.
+// Windows of a few seconds compare badly (a checkpoint, a page's first write after it, another job:
+// two 10 s windows of the workload alone differ by 15% or more in p99). So for each workload and
+// rate, one workload process and one `pg-rekey backfill` held at that rate (sweep.mode auto with
+// max_rate = the rate and latency_ratio 100, so only the hard limit paces it) run for CAL_CYCLES (10)
+// cycles of CAL_ON_SECONDS (5) swept and as long paused (throttle.pause_file); the first two cycles
+// are warm-up (the rate grows to its limit), and the first second after each switch is left out. The
+// foreground's p99 over every "on" window is compared with the p99 over every "off" window, and the
+// probe (like the auto mode's, every 100 ms) is summarised the same way. Rate 0: no backfill at all,
+// the same switching (the A/A comparison: the noise of the method). Writes .bench-data/calibrate/calibrate.md.
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { loadKeyRing } from '../../src/crypto/key-ring.js';
 import { initSodium } from '../../src/crypto/secretbox.js';
@@ -17,41 +22,42 @@ import { createLogger } from '../../src/logger.js';
 import { LatencyProbe } from '../../src/throttle/latency-probe.js';
 import { startBenchCluster } from './cluster.js';
 import { createTables, loadPristine, restoreIncidents } from './dataset.js';
-import { summarize } from './latency.js';
+import type { Samples } from './latency.js';
 import { startWorkload, type Workload } from './measure.js';
 import { ROOT, runCli, snapshotBuild, writeConfig, writeKeys } from './pg-rekey-cli.js';
 import { startPgbench } from './pgbench.js';
 
-const RATES = (process.argv[2] ?? '1000,2000,4000,8000,16000').split(',');
+const RATES = (process.argv[2] ?? '0,2000,8000').split(',').map(Number);
 const WORKLOADS = (process.argv[3] ?? 'pgbench,bench').split(',') as ('pgbench' | 'bench')[];
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
-const SECONDS = Number(process.env.CAL_SECONDS ?? 30);
-const PRE_SECONDS = 10;
+const CYCLES = Number(process.env.CAL_CYCLES ?? 10);
+const ON_MS = Number(process.env.CAL_ON_SECONDS ?? 5) * 1000;
+const WARMUP_CYCLES = 2;
+const GUARD_MS = 1000;
 const WORK = path.join(ROOT, '.bench-data', 'calibrate');
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const epoch = () => performance.timeOrigin + performance.now();
 const q = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
+  const s = Float64Array.from(xs).sort();
   return s.length ? s[Math.min(s.length - 1, Math.ceil(p * s.length) - 1)]! : NaN;
 };
 
+type Span = [number, number];
 interface Row {
   workload: string;
-  rate: string;
+  rate: number;
   rowsPerSec: number;
-  fg: { pre: number; during: number };
-  probe: { pre: number[]; during: number[] };
+  fg: { on: number[]; off: number[] };
+  probe: { on: number[]; off: number[] };
 }
 
-/** Probe samples (ms) taken while `body` runs. */
-async function probed<T>(url: string, body: () => Promise<T>): Promise<{ value: T; samples: number[] }> {
-  const samples: number[] = [];
-  const probe = new LatencyProbe(url, () => 100, (ms, overdue) => void (overdue ? undefined : samples.push(ms)), createLogger('silent'));
-  probe.start();
-  try {
-    return { value: await body(), samples };
-  } finally {
-    await probe.stop();
-  }
+const inside = (spans: Span[], t: number) => spans.some(([a, b]) => t >= a && t < b);
+
+/** Latencies of the transactions scheduled inside the spans. */
+function pick(s: Samples, spans: Span[]): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < s.scheduled.length; i++) if (!s.failed[i] && inside(spans, s.scheduled[i]!)) out.push(s.latency[i]!);
+  return out;
 }
 
 async function main(): Promise<void> {
@@ -59,6 +65,7 @@ async function main(): Promise<void> {
   mkdirSync(WORK, { recursive: true });
   snapshotBuild(path.join(WORK, 'pg-rekey'));
   const envFile = path.join(WORK, 'keys.env');
+  const pauseFile = path.join(WORK, 'pause');
   const cluster = await startBenchCluster(path.join(ROOT, '.bench-data'));
   const db = new pg.Client({ connectionString: cluster.url, application_name: 'bench-admin' });
   db.on('error', () => undefined);
@@ -70,29 +77,45 @@ async function main(): Promise<void> {
     await createTables(db);
     await loadPristine(db, ROWS, loadKeyRing({ env: {}, envFile }));
     const flags = (config: string) => ['-c', config, '--env-file', envFile, '--database-url', cluster.url];
-    const config = (rate: string) => writeConfig(path.join(WORK, `rate-${rate}.yaml`), rate === 'auto' ? {} : { max_rate: Number(rate), latency_ratio: 100 });
-    const setup = await runCli(['setup', ...flags(config('auto'))]);
+    const throttle = { throttle: { pause_file: pauseFile, check_interval: '100ms' } };
+    const config = (rate: number) => writeConfig(path.join(WORK, `rate-${rate}.yaml`), { max_rate: Math.max(rate, 1), latency_ratio: 100 }, throttle);
+    const setup = await runCli(['setup', ...flags(config(0))]);
     if (setup.code !== 0) throw new Error(`setup exited ${setup.code}: ${setup.stderr}`);
     for (const workload of WORKLOADS) {
       for (const rate of RATES) {
         await restoreIncidents(db);
+        writeFileSync(pauseFile, '');
         const wl: Workload =
           workload === 'pgbench'
             ? await startPgbench({ url: cluster.url, rows: ROWS, rate: 300, clients: 4, dir: path.join(WORK, 'pgbench') }, 3000)
             : await startWorkload({ url: cluster.url, rows: ROWS, rate: 300, clients: 8, updateFraction: 0.2, seed: 42 }, 3000);
-        const t0 = Date.now();
-        const pre = await probed(cluster.url, () => sleep(PRE_SECONDS * 1000));
-        const t1 = Date.now();
-        const during = await probed(cluster.url, () => runCli(['backfill', '--restart', '--json', ...flags(config(rate))], SECONDS * 1000));
-        const t2 = Date.now();
+        const probes: { t: number; ms: number }[] = [];
+        const probe = new LatencyProbe(cluster.url, () => 100, (ms, overdue) => void (overdue ? undefined : probes.push({ t: epoch() - ms, ms })), createLogger('silent'));
+        probe.start();
+        const total = CYCLES * 2 * ON_MS;
+        const cli = rate > 0 ? runCli(['backfill', '--restart', '--json', ...flags(config(rate))], total + 5000) : null;
+        await sleep(2000); // the CLI starts (paused)
+        const on: Span[] = [];
+        const off: Span[] = [];
+        for (let c = 0; c < CYCLES; c++) {
+          for (const sweeping of [true, false]) {
+            if (sweeping) rmSync(pauseFile, { force: true });
+            else writeFileSync(pauseFile, '');
+            const t = epoch();
+            await sleep(ON_MS);
+            if (c >= WARMUP_CYCLES) (sweeping ? on : off).push([t + GUARD_MS, t + ON_MS]);
+          }
+        }
+        writeFileSync(pauseFile, '');
+        await probe.stop();
+        const run = await cli;
         const { samples } = await wl.stop();
-        const rewritten = lastRewritten(during.value.stderr, during.value.stdout);
         const row: Row = {
           workload,
           rate,
-          rowsPerSec: rewritten / (during.value.wallMs / 1000),
-          fg: { pre: summarize(samples, t0, t1).p99, during: summarize(samples, t1, t2).p99 },
-          probe: { pre: pre.samples, during: during.samples },
+          rowsPerSec: run ? lastRewritten(run.stderr, run.stdout) / ((CYCLES * ON_MS) / 1000) : 0,
+          fg: { on: pick(samples, on), off: pick(samples, off) },
+          probe: { on: probes.filter((p) => inside(on, p.t)).map((p) => p.ms), off: probes.filter((p) => inside(off, p.t)).map((p) => p.ms) },
         };
         rows.push(row);
         console.log(line(row));
@@ -104,9 +127,12 @@ async function main(): Promise<void> {
     rmSync(envFile, { force: true });
   }
   const md = [
-    `# Calibration: foreground p99 and the probe at fixed sweep rates (${new Date().toISOString()}, ${ROWS} rows, ${SECONDS} s each)`,
+    `# Calibration: the foreground and the probe, sweeping vs paused, at fixed sweep rates`,
     '',
-    '| workload | rate | rows/s | fg p99 before | fg p99 during | ratio | probe p50 before/during | probe p90 before/during | probe p99 before/during | probe samples > before p90 |',
+    `${new Date().toISOString()}; ${ROWS} rows; ${CYCLES} cycles of ${ON_MS / 1000} s swept and ${ON_MS / 1000} s paused (the first ${WARMUP_CYCLES} left out, and the first ${GUARD_MS / 1000} s after each switch); \`node --import tsx bench/load-spike/calibrate.ts ${RATES.join(',')} ${WORKLOADS.join(',')}\`.`,
+    'rows/s: rewritten per second swept. Rate 0: nothing swept (the A/A comparison: the noise of the method).',
+    '',
+    '| workload | max_rate | rows/s swept | fg p50 off / on | fg p99 off / on | p99 on/off | fg samples on | probe p50 off / on | probe p90 off / on | probes on above the off p90 |',
     '|---|---|---|---|---|---|---|---|---|---|',
     ...rows.map(line),
   ].join('\n');
@@ -116,9 +142,9 @@ async function main(): Promise<void> {
 
 function line(r: Row): string {
   const f = (x: number) => x.toFixed(2);
-  const p = (k: number) => `${f(q(r.probe.pre, k))} / ${f(q(r.probe.during, k))}`;
-  const above = r.probe.during.filter((x) => x > q(r.probe.pre, 0.9)).length / Math.max(1, r.probe.during.length);
-  return `| ${r.workload} | ${r.rate} | ${r.rowsPerSec.toFixed(0)} | ${f(r.fg.pre)} | ${f(r.fg.during)} | ${(r.fg.during / r.fg.pre).toFixed(2)}x | ${p(0.5)} | ${p(0.9)} | ${p(0.99)} | ${(100 * above).toFixed(0)}% |`;
+  const both = (x: { on: number[]; off: number[] }, k: number) => `${f(q(x.off, k))} / ${f(q(x.on, k))}`;
+  const above = r.probe.on.filter((x) => x > q(r.probe.off, 0.9)).length / Math.max(1, r.probe.on.length);
+  return `| ${r.workload} | ${r.rate} | ${r.rowsPerSec.toFixed(0)} | ${both(r.fg, 0.5)} | ${both(r.fg, 0.99)} | ${(q(r.fg.on, 0.99) / q(r.fg.off, 0.99)).toFixed(2)}x | ${r.fg.on.length} | ${both(r.probe, 0.5)} | ${both(r.probe, 0.9)} | ${(100 * above).toFixed(0)}% |`;
 }
 
 /** Rows rewritten: the summary on stdout, else the last progress line. */

@@ -33,9 +33,9 @@ export interface CliRun {
   maxRssMB: number;
 }
 
-/** Writes a config for table `incidents`, column `title`, with only the given sweep fields. */
-export function writeConfig(file: string, sweep: Record<string, unknown>): string {
-  const doc: Record<string, unknown> = { tables: [{ name: 'incidents', columns: ['title'] }] };
+/** Writes a config for table `incidents`, column `title`, with only the given sweep fields (and other sections, e.g. `throttle`). */
+export function writeConfig(file: string, sweep: Record<string, unknown>, sections: Record<string, unknown> = {}): string {
+  const doc: Record<string, unknown> = { tables: [{ name: 'incidents', columns: ['title'] }], ...sections };
   if (Object.keys(sweep).length > 0) doc.sweep = sweep;
   writeFileSync(file, stringify(doc));
   return file;
