@@ -45,7 +45,8 @@ describe('sweep.mode auto', () => {
         return c?.phase === 'running' && c.baselineMs !== null && c.rate > 600;
       }, 30_000);
       const before = (await controller())!;
-      expect(before.targetMs).toBeCloseTo(before.baselineMs! * 3, 6);
+      // latency_ratio x the baseline, or more when the probe is too noisy to resolve that (its noise floor).
+      expect(before.targetMs!).toBeGreaterThanOrEqual(before.baselineMs! * 3 - 1e-9);
       expect(before.rate).toBeLessThanOrEqual(1500); // max_rate is a hard limit
 
       // The foreground's latency rises: the probe's commit waits for this lock.
