@@ -175,6 +175,7 @@ export class AutoPacer {
       if (st.targetMs !== null) m.sweepTargetLatency.set(st.targetMs / 1000);
       if (st.measuredMs !== null) m.sweepProbeLatency.set(st.measuredMs / 1000);
       if (st.baselineMs !== null) m.sweepBaselineLatency.set(st.baselineMs / 1000);
+      if (st.tailShare !== null) m.sweepProbeTailShare.set(st.tailShare);
       m.sweepRateLimit.set(st.rate);
       for (const [reason, n] of Object.entries(st.cuts)) {
         m.sweepSlowdowns.inc({ reason }, (n ?? 0) - (this.counted[reason] ?? 0));
