@@ -51,9 +51,9 @@ export interface StreamLatency {
   readyMs: number;
   caughtUpMs: number;
   /** Rows the sweep and the stream rewrote while the writes ran (the daemon's pg_rekey_rewrites_total). */
-  duringWrites: { sweep: number; stream: number; seconds: number };
+  duringWrites: { sweep: number; stream: number; seconds: number; visibilityWaitS: number };
   /** The same counters right before the SIGTERM: everything the run rewrote. */
-  atStop: { sweep: number; stream: number };
+  atStop: { sweep: number; stream: number; visibilityWaitS: number };
   /** The run's exit after SIGTERM: its code and how long the drain took. */
   exit: { code: number | null; ms: number };
 }
@@ -83,9 +83,13 @@ async function metric(base: string, prefix: string): Promise<number> {
     .reduce((a, l) => a + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
 }
 
-/** The daemon's rewrite counters (pg_rekey_rewrites_total) by source. */
-async function rewriteCounts(base: string): Promise<{ sweep: number; stream: number }> {
-  return { sweep: await metric(base, 'pg_rekey_rewrites_total{source="sweep"'), stream: await metric(base, 'pg_rekey_rewrites_total{source="stream"') };
+/** The daemon's rewrite counters (pg_rekey_rewrites_total) by source, and the stream's visibility waits (s). */
+async function rewriteCounts(base: string): Promise<{ sweep: number; stream: number; visibilityWaitS: number }> {
+  return {
+    sweep: await metric(base, 'pg_rekey_rewrites_total{source="sweep"'),
+    stream: await metric(base, 'pg_rekey_rewrites_total{source="stream"'),
+    visibilityWaitS: await metric(base, 'pg_rekey_stream_visibility_wait_seconds_total '),
+  };
 }
 
 /**
@@ -217,7 +221,12 @@ export async function measureStreamLatency(c: StreamLatencyConfig, db: pg.Client
         waitedMs,
         readyMs,
         caughtUpMs,
-        duringWrites: { sweep: after.sweep - before.sweep, stream: after.stream - before.stream, seconds: (endedAt - writeStart) / 1000 },
+        duringWrites: {
+          sweep: after.sweep - before.sweep,
+          stream: after.stream - before.stream,
+          seconds: (endedAt - writeStart) / 1000,
+          visibilityWaitS: after.visibilityWaitS - before.visibilityWaitS,
+        },
         atStop,
         exit: { code: run.code, ms: Date.now() - stopStart },
       },

@@ -47,7 +47,7 @@ export function streamSection(r: ScenarioResult | undefined): string[] {
     ),
     '',
     table(
-      ['streaming after', 'caught up after', 'writes s', 'sweep rows meanwhile', 'sweep rows/s meanwhile', 'stream rewrites meanwhile', 'wait for the last rewrite', 'run: sweep rows in all', 'run: stream rewrites in all', 'run peak RSS MB', 'run CPU s', 'exit on SIGTERM', 'drain s', 'fg p99 ms', 'fg p99 right before'],
+      ['streaming after', 'caught up after', 'writes s', 'sweep rows meanwhile', 'sweep rows/s meanwhile', 'stream rewrites meanwhile', 'stream visibility waits meanwhile', 'wait for the last rewrite', 'run: sweep rows in all', 'run: stream rewrites in all', 'run peak RSS MB', 'run CPU s', 'exit on SIGTERM', 'drain s', 'fg p99 ms', 'fg p99 right before'],
       [
         [
           `${f(s.readyMs / 1000)} s`,
@@ -56,6 +56,7 @@ export function streamSection(r: ScenarioResult | undefined): string[] {
           int(d.sweep),
           int(d.sweep / d.seconds),
           int(d.stream),
+          `${f(d.visibilityWaitS)} s`,
           `${f(s.waitedMs / 1000)} s`,
           int(s.atStop.sweep),
           int(s.atStop.stream),
@@ -75,7 +76,8 @@ export function streamSection(r: ScenarioResult | undefined): string[] {
     "sweep's replication origin (the sweep reached the new row first). Stream rewrites meanwhile include the rows the foreground",
     "workload's updates move (their title is still v1). Write p99: the writer's INSERT answered, from its due time on the timetable.",
     'Caught up: the writes start once the stream has applied the WAL written before it connected (`pg_rekey_stream_applied_lsn`; the',
-    "foreground's updates of v1 rows while the run started are a backlog it first works off).",
+    "foreground's updates of v1 rows while the run started are a backlog it first works off). Visibility waits: the daemon's",
+    '`pg_rekey_stream_visibility_wait_seconds_total`, time its flushes waited for decoded commits to become visible (design.md rule 3).',
     '',
   ];
 }

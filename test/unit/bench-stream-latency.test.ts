@@ -33,7 +33,7 @@ describe('stream latency target', () => {
         writesPerSec,
         notRewritten: 0,
         latency: { p50: 40, p95: 70, p99, max: 120, mean: 45, over100ms: 3 },
-        duringWrites: { sweep, stream: 30_000, seconds: 30 },
+        duringWrites: { sweep, stream: 30_000, seconds: 30, visibilityWaitS: 0 },
       } as StreamLatency,
     }) as ScenarioResult;
 
