@@ -248,14 +248,15 @@ async function main(): Promise<void> {
           title: `pg-rekey run: stream rewrite latency (stream + sweep, ${Object.keys(daemon).length > 1 ? `daemon: ${JSON.stringify(daemon)}` : 'defaults'}; ${K.BENCH_STREAM_RATE.toLocaleString('en-US')} v1 writes/s)`,
           settings:
             `\`pg-rekey run -c\` (default settings, sweep.mode auto; daemon: \`${JSON.stringify(daemon)}\`) on the table restored to all-v1, so the sweep runs meanwhile; once /readyz says it streams and it has applied the WAL written before, ` +
-            `${(K.BENCH_STREAM_RATE * K.BENCH_STREAM_SECONDS).toLocaleString('en-US')} INSERTs of fresh rows (new ids, a v1 title each, encrypted beforehand) at ${K.BENCH_STREAM_RATE.toLocaleString('en-US')}/s for ${K.BENCH_STREAM_SECONDS} s, ` +
+            `${(K.BENCH_STREAM_RATE * K.BENCH_STREAM_SECONDS).toLocaleString('en-US')} INSERTs of fresh rows (new ids, a v1 title each, encrypted beforehand) at ${K.BENCH_STREAM_RATE.toLocaleString('en-US')}/s for ${K.BENCH_STREAM_SECONDS} s ` +
+            `after ${K.BENCH_WARMUP_SECONDS} s of the same writes as a warm-up (reported apart), ` +
             `open loop over ${K.BENCH_STREAM_CONNECTIONS} connections, each its own autocommit transaction; then up to ${K.BENCH_STREAM_WAIT_SECONDS} s for every row to be v2; then SIGTERM. ` +
             'Latency per row: `pg_xact_commit_timestamp` of the rewrite (the row\'s current xmin) minus that of the INSERT (track_commit_timestamp=on); the rewrite\'s commit origin says whether the stream or the sweep did it. ' +
             "The window (rows/s = the run's sweep) runs from the daemon's start to its exit",
         },
         () =>
           measureStreamLatency(
-            { url, ring, runArgs, firstId: ROWS + 1, rate: K.BENCH_STREAM_RATE, seconds: K.BENCH_STREAM_SECONDS, connections: K.BENCH_STREAM_CONNECTIONS, waitSeconds: K.BENCH_STREAM_WAIT_SECONDS, rowsFile: path.join(work, 'stream-latency.rows.csv'), log },
+            { url, ring, runArgs, firstId: ROWS + 1, rate: K.BENCH_STREAM_RATE, warmupSeconds: K.BENCH_WARMUP_SECONDS, seconds: K.BENCH_STREAM_SECONDS, connections: K.BENCH_STREAM_CONNECTIONS, waitSeconds: K.BENCH_STREAM_WAIT_SECONDS, rowsFile: path.join(work, 'stream-latency.rows.csv'), log },
             db,
           ),
         ({ stream, run }) => {

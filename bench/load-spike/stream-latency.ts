@@ -22,6 +22,8 @@ export interface StreamLatencyConfig {
   /** Ids of the new rows: firstId, firstId + 1, ... (above the table's). */
   firstId: number;
   rate: number;
+  /** Writes on the same timetable before the measured ones (the step from no load to the rate is not the steady state); reported apart. */
+  warmupSeconds: number;
   seconds: number;
   connections: number;
   /** After the writes, wait at most this long for every row to be rewritten. */
@@ -32,6 +34,8 @@ export interface StreamLatencyConfig {
 }
 
 export interface StreamLatency {
+  /** The warm-up writes before the measured ones: how many, and their latency (the same measure). */
+  warmup: { writes: number; p99: number; max: number };
   offered: number;
   committed: number;
   failed: number;
@@ -107,22 +111,23 @@ async function waitUntilCaughtUp(base: string, db: pg.Client, limitMs = 120_000)
 }
 
 /** Offers `values` as INSERTs on the timetable; returns each write's xid (undefined: failed) and its client-side latency. */
-async function writeOpenLoop(c: StreamLatencyConfig, values: string[]): Promise<{ xids: (string | undefined)[]; latency: number[]; endedAt: number }> {
+async function writeOpenLoop(c: StreamLatencyConfig, values: string[], onSlot: (i: number) => void): Promise<{ xids: (string | undefined)[]; latency: number[]; endedAt: number }> {
   const pool = new pg.Pool({ connectionString: c.url, max: c.connections, application_name: 'bench-stream-writer' });
   pool.on('error', () => undefined);
   try {
     const warm = await Promise.all(Array.from({ length: c.connections }, () => pool.connect()));
     warm.forEach((w) => w.release());
     const xids: (string | undefined)[] = new Array(values.length);
-    const latency: number[] = [];
+    const latency: number[] = new Array(values.length);
     const inFlight: Promise<void>[] = [];
     const timetable = openLoop(
       c.rate,
       (due, i) => {
+        onSlot(i);
         const q = pool.query<{ x: string }>({ name: 'stream_write', text: INSERT, values: [c.firstId + i, values[i], 'open'] });
         inFlight.push(
           q.then(
-            (r) => void ((xids[i] = r.rows[0]!.x), latency.push(performance.now() - due)),
+            (r) => void ((xids[i] = r.rows[0]!.x), (latency[i] = performance.now() - due)),
             () => undefined,
           ),
         );
@@ -155,6 +160,7 @@ async function waitForRewrites(db: pg.Client, c: StreamLatencyConfig, n: number)
 }
 
 interface RowOutcome {
+  id: string;
   /** Write commit, rewrite commit: epoch microseconds. */
   w: string;
   r: string | null;
@@ -168,7 +174,7 @@ async function outcomes(db: pg.Client, c: StreamLatencyConfig, xids: (string | u
   const xs: string[] = [];
   xids.forEach((x, i) => x !== undefined && (ids.push(c.firstId + i), xs.push(x)));
   const r = await db.query<RowOutcome>(
-    `select (extract(epoch from pg_xact_commit_timestamp(w.x::xid)) * 1e6)::bigint::text as w,
+    `select w.id::text as id, (extract(epoch from pg_xact_commit_timestamp(w.x::xid)) * 1e6)::bigint::text as w,
             case when i.xmin::text <> w.x then (extract(epoch from o.timestamp) * 1e6)::bigint::text end as r,
             coalesce(ro.roname, '') as origin, i.title like 'v2:%' as v2
        from unnest($1::bigint[], $2::text[]) as w(id, x)
@@ -182,13 +188,14 @@ async function outcomes(db: pg.Client, c: StreamLatencyConfig, xids: (string | u
 
 function writeRows(file: string, rows: RowOutcome[]): void {
   const t0 = rows.reduce((a, r) => Math.min(a, Number(r.w)), Infinity);
-  const lines = rows.map((r) => `${((Number(r.w) - t0) / 1000).toFixed(3)},${r.r === null ? '' : ((Number(r.r) - Number(r.w)) / 1000).toFixed(3)},${r.origin},${r.v2}`);
-  writeFileSync(file, `write_ms,latency_ms,origin,v2\n${lines.join('\n')}\n`);
+  const lines = rows.map((r) => `${r.id},${((Number(r.w) - t0) / 1000).toFixed(3)},${r.r === null ? '' : ((Number(r.r) - Number(r.w)) / 1000).toFixed(3)},${r.origin},${r.v2}`);
+  writeFileSync(file, `id,write_ms,latency_ms,origin,v2\n${lines.join('\n')}\n`);
 }
 
 /** Runs the scenario; the caller owns the measured window around it. */
 export async function measureStreamLatency(c: StreamLatencyConfig, db: pg.Client): Promise<{ stream: StreamLatency; run: CliRun }> {
-  const n = Math.round(c.rate * c.seconds);
+  const warm = Math.round(c.rate * c.warmupSeconds);
+  const n = warm + Math.round(c.rate * c.seconds);
   const g = new Gen(20261207);
   const values = Array.from({ length: n }, () => encryptValue(titlePlaintext(g), 1, c.ring));
   const cli = startCli(c.runArgs);
@@ -203,11 +210,17 @@ export async function measureStreamLatency(c: StreamLatencyConfig, db: pg.Client
     const readyMs = Date.now() - t0;
     await waitUntilCaughtUp(base, db);
     const caughtUpMs = Date.now() - t0;
-    c.log(`stream latency: pg-rekey run streams after ${(readyMs / 1000).toFixed(1)} s, caught up after ${(caughtUpMs / 1000).toFixed(1)} s; ${n} v1 INSERTs at ${c.rate}/s over ${c.connections} connections`);
-    const before = await rewriteCounts(base);
-    const writeStart = Date.now();
-    const { xids, latency, endedAt } = await writeOpenLoop(c, values);
+    c.log(`stream latency: pg-rekey run streams after ${(readyMs / 1000).toFixed(1)} s, caught up after ${(caughtUpMs / 1000).toFixed(1)} s; ${n} v1 INSERTs at ${c.rate}/s over ${c.connections} connections, the first ${warm} a warm-up`);
+    // The measured writes start with slot `warm`: the daemon's counters from then on.
+    let writeStart = Date.now();
+    let before = rewriteCounts(base);
+    const { xids, latency, endedAt } = await writeOpenLoop(c, values, (i) => {
+      if (i !== warm || warm === 0) return;
+      writeStart = Date.now();
+      before = rewriteCounts(base);
+    });
     const after = await rewriteCounts(base);
+    const start = await before;
     const waitedMs = await waitForRewrites(db, c, n);
     const rows = await outcomes(db, c, xids);
     writeRows(c.rowsFile, rows);
@@ -217,15 +230,20 @@ export async function measureStreamLatency(c: StreamLatencyConfig, db: pg.Client
     const run = await cli.done;
     return {
       stream: {
-        ...summarize(rows, n, latency),
+        ...summarize(
+          rows.filter((r) => Number(r.id) >= c.firstId + warm),
+          n - warm,
+          latency.slice(warm).filter((x) => x !== undefined),
+        ),
+        warmup: warmupOf(rows.filter((r) => Number(r.id) < c.firstId + warm)),
         waitedMs,
         readyMs,
         caughtUpMs,
         duringWrites: {
-          sweep: after.sweep - before.sweep,
-          stream: after.stream - before.stream,
+          sweep: after.sweep - start.sweep,
+          stream: after.stream - start.stream,
           seconds: (endedAt - writeStart) / 1000,
-          visibilityWaitS: after.visibilityWaitS - before.visibilityWaitS,
+          visibilityWaitS: after.visibilityWaitS - start.visibilityWaitS,
         },
         atStop,
         exit: { code: run.code, ms: Date.now() - stopStart },
@@ -240,17 +258,25 @@ export async function measureStreamLatency(c: StreamLatencyConfig, db: pg.Client
   }
 }
 
-function summarize(rows: RowOutcome[], offered: number, writeLatency: number[]): Omit<StreamLatency, 'waitedMs' | 'readyMs' | 'caughtUpMs' | 'duringWrites' | 'atStop' | 'exit'> {
+/** Write commit to rewrite commit, ms; Infinity for a row not rewritten. */
+const latencyOf = (row: RowOutcome) => (!row.v2 || row.r === null ? Infinity : (Number(row.r) - Number(row.w)) / 1000);
+
+function warmupOf(rows: RowOutcome[]): StreamLatency['warmup'] {
+  const sorted = Float64Array.from(rows.map(latencyOf)).sort();
+  return { writes: rows.length, p99: quantile(sorted, 0.99), max: sorted.length ? sorted[sorted.length - 1]! : NaN };
+}
+
+function summarize(rows: RowOutcome[], offered: number, writeLatency: number[]): Omit<StreamLatency, 'warmup' | 'waitedMs' | 'readyMs' | 'caughtUpMs' | 'duringWrites' | 'atStop' | 'exit'> {
   const lat: number[] = [];
   const rewritten = { stream: 0, sweep: 0, other: 0 };
   let notRewritten = 0;
   for (const row of rows) {
-    if (!row.v2 || row.r === null) {
+    const l = latencyOf(row);
+    lat.push(l);
+    if (l === Infinity) {
       notRewritten++;
-      lat.push(Infinity);
       continue;
     }
-    lat.push((Number(row.r) - Number(row.w)) / 1000);
     if (row.origin.endsWith('_stream')) rewritten.stream++;
     else if (row.origin.endsWith('_sweep')) rewritten.sweep++;
     else rewritten.other++;
