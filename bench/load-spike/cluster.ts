@@ -21,6 +21,8 @@ export const SERVER_SETTINGS: readonly [string, string][] = [
   ['max_replication_slots', '8'],
   ['max_wal_senders', '8'],
   ['shared_preload_libraries', 'pg_stat_statements'],
+  // The stream-latency scenario reads both commits' times (pg_xact_commit_timestamp).
+  ['track_commit_timestamp', 'on'],
 ];
 
 export interface BenchCluster {

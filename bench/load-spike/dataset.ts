@@ -9,7 +9,7 @@ const BATCH = 10_000;
 const STATUSES = ['open', 'dispatched', 'on scene', 'closed', 'closed'];
 
 /** Plaintext of 30-42 ASCII bytes: with nonce, MAC, base64 and `v1:` a stored value of ~100-115 bytes. */
-function titlePlaintext(g: Gen): Buffer {
+export function titlePlaintext(g: Gen): Buffer {
   const len = g.int(30, 42);
   let s = incidentTitle(g);
   while (s.length < len) s += `, ${address(g)}`;

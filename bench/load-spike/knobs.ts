@@ -25,6 +25,17 @@ export const KNOB_DEFAULTS = {
   /** pgbench clients and total rate (transactions/s; each a primary-key SELECT and an UPDATE of status). */
   BENCH_PGBENCH_CLIENTS: 4,
   BENCH_PGBENCH_RATE: 300,
+  /** Stream-latency scenario: fresh v1 INSERTs per second (each its own autocommit transaction) while `pg-rekey run` streams and sweeps ... */
+  BENCH_STREAM_RATE: 1000,
+  /** ... for this long ... */
+  BENCH_STREAM_SECONDS: 30,
+  /**
+   * ... over this many connections. A synchronous commit per write: with 4, a machine busy enough to stretch a commit
+   * to ~5 ms held the writer to 840 writes/s (2026-12-07); open loop, idle connections cost nothing.
+   */
+  BENCH_STREAM_CONNECTIONS: 16,
+  /** After the writes, how long to wait for the last of them to be rewritten before counting the rest as not rewritten. */
+  BENCH_STREAM_WAIT_SECONDS: 60,
 } as const;
 
 export type Knobs = Record<keyof typeof KNOB_DEFAULTS, number>;
@@ -39,15 +50,40 @@ export function sweepVariants(env: NodeJS.ProcessEnv = process.env): Record<stri
   return raw
     .split(';')
     .filter((v) => v.trim() !== '')
-    .map((v) =>
-      Object.fromEntries(
-        v.split(',').map((field) => {
-          const m = /^\s*([a-z_]+)\s*=\s*(\S+)\s*$/.exec(field);
-          if (!m) throw new Error(`BENCH_SWEEP_VARIANTS: "${field}" is not name=value (e.g. nice_ratio=1;chunk_time=25ms,nice_ratio=1)`);
-          return [m[1]!, /^\d+(\.\d+)?$/.test(m[2]!) ? Number(m[2]) : m[2]!];
-        }),
-      ),
-    );
+    .map((v) => fields('BENCH_SWEEP_VARIANTS', v));
+}
+
+/**
+ * BENCH_STREAM_DAEMON: `daemon:` fields for the stream-latency scenario's `pg-rekey run`, as `name=value`
+ * separated by `,` (e.g. `stream_batch_delay=20ms`). Default: none (the defaults are what the target is about).
+ */
+export function streamDaemonSettings(env: NodeJS.ProcessEnv = process.env): Record<string, string | number> {
+  const raw = env.BENCH_STREAM_DAEMON ?? '';
+  return raw.trim() === '' ? {} : fields('BENCH_STREAM_DAEMON', raw);
+}
+
+function fields(knob: string, v: string): Record<string, string | number> {
+  return Object.fromEntries(
+    v.split(',').map((field) => {
+      const m = /^\s*([a-z_]+)\s*=\s*(\S+)\s*$/.exec(field);
+      if (!m) throw new Error(`${knob}: "${field}" is not name=value (e.g. nice_ratio=1;chunk_time=25ms,nice_ratio=1)`);
+      return [m[1]!, /^\d+(\.\d+)?$/.test(m[2]!) ? Number(m[2]) : m[2]!];
+    }),
+  );
+}
+
+/**
+ * BENCH_ONLY: run only the listed scenarios (comma-separated keys, for reruns), e.g. `stream-latency` or
+ * `default,stream-latency`. The bench workload's baseline always runs (everything is compared with it).
+ * Keys: probe, classic, runbook, default, duty, variant-N, unthrottled, floor, floor-unnest, pgbench
+ * (the pgbench workload's three scenarios), stream-latency. Unset or empty: all of them.
+ */
+export function benchOnly(env: NodeJS.ProcessEnv = process.env): (key: string) => boolean {
+  const keys = (env.BENCH_ONLY ?? '')
+    .split(',')
+    .map((k) => k.trim())
+    .filter(Boolean);
+  return (key) => keys.length === 0 || key === 'baseline' || keys.includes(key);
 }
 
 /** Knobs that may be 0; the others must be positive. */
@@ -66,7 +102,7 @@ export function readKnobs(env: NodeJS.ProcessEnv = process.env): Knobs {
 
 /** `BENCH_ROWS=200000 ` for the knobs set in the environment, quoted for a shell. */
 export function setKnobs(env: NodeJS.ProcessEnv = process.env): string {
-  return [...Object.keys(KNOB_DEFAULTS), 'BENCH_SWEEP_VARIANTS']
+  return [...Object.keys(KNOB_DEFAULTS), 'BENCH_SWEEP_VARIANTS', 'BENCH_ONLY', 'BENCH_STREAM_DAEMON']
     .filter((k) => env[k] !== undefined)
     .map((k) => `${k}=${/^[\w.,=-]+$/.test(env[k]!) ? env[k] : `'${env[k]}'`} `)
     .join('');

@@ -27,13 +27,13 @@ export interface CliRun {
   stderr: string;
   wallMs: number;
   cpuSeconds: number;
-  /** Set when the run was stopped by the time limit. */
+  /** Set when the run was stopped by SIGTERM (the time limit, or a daemon stopped by the bench). */
   timedOut: boolean;
   /** Peak resident set of the CLI process, MB (sampled every 100 ms). */
   maxRssMB: number;
 }
 
-/** Writes a config for table `incidents`, column `title`, with only the given sweep fields (and other sections, e.g. `throttle`). */
+/** Writes a config for table `incidents`, column `title`, with only the given sweep fields (and other sections: `throttle`, `daemon` for run). */
 export function writeConfig(file: string, sweep: Record<string, unknown>, sections: Record<string, unknown> = {}): string {
   const doc: Record<string, unknown> = { tables: [{ name: 'incidents', columns: ['title'] }], ...sections };
   if (Object.keys(sweep).length > 0) doc.sweep = sweep;
@@ -56,24 +56,53 @@ function scrubbedEnv(): NodeJS.ProcessEnv {
   return Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(LIBSODIUM_|PG|DATABASE_URL$)/.test(k)));
 }
 
-/** `pg-rekey <args>`; SIGTERM after `limitMs` (the CLI finishes its chunk and exits 3). */
-export async function runCli(args: string[], limitMs = 0): Promise<CliRun> {
+/** A CLI process started by startCli(): its output so far, a signal, and its end. */
+export interface CliProcess {
+  pid: number;
+  /** stderr so far (the JSON log lines). */
+  stderr(): string;
+  kill(signal: NodeJS.Signals): void;
+  /** Resolves when the process has exited and its output is closed. */
+  done: Promise<CliRun>;
+}
+
+/** Starts `pg-rekey <args>` and samples its CPU time and peak RSS until it exits. */
+export function startCli(args: string[]): CliProcess {
   const started = performance.now();
   const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: scrubbedEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
   const cpu = trackCpu(child.pid!);
   let stdout = '';
   let stderr = '';
+  let timedOut = false;
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  let timedOut = false;
-  const timer = limitMs > 0 ? setTimeout(() => ((timedOut = true), child.kill('SIGTERM')), limitMs) : undefined;
-  const code = await new Promise<number | null>((resolve, reject) => {
+  const done = new Promise<number | null>((resolve, reject) => {
     child.once('error', reject);
     child.once('close', (c) => resolve(c));
+  }).then((code) => {
+    const maxRssMB = cpu.maxRssMB();
+    return { code, stdout, stderr, wallMs: performance.now() - started, cpuSeconds: cpu.stop(), timedOut, maxRssMB };
   });
-  clearTimeout(timer);
-  const maxRssMB = cpu.maxRssMB();
-  return { code, stdout, stderr, wallMs: performance.now() - started, cpuSeconds: cpu.stop(), timedOut, maxRssMB };
+  return {
+    pid: child.pid!,
+    stderr: () => stderr,
+    kill(signal) {
+      if (signal === 'SIGTERM') timedOut = true;
+      child.kill(signal);
+    },
+    done,
+  };
+}
+
+/** `pg-rekey <args>`; SIGTERM after `limitMs` (the CLI finishes its chunk and exits 3). */
+export async function runCli(args: string[], limitMs = 0): Promise<CliRun> {
+  const cli = startCli(args);
+  const timer = limitMs > 0 ? setTimeout(() => cli.kill('SIGTERM'), limitMs) : undefined;
+  try {
+    return await cli.done;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Keys from `pg-rekey keygen` into a 0600 dotenv file; the values are never printed. */

@@ -11,7 +11,7 @@ import { loadKeyRing } from '../../src/crypto/key-ring.js';
 import { initSodium } from '../../src/crypto/secretbox.js';
 import { SERVER_SETTINGS, startBenchCluster, type BenchCluster } from './cluster.js';
 import { countV1, createTables, loadPristine, restoreIncidents, tableFacts } from './dataset.js';
-import { readKnobs, setKnobs, sweepVariants } from './knobs.js';
+import { benchOnly, readKnobs, setKnobs, streamDaemonSettings, sweepVariants } from './knobs.js';
 import { summarize } from './latency.js';
 import { observe, startWorkload } from './measure.js';
 import { waitForQuiet } from './sampler.js';
@@ -24,8 +24,10 @@ import { renderPlot } from './plot.js';
 import { LatencyProbe } from '../../src/throttle/latency-probe.js';
 import { createLogger } from '../../src/logger.js';
 import type { Workload } from './measure.js';
+import { measureStreamLatency } from './stream-latency.js';
 
 const K = readKnobs();
+const only = benchOnly();
 const ROWS = Math.round(K.BENCH_ROWS);
 const WORK_DIR = path.join(ROOT, '.bench-data');
 const RESULTS_FILE = path.join(ROOT, 'bench', 'RESULTS.md');
@@ -111,7 +113,7 @@ async function main(): Promise<void> {
     async function scenario<T>(
       r: Pick<ScenarioResult, 'key' | 'title' | 'settings' | 'workload'>,
       rotate: () => Promise<T>,
-      describe: (value: T, windowMs: number) => Pick<ScenarioResult, 'rotation'> & Partial<Pick<ScenarioResult, 'sweep' | 'note' | 'maxRssMB'>>,
+      describe: (value: T, windowMs: number) => Pick<ScenarioResult, 'rotation'> & Partial<Pick<ScenarioResult, 'sweep' | 'note' | 'maxRssMB' | 'stream'>>,
       preBaseline = true,
     ): Promise<void> {
       try {
@@ -127,7 +129,7 @@ async function main(): Promise<void> {
     async function measureScenario<T>(
       r: Pick<ScenarioResult, 'key' | 'title' | 'settings' | 'workload'>,
       rotate: () => Promise<T>,
-      describe: (value: T, windowMs: number) => Pick<ScenarioResult, 'rotation'> & Partial<Pick<ScenarioResult, 'sweep' | 'note' | 'maxRssMB'>>,
+      describe: (value: T, windowMs: number) => Pick<ScenarioResult, 'rotation'> & Partial<Pick<ScenarioResult, 'sweep' | 'note' | 'maxRssMB' | 'stream'>>,
       preBaseline: boolean,
     ): Promise<void> {
       const quiet = await waitForQuiet(K.BENCH_QUIET_WAIT_SECONDS * 1000);
@@ -170,6 +172,7 @@ async function main(): Promise<void> {
         false,
       );
     const classic = async (fg: Fg, perTransaction: boolean) => {
+      if (!only(perTransaction ? 'runbook' : 'classic')) return;
       await restoreIncidents(db);
       const shape = perTransaction ? `the ${CLASSIC_BATCH} UPDATEs of a batch in one transaction (the runbook's shape)` : 'one autocommit UPDATE by id per row';
       log(`classic batch (${perTransaction ? `${CLASSIC_BATCH} per transaction` : 'autocommit'}) under ${fg} for up to ${K.BENCH_CLASSIC_SECONDS} s`);
@@ -186,6 +189,7 @@ async function main(): Promise<void> {
     };
     const sweep = async (fg: Fg, i: number) => {
       const s = SWEEPS[i]!;
+      if (!only(s.key)) return;
       await restoreIncidents(db);
       log(`${s.title} under ${fg} (limit ${K.BENCH_SWEEP_LIMIT_SECONDS} s)`);
       const config = configs[i]!;
@@ -213,22 +217,60 @@ async function main(): Promise<void> {
     log(`baseline: workload alone for ${K.BENCH_BASELINE_SECONDS} s`);
     await baseline('bench', 'baseline (workload alone)');
     // What sweep.mode auto's probe costs by itself: its commit and read every 100 ms, no sweep.
-    await scenario(
-      { key: 'probe', workload: 'bench', title: 'pg-rekey latency probe alone (no sweep)', settings: `the auto mode's probe (src/throttle/latency-probe.ts) every 100 ms for ${K.BENCH_BASELINE_SECONDS} s, nothing rotated` },
-      async () => {
-        const probe = new LatencyProbe(url, () => 100, () => undefined, createLogger('silent'));
-        probe.start();
-        await sleep(K.BENCH_BASELINE_SECONDS * 1000);
-        await probe.stop();
-      },
-      () => ({ rotation: null }),
-    );
+    if (only('probe')) {
+      await scenario(
+        { key: 'probe', workload: 'bench', title: 'pg-rekey latency probe alone (no sweep)', settings: `the auto mode's probe (src/throttle/latency-probe.ts) every 100 ms for ${K.BENCH_BASELINE_SECONDS} s, nothing rotated` },
+        async () => {
+          const probe = new LatencyProbe(url, () => 100, () => undefined, createLogger('silent'));
+          probe.start();
+          await sleep(K.BENCH_BASELINE_SECONDS * 1000);
+          await probe.stop();
+        },
+        () => ({ rotation: null }),
+      );
+    }
     await classic('bench', false);
     await classic('bench', true);
     for (const i of SWEEPS.keys()) await sweep('bench', i);
 
+    // The stream's rewrite latency: `pg-rekey run` (stream + sweep) while fresh v1 rows are written at BENCH_STREAM_RATE.
+    if (only('stream-latency')) {
+      await restoreIncidents(db);
+      // http_port 0: a free port, read from the run's log (a fixed one could be taken on a shared machine).
+      const daemon = { http_port: 0, ...streamDaemonSettings() };
+      const config = writeConfig(path.join(work, 'stream-latency.yaml'), {}, { daemon });
+      const runArgs = ['run', ...cliFlags(config)];
+      log(`pg-rekey run (stream + sweep) with ${K.BENCH_STREAM_RATE} v1 writes/s for ${K.BENCH_STREAM_SECONDS} s`);
+      await scenario(
+        {
+          key: 'stream-latency',
+          workload: 'bench',
+          title: `pg-rekey run: stream rewrite latency (stream + sweep, ${Object.keys(daemon).length > 1 ? `daemon: ${JSON.stringify(daemon)}` : 'defaults'}; ${K.BENCH_STREAM_RATE.toLocaleString('en-US')} v1 writes/s)`,
+          settings:
+            `\`pg-rekey run -c\` (default settings, sweep.mode auto; daemon: \`${JSON.stringify(daemon)}\`) on the table restored to all-v1, so the sweep runs meanwhile; once /readyz says it streams and it has applied the WAL written before, ` +
+            `${(K.BENCH_STREAM_RATE * K.BENCH_STREAM_SECONDS).toLocaleString('en-US')} INSERTs of fresh rows (new ids, a v1 title each, encrypted beforehand) at ${K.BENCH_STREAM_RATE.toLocaleString('en-US')}/s for ${K.BENCH_STREAM_SECONDS} s ` +
+            `after ${K.BENCH_WARMUP_SECONDS} s of the same writes as a warm-up (reported apart), ` +
+            `open loop over ${K.BENCH_STREAM_CONNECTIONS} connections, each its own autocommit transaction; then up to ${K.BENCH_STREAM_WAIT_SECONDS} s for every row to be v2; then SIGTERM. ` +
+            'Latency per row: `pg_xact_commit_timestamp` of the rewrite (the row\'s current xmin) minus that of the INSERT (track_commit_timestamp=on); the rewrite\'s commit origin says whether the stream or the sweep did it. ' +
+            "The window (rows/s = the run's sweep) runs from the daemon's start to its exit",
+        },
+        () =>
+          measureStreamLatency(
+            { url, ring, runArgs, firstId: ROWS + 1, rate: K.BENCH_STREAM_RATE, warmupSeconds: K.BENCH_WARMUP_SECONDS, seconds: K.BENCH_STREAM_SECONDS, connections: K.BENCH_STREAM_CONNECTIONS, waitSeconds: K.BENCH_STREAM_WAIT_SECONDS, rowsFile: path.join(work, 'stream-latency.rows.csv'), log },
+            db,
+          ),
+        ({ stream, run }) => {
+          writeFileSync(path.join(work, 'stream-latency.stderr.log'), run.stderr);
+          return { rotation: rotation(stream.atStop.sweep, run.wallMs, false, run.cpuSeconds), stream, maxRssMB: run.maxRssMB };
+        },
+      );
+      const l = results.at(-1)?.stream?.latency;
+      if (l) log(`stream rewrite latency: p50 ${l.p50.toFixed(1)} p99 ${l.p99.toFixed(1)} max ${l.max.toFixed(0)} ms`);
+    }
+
     // 5. the floor, from a table and from arrays the client sends
     for (const fromClient of [false, true]) {
+      if (!only(fromClient ? 'floor-unnest' : 'floor')) continue;
       if (fromClient && ROWS > MAX_UNNEST_ROWS) {
         log(`skipping the unnest floor: ${ROWS} values would not fit in one parameter string`);
         continue;
@@ -257,7 +299,8 @@ async function main(): Promise<void> {
     }
 
     // The pgbench-driven workload (the issue's): baseline, the runbook batch, pg-rekey's defaults.
-    if (K.BENCH_PGBENCH && existsSync(PGBENCH)) {
+    if (K.BENCH_PGBENCH && !only('pgbench')) log('skipping the pgbench workload (BENCH_ONLY)');
+    else if (K.BENCH_PGBENCH && existsSync(PGBENCH)) {
       log(`pgbench: ${K.BENCH_PGBENCH_CLIENTS} clients, --rate ${K.BENCH_PGBENCH_RATE}`);
       await restoreIncidents(db);
       await baseline('pgbench', 'baseline (pgbench alone)');

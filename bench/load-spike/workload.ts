@@ -12,6 +12,7 @@ import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { Gen } from '../../demo/sample-data.js';
 import { KIND_READ, KIND_UPDATE, type Samples } from './latency.js';
+import { openLoop, type Timetable } from './timetable.js';
 
 export interface WorkloadConfig {
   url: string;
@@ -46,7 +47,7 @@ warm.forEach((c) => c.release());
 
 const samples: Samples = { scheduled: [], latency: [], kind: [], failed: [] };
 const gen = new Gen(cfg.seed);
-let stopping = false;
+let timetable: Timetable | null = null;
 let inFlight = 0;
 let drained: (() => void) | null = null;
 const cpuStart = process.cpuUsage();
@@ -70,22 +71,8 @@ function dispatch(due: number): void {
   );
 }
 
-function run(): void {
-  const interval = 1000 / cfg.rate;
-  const t0 = performance.now();
-  let i = 0;
-  const tick = () => {
-    if (stopping) return;
-    const now = performance.now();
-    // Catch up on every slot that fell due while this process was not scheduled.
-    for (; t0 + i * interval <= now; i++) dispatch(t0 + i * interval);
-    setTimeout(tick, Math.max(0, t0 + i * interval - performance.now()));
-  };
-  tick();
-}
-
 async function stop(): Promise<void> {
-  stopping = true;
+  timetable?.stop();
   if (inFlight > 0) {
     await Promise.race([new Promise<void>((r) => (drained = r)), new Promise((r) => setTimeout(r, DRAIN_LIMIT_MS))]);
   }
@@ -96,7 +83,7 @@ async function stop(): Promise<void> {
 }
 
 process.on('message', (m: { type: string }) => {
-  if (m.type === 'start') run();
+  if (m.type === 'start') timetable = openLoop(cfg.rate, dispatch);
   else if (m.type === 'stop') void stop();
 });
 send({ type: 'ready' });
