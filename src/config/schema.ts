@@ -113,7 +113,7 @@ export const daemonSchema = z.strictObject({
   /** Stream batches: flush after this many rows ... */
   stream_batch_rows: z.number().int().min(1).max(100000).default(2000),
   /** ... or when the oldest pending rewrite has waited this long. */
-  stream_batch_delay: duration.default('50ms'),
+  stream_batch_delay: duration.default('20ms'),
   /**
    * SIGTERM/SIGINT (or any other stop) drains the batch in flight, its acknowledgement and the sweep's
    * checkpoint; past this bound `run` exits anyway (work left replays from the slot). At least 1s.

@@ -33,7 +33,7 @@ export interface BatchLimits {
   lockTimeoutMs?: number;
 }
 
-export const DEFAULT_BATCH: BatchLimits = { maxRows: 2000, maxBytes: 32 * 1024 * 1024, maxDelayMs: 50 };
+export const DEFAULT_BATCH: BatchLimits = { maxRows: 2000, maxBytes: 32 * 1024 * 1024, maxDelayMs: 20 };
 
 interface Pending {
   rel: StreamRelation;
