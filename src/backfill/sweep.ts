@@ -17,7 +17,7 @@ import { planChunk, type ChunkRange } from './chunk-plan.js';
 import {
   evaluateRows, everyValueFailed, isRowError, judgeCas, mergeCounts, suspectWrongKey, withoutGivenUp, type CasJudgement, type CasReturned, type ChunkPlan, type RowKey, type ScannedRow,
 } from './evaluate-rows.js';
-import { casUpdateSql, rowKeysByCtidSql, selectChunkSql } from './sweep-sql.js';
+import { casUpdateSql, rowKeysByCtidSql, selectChunkParams, selectChunkSql } from './sweep-sql.js';
 import type { ProgressSink } from './progress.js';
 import { ChunkController } from '../throttle/chunk-controller.js';
 import type { LiveSettings } from '../throttle/live-settings.js';
@@ -289,13 +289,7 @@ export async function sweepRelation(
   const givenUp = new Set<string>();
   // Row keys are read with every row only while the table has quarantine entries to clear.
   const withKeys = hadQuarantine;
-  const selectArgs = (start: number, end: number | null) => [
-    start,
-    ...(end === null ? [] : [end]),
-    opts.ring.target,
-    opts.onlyVersions ? [...opts.onlyVersions] : null,
-    ...(withKeys ? [table.keyColumns] : []),
-  ];
+  const keyed = opts.ring.versions;
   const started = Date.now();
   const policy = (s: SweepSettings) => chunkPolicy(s, { dryRun: dry, paced: opts.pacer !== undefined, pacedChunkMs: opts.pacer?.chunkTimeMs });
   const controllerSettings = (s: SweepSettings) => ({ targetMs: policy(s).chunkTimeMs, initialBlocks: s.chunkBlocks, minBlocks: s.minChunkBlocks, maxBlocks: s.maxChunkBlocks });
@@ -325,7 +319,9 @@ export async function sweepRelation(
   const readOn = async (client: pg.ClientBase, start: number, blocks: number): Promise<ChunkRead> => {
     const total = await relationBlocks(client, start, blocks);
     const range = planChunk(start, total, blocks, span?.end ?? null);
-    const rows = await client.query({ text: selectChunkSql(leaf, columns, withKeys ? table.keyColumns : null, range), values: selectArgs(range.start, range.end), rowMode: 'array' });
+    const keys = withKeys ? table.keyColumns : null;
+    const args = selectChunkParams(range, opts.ring.target, opts.onlyVersions, keys, keyed);
+    const rows = await client.query({ text: selectChunkSql(leaf, columns, keys, range, args.fast), values: args.values, rowMode: 'array' });
     const scanned: ScannedRow[] = withKeys
       ? rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, rowKey: r[1] as RowKey, values: r.slice(2) as (string | null)[] }))
       : rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, values: r.slice(1) as (string | null)[] }));
