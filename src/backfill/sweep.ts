@@ -6,6 +6,7 @@ import type { SweepSettings } from '../config/load-config.js';
 import { relationSize, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { checkout, isRetryable } from '../db/connect.js';
+import { arrayLiteral } from '../db/array-literal.js';
 import { skipsTriggers, withTriggersSkipped } from '../db/triggers.js';
 import type { OriginRelation, RewriteOrigin } from '../replication/origin.js';
 import { RuntimeFailure } from '../errors.js';
@@ -357,8 +358,9 @@ export async function sweepRelation(
     const sql = casUpdateSql(leaf, columns, range, table.keyColumns);
     const params = (rows: number[] | null) => {
       const pick = <T,>(xs: T[]) => (rows === null ? xs : rows.map((i) => xs[i]!));
-      const out: unknown[] = [pick(plan.ctids)];
-      columns.forEach((_, j) => out.push(pick(plan.olds[j]!), pick(plan.news[j]!)));
+      // Array literals built here, not by node-postgres (db/array-literal.ts): the same text, cheaper.
+      const out: unknown[] = [arrayLiteral(pick(plan.ctids))];
+      columns.forEach((_, j) => out.push(arrayLiteral(pick(plan.olds[j]!)), arrayLiteral(pick(plan.news[j]!))));
       out.push(range.start, ...(range.end === null ? [] : [range.end]), table.keyColumns);
       return out;
     };
