@@ -14,6 +14,7 @@ import { grantsCommand } from './commands/grants.js';
 import { reportCommand } from './commands/report.js';
 import { pauseCommand, resumeCommand, setCommand } from './commands/control.js';
 import { SETTING_NAMES } from './throttle/live-settings.js';
+import { boundHeapGrowth } from './heap-growth.js';
 
 const EXIT_CODES = `
 Exit codes:
@@ -398,6 +399,7 @@ process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
   throw e;
 });
+boundHeapGrowth();
 process.exitCode = await main(process.argv);
 // The command is done. A socket pg left open (it does after a failed SASL exchange, e.g. no password)
 // must not keep the process alive: from a second on, exit as soon as stdout and stderr have handed all

@@ -2,8 +2,10 @@
 // already re-encrypted to v2 (`incidents_rekeyed`, the floor's precomputed values).
 import pg from 'pg';
 import { Gen, address, incidentTitle } from '../../demo/sample-data.js';
-import type { KeyRing } from '../../src/crypto/key-ring.js';
+import { loadKeyRing, type KeyRing } from '../../src/crypto/key-ring.js';
 import { encryptValue } from '../../src/crypto/rewrite.js';
+import { initSodium } from '../../src/crypto/secretbox.js';
+import { writeKeys } from './pg-rekey-cli.js';
 
 const BATCH = 10_000;
 const STATUSES = ['open', 'dispatched', 'on scene', 'closed', 'closed'];
@@ -48,6 +50,14 @@ export async function loadPristine(db: pg.Client, rows: number, ring: KeyRing): 
   await db.query(`vacuum analyze incidents_pristine`);
   await db.query(`vacuum analyze incidents_rekeyed`);
   return { meanValueBytes: bytes / rows };
+}
+
+/** Keys in `envFile` (pg-rekey keygen), then the tables with `rows` pristine rows (scripts beside run.ts). */
+export async function keysAndTables(db: pg.Client, envFile: string, rows: number): Promise<void> {
+  await writeKeys(envFile);
+  await initSodium();
+  await createTables(db);
+  await loadPristine(db, rows, loadKeyRing({ env: {}, envFile }));
 }
 
 /**

@@ -10,11 +10,9 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { stringify } from 'yaml';
-import { loadKeyRing } from '../../src/crypto/key-ring.js';
-import { initSodium } from '../../src/crypto/secretbox.js';
 import { startBenchCluster } from './cluster.js';
-import { countV1, createTables, loadPristine, restoreIncidents, tableFacts } from './dataset.js';
-import { ROOT, runCli, writeKeys } from './pg-rekey-cli.js';
+import { countV1, keysAndTables, restoreIncidents, tableFacts } from './dataset.js';
+import { ROOT, runCli } from './pg-rekey-cli.js';
 import { machineCpu, serverCpu } from './sampler.js';
 
 const [rowsArg, roundsArg] = process.argv.slice(2);
@@ -29,10 +27,7 @@ const db = new pg.Client({ connectionString: cluster.url });
 try {
   await db.connect();
   const envFile = path.join(work, 'keys.env');
-  await writeKeys(envFile);
-  await initSodium();
-  await createTables(db);
-  await loadPristine(db, ROWS, loadKeyRing({ env: {}, envFile }));
+  await keysAndTables(db, envFile, ROWS);
   const config = (workers: number) => {
     const file = path.join(work, `w${workers}.yaml`);
     writeFileSync(file, stringify({ tables: [{ name: 'incidents', columns: ['title'] }], sweep: { workers, range_lease: '10s' } }));

@@ -53,41 +53,39 @@ export function evaluateRows(rows: ScannedRow[], columns: readonly string[], rin
     macFailures: new Map(),
   };
   const bump = (m: Map<number, number>, v: number) => m.set(v, (m.get(v) ?? 0) + 1);
+  const n = columns.length;
+  // Plain loops and one scratch array for the row's new values: this runs for every value a sweep reads.
+  const news: (string | null)[] = new Array<string | null>(n);
   for (const row of rows) {
-    const olds: (string | null)[] = [];
-    const news: (string | null)[] = [];
     let any = false;
-    columns.forEach((column, i) => {
+    for (let i = 0; i < n; i++) {
       const value = row.values[i] ?? null;
-      const out = value === null ? null : rewriteValue(value, ring, opts);
-      if (out?.kind === 'rewritten') {
-        olds.push(value);
-        news.push(out.value);
+      news[i] = null;
+      if (value === null) continue;
+      const out = rewriteValue(value, ring, opts);
+      if (out.kind === 'rewritten') {
+        news[i] = out.value;
         any = true;
         bump(plan.opened, out.version);
-        plan.rewrittenKeys.push({ ctid: row.ctid, column, rowKey: row.rowKey });
-        return;
-      }
-      olds.push(null);
-      news.push(null);
-      if (out?.kind === 'failed') {
+        plan.rewrittenKeys.push({ ctid: row.ctid, column: columns[i]!, rowKey: row.rowKey });
+      } else if (out.kind === 'failed') {
         if (out.reason === 'mac-failure') bump(plan.macFailures, out.version);
         plan.failures.push({
           ctid: row.ctid,
-          column,
+          column: columns[i]!,
           rowKey: row.rowKey,
           version: out.version,
           reason: out.reason,
-          sha256: createHash('sha256').update(value!).digest(),
+          sha256: createHash('sha256').update(value).digest(),
         });
       }
-    });
+    }
     if (!any) continue;
     plan.ctids.push(row.ctid);
-    columns.forEach((_, i) => {
-      plan.olds[i]!.push(olds[i]!);
+    for (let i = 0; i < n; i++) {
+      plan.olds[i]!.push(news[i] === null ? null : (row.values[i] ?? null));
       plan.news[i]!.push(news[i]!);
-    });
+    }
   }
   return plan;
 }
@@ -154,7 +152,8 @@ export interface CasJudgement {
 export function judgeCas(plan: ChunkPlan, columns: readonly string[], returned: readonly CasReturned[], raised: ReadonlyMap<string, unknown>): CasJudgement {
   const out: CasJudgement = { written: [], conflicts: 0, replaced: 0, failures: [] };
   const byTid = new Map(returned.map((r) => [r.tid, r]));
-  const keys = new Map(plan.rewrittenKeys.map((k) => [`${k.ctid}\u0000${k.column}`, k.rowKey]));
+  // Every column of a row carries that row's key (evaluateRows): by ctid, and only when the rows were read with keys.
+  const keys = plan.rewrittenKeys.some((k) => k.rowKey !== undefined) ? new Map(plan.rewrittenKeys.map((k) => [k.ctid, k.rowKey])) : null;
   plan.ctids.forEach((ctid, i) => {
     const back = byTid.get(ctid);
     const error = raised.get(ctid);
@@ -165,12 +164,12 @@ export function judgeCas(plan: ChunkPlan, columns: readonly string[], returned: 
     columns.forEach((column, j) => {
       const old = plan.olds[j]![i];
       if (plan.news[j]![i] === null || old === null || old === undefined) return;
-      const rowKey = back?.rowKey ?? keys.get(`${ctid}\u0000${column}`);
+      const rowKey = back?.rowKey ?? keys?.get(ctid);
       const fail = (reason: WriteFailureReason) =>
         out.failures.push({ ctid, column, rowKey, version: parseVersioned(old)?.version ?? 0, reason, sha256: createHash('sha256').update(old).digest() });
       if (error !== undefined) return fail(rowErrorReason(error));
       const kept = back!.kept[j] ?? 0;
-      if (kept === 0) out.written.push({ ctid, column, rowKey: keys.get(`${ctid}\u0000${column}`) });
+      if (kept === 0) out.written.push({ ctid, column, rowKey: keys?.get(ctid) });
       else if (kept === 1) fail('did-not-stick');
       else out.replaced++;
     });

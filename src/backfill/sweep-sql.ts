@@ -26,29 +26,61 @@ export function versionExpr(columnSql: string): string {
  * The key is only needed for quarantine entries; building it for every row
  * costs PostgreSQL and Node time, so the sweep asks for it only when the
  * table already has quarantined values (and looks keys up by ctid otherwise).
+ * Then the prefixes of selectChunkParams (`fast`: how many wanted ones).
  */
-export function selectChunkSql(leaf: QualifiedName, columns: readonly string[], keyColumns: readonly string[] | null, range: ChunkRange): string {
+export function selectChunkSql(leaf: QualifiedName, columns: readonly string[], keyColumns: readonly string[] | null, range: ChunkRange, fast = 0): string {
   const rel = quoteQualified(leaf);
   const bounds =
     range.end === null
       ? `t.ctid >= format('(%s,0)', $1::bigint)::tid`
       : `t.ctid >= format('(%s,0)', $1::bigint)::tid and t.ctid < format('(%s,0)', $2::bigint)::tid`;
   const p = range.end === null ? 2 : 3;
+  const k = p + 2 + (keyColumns ? 1 : 0);
   // A regexp match and a prefix test on the first 12 characters: ~4x cheaper per row than
   // extracting the version with versionExpr (measured on 500k rows: 0.23 s against 0.9 s).
-  // The patterns are built from the int parameters once per statement (constant-folded).
   const ours = `coalesce('^v(' || array_to_string($${p + 1}::int[], '|') || '):', '^v[1-9][0-9]{0,8}:')`;
   const target = `'v' || $${p}::int || ':'`;
+  // Before the regexp, prefix tests with text parameters (selectChunkParams): the target's `vN:`
+  // (not wanted) and each wanted version's, which is every value a sweep usually meets: the
+  // regexp alone cost ~2.5 us per row (1M rows: 2.8 s of 3.1 s), these ~1 us. Exactly the same
+  // rows: a value that starts with `vN:` is version N.
   const wanted = columns
     .map((c) => {
       const head = `substr(t.${quoteIdent(c)}, 1, 12) collate "C"`;
-      return `(${head} ~ ${ours} and not starts_with(${head}, ${target}))`;
+      const quick = Array.from({ length: fast }, (_, i) => ` when starts_with(${head}, $${k + 1 + i}::text) then true`).join('');
+      return `case when starts_with(${head}, $${k}::text) then false${quick} else (${head} ~ ${ours} and not starts_with(${head}, ${target})) end`;
     })
     .join(' or ');
   const key = keyColumns ? `${rowKeySql(keyColumns, `$${p + 2}`)} as row_key, ` : '';
   return `select t.ctid::text as ctid, ${key}${columns.map((c) => `t.${quoteIdent(c)}`).join(', ')}
   from only ${rel} t
  where ${bounds} and (${wanted})`;
+}
+
+/**
+ * The parameters of selectChunkSql, in order, and how many wanted prefixes they carry (its `fast`):
+ * every version with a key that the sweep rewrites (not the target; only `onlyVersions` when given).
+ */
+export function selectChunkParams(
+  range: ChunkRange,
+  target: number,
+  onlyVersions: ReadonlySet<number> | undefined,
+  keyColumns: readonly string[] | null,
+  keyed: readonly number[],
+): { values: unknown[]; fast: number } {
+  const wanted = keyed.filter((v) => v !== target && (!onlyVersions || onlyVersions.has(v)));
+  return {
+    values: [
+      range.start,
+      ...(range.end === null ? [] : [range.end]),
+      target,
+      onlyVersions ? [...onlyVersions] : null,
+      ...(keyColumns ? [keyColumns] : []),
+      `v${target}:`,
+      ...wanted.map((v) => `v${v}:`),
+    ],
+    fast: wanted.length,
+  };
 }
 
 /** A row's key as a jsonb object {"column": "value as text"}, with the column names passed as `namesParam` (text[]). */

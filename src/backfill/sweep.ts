@@ -6,6 +6,7 @@ import type { SweepSettings } from '../config/load-config.js';
 import { relationSize, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteQualified, type QualifiedName } from '../db/ident.js';
 import { checkout, isRetryable } from '../db/connect.js';
+import { arrayLiteral } from '../db/array-literal.js';
 import { skipsTriggers, withTriggersSkipped } from '../db/triggers.js';
 import type { OriginRelation, RewriteOrigin } from '../replication/origin.js';
 import { RuntimeFailure } from '../errors.js';
@@ -17,7 +18,7 @@ import { planChunk, type ChunkRange } from './chunk-plan.js';
 import {
   evaluateRows, everyValueFailed, isRowError, judgeCas, mergeCounts, suspectWrongKey, withoutGivenUp, type CasJudgement, type CasReturned, type ChunkPlan, type RowKey, type ScannedRow,
 } from './evaluate-rows.js';
-import { casUpdateSql, rowKeysByCtidSql, selectChunkSql } from './sweep-sql.js';
+import { casUpdateSql, rowKeysByCtidSql, selectChunkParams, selectChunkSql } from './sweep-sql.js';
 import type { ProgressSink } from './progress.js';
 import { ChunkController } from '../throttle/chunk-controller.js';
 import type { LiveSettings } from '../throttle/live-settings.js';
@@ -289,13 +290,7 @@ export async function sweepRelation(
   const givenUp = new Set<string>();
   // Row keys are read with every row only while the table has quarantine entries to clear.
   const withKeys = hadQuarantine;
-  const selectArgs = (start: number, end: number | null) => [
-    start,
-    ...(end === null ? [] : [end]),
-    opts.ring.target,
-    opts.onlyVersions ? [...opts.onlyVersions] : null,
-    ...(withKeys ? [table.keyColumns] : []),
-  ];
+  const keyed = opts.ring.versions;
   const started = Date.now();
   const policy = (s: SweepSettings) => chunkPolicy(s, { dryRun: dry, paced: opts.pacer !== undefined, pacedChunkMs: opts.pacer?.chunkTimeMs });
   const controllerSettings = (s: SweepSettings) => ({ targetMs: policy(s).chunkTimeMs, initialBlocks: s.chunkBlocks, minBlocks: s.minChunkBlocks, maxBlocks: s.maxChunkBlocks });
@@ -325,7 +320,9 @@ export async function sweepRelation(
   const readOn = async (client: pg.ClientBase, start: number, blocks: number): Promise<ChunkRead> => {
     const total = await relationBlocks(client, start, blocks);
     const range = planChunk(start, total, blocks, span?.end ?? null);
-    const rows = await client.query({ text: selectChunkSql(leaf, columns, withKeys ? table.keyColumns : null, range), values: selectArgs(range.start, range.end), rowMode: 'array' });
+    const keys = withKeys ? table.keyColumns : null;
+    const args = selectChunkParams(range, opts.ring.target, opts.onlyVersions, keys, keyed);
+    const rows = await client.query({ text: selectChunkSql(leaf, columns, keys, range, args.fast), values: args.values, rowMode: 'array' });
     const scanned: ScannedRow[] = withKeys
       ? rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, rowKey: r[1] as RowKey, values: r.slice(2) as (string | null)[] }))
       : rows.rows.map((r: unknown[]) => ({ ctid: r[0] as string, values: r.slice(1) as (string | null)[] }));
@@ -361,8 +358,9 @@ export async function sweepRelation(
     const sql = casUpdateSql(leaf, columns, range, table.keyColumns);
     const params = (rows: number[] | null) => {
       const pick = <T,>(xs: T[]) => (rows === null ? xs : rows.map((i) => xs[i]!));
-      const out: unknown[] = [pick(plan.ctids)];
-      columns.forEach((_, j) => out.push(pick(plan.olds[j]!), pick(plan.news[j]!)));
+      // Array literals built here, not by node-postgres (db/array-literal.ts): the same text, cheaper.
+      const out: unknown[] = [arrayLiteral(pick(plan.ctids))];
+      columns.forEach((_, j) => out.push(arrayLiteral(pick(plan.olds[j]!)), arrayLiteral(pick(plan.news[j]!))));
       out.push(range.start, ...(range.end === null ? [] : [range.end]), table.keyColumns);
       return out;
     };

@@ -1,6 +1,6 @@
 import type { KeyRing } from './key-ring.js';
 import { decodeBase64Strict, formatVersioned, parseVersioned } from './envelope.js';
-import { MAC_BYTES, NONCE_BYTES, memzero, open, reseal, seal } from './secretbox.js';
+import { MAC_BYTES, NONCE_BYTES, memzero, open, resealBase64, seal } from './secretbox.js';
 
 /**
  * Why a value could not be rewritten. Recorded in the quarantine; the value
@@ -38,12 +38,10 @@ export function rewriteValue(value: string, ring: KeyRing, opts: RewriteOptions 
   if (opts.onlyVersions && !opts.onlyVersions.has(version)) return { kind: 'skipped', version };
   const oldKey = ring.key(version);
   if (!oldKey) return { kind: 'failed', version, reason: 'unknown-version' };
-  const sealed = decodeBase64Strict(body);
-  if (!sealed) return { kind: 'failed', version, reason: 'bad-base64' };
-  if (sealed.length < NONCE_BYTES + MAC_BYTES) return { kind: 'failed', version, reason: 'too-short' };
-  const out = reseal(sealed, oldKey, ring.key(ring.target)!);
+  // Canonical base64 (else bad-base64), at least nonce + MAC (else too-short), then reseal.
+  const out = resealBase64(body, oldKey, ring.key(ring.target)!);
   if (!out.ok) return { kind: 'failed', version, reason: out.reason };
-  return { kind: 'rewritten', version, value: formatVersioned(ring.target, out.sealed.toString('base64')) };
+  return { kind: 'rewritten', version, value: formatVersioned(ring.target, out.body) };
 }
 
 /** Decrypts a stored value to bytes (tests, verify sampling); null if it cannot. */

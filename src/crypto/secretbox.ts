@@ -52,13 +52,20 @@ const noncePool = Buffer.alloc(NONCE_BYTES * POOL_NONCES);
 let nextNonce = POOL_NONCES;
 
 export function freshNonce(): Uint8Array {
+  const out = new Uint8Array(NONCE_BYTES);
+  nonceInto(out, 0);
+  return out;
+}
+
+/** Copies a fresh nonce into `dst` at `at` (no allocation: the sweep's reseal writes it straight into WebAssembly memory). */
+function nonceInto(dst: Uint8Array, at: number): void {
   if (nextNonce === POOL_NONCES) {
     randomFillSync(noncePool);
     nextNonce = 0;
   }
   const off = nextNonce++ * NONCE_BYTES;
-  // Copy out, so a later refill can never alias a nonce already handed out.
-  return Uint8Array.prototype.slice.call(noncePool, off, off + NONCE_BYTES);
+  // A copy, so a later refill can never alias a nonce already handed out.
+  noncePool.copy(dst, at, off, off + NONCE_BYTES);
 }
 
 /** Returns nonce || secretbox(plaintext). */
@@ -82,6 +89,14 @@ export type ResealOutcome = { ok: true; sealed: Buffer } | { ok: false; reason: 
 /** Values up to this size (sealed) reuse one allocation in WebAssembly memory; larger ones get their own. */
 const ARENA_VALUE_BYTES = 64 * 1024;
 let arena = 0;
+/** A Buffer over the whole WebAssembly memory (offsets are pointers), made again when the memory grows. */
+let heapView: Buffer | null = null;
+
+function heap(r: RawSodium): Buffer {
+  const b = r.HEAPU8.buffer;
+  if (heapView === null || heapView.buffer !== b) heapView = Buffer.from(b);
+  return heapView;
+}
 
 /**
  * open(sealed, oldKey), then seal the plaintext under newKey with a fresh nonce, then open
@@ -89,47 +104,102 @@ let arena = 0;
  * WebAssembly memory. Each key is copied in only for its calls; keys and plaintexts are
  * wiped before it returns.
  */
-export function reseal(sealed: Uint8Array, oldKey: Uint8Array, newKey: Uint8Array, nonce: Uint8Array = freshNonce()): ResealOutcome {
+export function reseal(sealed: Uint8Array, oldKey: Uint8Array, newKey: Uint8Array, nonce?: Uint8Array): ResealOutcome {
+  if (sealed.length < NONCE_BYTES + MAC_BYTES) return { ok: false, reason: 'mac-failure' };
+  return resealIn(
+    sealed.length,
+    (h, at) => (h.set(sealed, at), sealed.length),
+    oldKey,
+    newKey,
+    nonce,
+    (h, at, len) => Buffer.from(h.subarray(at, at + len)),
+    (sealed) => ({ ok: true, sealed }),
+  );
+}
+
+export type ResealBase64Outcome = { ok: true; body: string } | { ok: false; reason: 'bad-base64' | 'too-short' | 'mac-failure' | 'roundtrip-failed' };
+
+/**
+ * reseal() of a stored value's base64 body, returning the new body: decoded straight into
+ * WebAssembly memory and encoded from it, no Buffer in between (the sweep's per-value path).
+ * Only canonical padded base64 is accepted (envelope.ts decodeBase64Strict: the same decoder,
+ * the same re-encoding check).
+ */
+export function resealBase64(body: string, oldKey: Uint8Array, newKey: Uint8Array, nonce?: Uint8Array): ResealBase64Outcome {
+  if (body.length % 4 !== 0) return { ok: false, reason: 'bad-base64' };
+  let bad: 'bad-base64' | 'too-short' | null = null;
+  const out = resealIn(
+    (body.length / 4) * 3,
+    (h, at, room) => {
+      const n = h.write(body, at, room, 'base64');
+      if (h.toString('base64', at, at + n) !== body) bad = 'bad-base64';
+      else if (n < NONCE_BYTES + MAC_BYTES) bad = 'too-short';
+      return bad ? -1 : n;
+    },
+    oldKey,
+    newKey,
+    nonce,
+    (h, at, len) => h.toString('base64', at, at + len),
+    (b): ResealBase64Outcome => ({ ok: true, body: b }),
+  );
+  return bad ? { ok: false, reason: bad } : out;
+}
+
+/**
+ * The shared core: `load` puts a sealed value (at most `room` bytes) into WebAssembly memory at
+ * `at` and returns its length (-1: refused, nothing else is done); `emit` reads nonce || box of
+ * the result before everything is wiped.
+ */
+function resealIn<T, F>(
+  room: number,
+  load: (h: Buffer, at: number, room: number) => number,
+  oldKey: Uint8Array,
+  newKey: Uint8Array,
+  nonce: Uint8Array | undefined,
+  emit: (h: Buffer, at: number, len: number) => T,
+  ok: (x: T) => F,
+): F | { ok: false; reason: 'mac-failure' | 'roundtrip-failed' } {
   const r = raw;
   if (!r) throw new Error('initSodium() must be awaited before using the codec');
-  if (sealed.length < NONCE_BYTES + MAC_BYTES) return { ok: false, reason: 'mac-failure' };
-  const clen = sealed.length - NONCE_BYTES;
-  const mlen = clen - MAC_BYTES;
-  // Layout: key[32] | nonce[24] | boxed (clen) | plaintext (mlen) | reboxed (clen) | check (mlen)
-  const need = 32 + NONCE_BYTES + 2 * clen + 2 * mlen;
-  const own = sealed.length > ARENA_VALUE_BYTES;
-  if (!own && arena === 0) arena = r._malloc(32 + NONCE_BYTES + 4 * ARENA_VALUE_BYTES);
-  const base = own ? r._malloc(need) : arena;
+  // Layout: key[32] | sealed (room) | plaintext | nonce[24] || reboxed | check
+  const own = room > ARENA_VALUE_BYTES;
+  if (!own && arena === 0) arena = r._malloc(32 + 4 * ARENA_VALUE_BYTES);
+  const base = own ? r._malloc(32 + 4 * Math.max(room, NONCE_BYTES + MAC_BYTES)) : arena;
   if (base === 0) throw new Error('libsodium: out of memory');
   const K = base;
-  const N = K + 32;
-  const A = N + NONCE_BYTES;
-  const P = A + clen;
-  const C = P + mlen;
-  const D = C + clen;
-  // HEAPU8 is replaced when the memory grows (after _malloc): read it afresh.
-  let heap = r.HEAPU8;
+  const S = K + 32;
+  let mlen = 0;
+  let P = 0;
+  let D = 0;
+  // The Buffer over the memory is replaced when the memory grows (after _malloc): take it afresh.
+  let h = heap(r);
   try {
-    heap.set(oldKey, K);
-    heap.set(sealed.subarray(0, NONCE_BYTES), N);
-    heap.set(sealed.subarray(NONCE_BYTES), A);
-    if (r._crypto_secretbox_open_easy(P, A, clen, 0, N, K) !== 0) return { ok: false, reason: 'mac-failure' };
-    heap = r.HEAPU8;
-    heap.set(newKey, K);
-    heap.set(nonce, N);
-    r._crypto_secretbox_easy(C, P, mlen, 0, N, K);
-    const opened = r._crypto_secretbox_open_easy(D, C, clen, 0, N, K) === 0;
-    heap = r.HEAPU8;
-    if (!opened || Buffer.compare(heap.subarray(P, P + mlen), heap.subarray(D, D + mlen)) !== 0) return { ok: false, reason: 'roundtrip-failed' };
-    const out = Buffer.allocUnsafe(NONCE_BYTES + clen);
-    out.set(nonce, 0);
-    out.set(heap.subarray(C, C + clen), NONCE_BYTES);
-    return { ok: true, sealed: out };
+    const n = load(h, S, room);
+    if (n < 0) return { ok: false, reason: 'mac-failure' };
+    const clen = n - NONCE_BYTES;
+    mlen = clen - MAC_BYTES;
+    P = S + n;
+    const T = P + mlen;
+    const C = T + NONCE_BYTES;
+    D = C + clen;
+    h.set(oldKey, K);
+    if (r._crypto_secretbox_open_easy(P, S + NONCE_BYTES, clen, 0, S, K) !== 0) return { ok: false, reason: 'mac-failure' };
+    h = heap(r);
+    h.set(newKey, K);
+    if (nonce) h.set(nonce, T);
+    else nonceInto(h, T);
+    r._crypto_secretbox_easy(C, P, mlen, 0, T, K);
+    const opened = r._crypto_secretbox_open_easy(D, C, clen, 0, T, K) === 0;
+    h = heap(r);
+    if (!opened || h.compare(h, D, D + mlen, P, P + mlen) !== 0) return { ok: false, reason: 'roundtrip-failed' };
+    return ok(emit(h, T, NONCE_BYTES + clen));
   } finally {
-    heap = r.HEAPU8;
-    heap.fill(0, K, K + 32);
-    heap.fill(0, P, P + mlen);
-    heap.fill(0, D, D + mlen);
+    h = heap(r);
+    h.fill(0, K, K + 32);
+    if (mlen > 0) {
+      h.fill(0, P, P + mlen);
+      h.fill(0, D, D + mlen);
+    }
     if (own) r._free(base);
   }
 }

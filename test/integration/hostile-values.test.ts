@@ -6,7 +6,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { versionExpr } from '../../src/backfill/sweep-sql.js';
+import { selectChunkParams, selectChunkSql, versionExpr } from '../../src/backfill/sweep-sql.js';
+import { countRelation } from '../../src/verify/count-versions.js';
 import { parseVersioned } from '../../src/crypto/envelope.js';
 import { KeyRing } from '../../src/crypto/key-ring.js';
 import { decryptValue, encryptValue, type FailureReason } from '../../src/crypto/rewrite.js';
@@ -232,6 +233,25 @@ describe('hostile values: the sweep (pg-rekey backfill)', () => {
     const disagree = rows.filter((r) => (parseVersioned(r.v)?.version ?? null) !== r.version);
     expect(disagree).toEqual([]);
     expect(rows.filter((r) => r.version !== null).length).toBeGreaterThan(100);
+
+    // The chunk select and the recount test `vN:` prefixes before that expression: the same rows, the same counts.
+    await db.pool.query(`create table prefix_probe (v text)`);
+    await db.pool.query(`insert into prefix_probe select v from unnest($1::text[]) as u(v)`, [rows.map((r) => r.v).concat('v2:x', 'v1:x', 'v3:x', 'v1:', 'v2')]);
+    const leaf = { schema: 'public', name: 'prefix_probe' };
+    const stored = (await db.pool.query<{ v: string }>(`select v from prefix_probe`)).rows.map((r) => r.v);
+    for (const only of [undefined, new Set([3])]) {
+      const args = selectChunkParams({ start: 0, end: null }, 2, only, null, [1, 2, 3]);
+      const selected = (await db.pool.query<{ v: string }>(selectChunkSql(leaf, ['v'], null, { start: 0, end: null }, args.fast), args.values)).rows.map((r) => r.v);
+      const want = stored.filter((v) => {
+        const version = parseVersioned(v)?.version;
+        return version !== undefined && version !== 2 && (!only || only.has(version));
+      });
+      expect(selected.sort()).toEqual(want.sort());
+    }
+    const counted = new Map((await countRelation(db.pool, leaf, ['v'], [2, 1])).map((r) => [r.code, r.n]));
+    const expected = new Map<number, number>();
+    for (const v of stored) expected.set(parseVersioned(v)?.version ?? 0, (expected.get(parseVersioned(v)?.version ?? 0) ?? 0) + 1);
+    expect(counted).toEqual(expected);
   });
 
   it('rewrites the good values, quarantines the corrupt ones with their reason, leaves everything else byte-identical; verify reports them', async () => {

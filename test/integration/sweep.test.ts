@@ -1,7 +1,7 @@
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentProgress, type ProgressSink } from '../../src/backfill/progress.js';
-import { casUpdateSql, selectChunkSql } from '../../src/backfill/sweep-sql.js';
+import { casUpdateSql, selectChunkParams, selectChunkSql } from '../../src/backfill/sweep-sql.js';
 import { sweepTables, type SweepOptions } from '../../src/backfill/sweep.js';
 import type { SweepSettings, TableConfig } from '../../src/config/load-config.js';
 import type { KeyRing } from '../../src/crypto/key-ring.js';
@@ -94,10 +94,14 @@ describe('sweep', () => {
     const cols = table!.config.columns;
     const blocks = Number((await db.pool.query(`select pg_relation_size('incidents') / 8192 as b`)).rows[0].b);
     expect(blocks).toBeGreaterThan(2000);
-    const closed = await explain(selectChunkSql(leaf, cols, ['id'], { start: 10, end: 20 }), [10, 20, 2, null, ['id']]);
-    const keyless = await explain(selectChunkSql(leaf, cols, null, { start: 10, end: 20 }), [10, 20, 2, null]);
+    const select = (keys: string[] | null, range: { start: number; end: number | null }, only?: Set<number>) => {
+      const args = selectChunkParams(range, 2, only, keys, [1, 2, 3]);
+      return explain(selectChunkSql(leaf, cols, keys, range, args.fast), args.values);
+    };
+    const closed = await select(['id'], { start: 10, end: 20 });
+    const keyless = await select(null, { start: 10, end: 20 });
     // The last, open-ended chunk starts near the end (the planner prices ctid bounds against the relation's size).
-    const open = await explain(selectChunkSql(leaf, cols, ['id'], { start: blocks - 5, end: null }), [blocks - 5, 2, [1], ['id']]);
+    const open = await select(['id'], { start: blocks - 5, end: null }, new Set([1]));
     for (const plan of [closed, keyless, open]) {
       expect(plan).toContain('Tid Range Scan on incidents');
       expect(plan).not.toContain('Seq Scan');

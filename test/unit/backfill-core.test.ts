@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { planChunk, percentDone } from '../../src/backfill/chunk-plan.js';
 import { evaluateRows, suspectWrongKey, type ScannedRow } from '../../src/backfill/evaluate-rows.js';
-import { casUpdateSql, selectChunkSql, versionExpr } from '../../src/backfill/sweep-sql.js';
+import { casUpdateSql, selectChunkParams, selectChunkSql, versionExpr } from '../../src/backfill/sweep-sql.js';
 import type { KeyRing } from '../../src/crypto/key-ring.js';
 import { decryptValue, encryptValue } from '../../src/crypto/rewrite.js';
 import { displayName, parseIdentifierPath, quoteIdent, quoteQualified } from '../../src/db/ident.js';
@@ -161,14 +161,22 @@ describe('sweep SQL', () => {
       expect(outsideQuotes(sql)).not.toMatch(/drop|delete|;|--/);
     }
     expect(closed).toMatch(/t\.ctid < format\('\(%s,0\)', \$2::bigint\)::tid/);
-    expect(open).not.toContain('$5');
+    // Open-ended: $1 start, $2 target, $3 versions, $4 key names, $5 the target's prefix.
+    expect(open).toContain('starts_with(substr(t."plain", 1, 12) collate "C", $5::text) then false');
+    expect(open).not.toContain('$6');
     expect(closed).toContain('$4::int[]');
     expect(closed).toContain('jsonb_object($5::text[]');
     // Without key columns: no key, and no parameter for their names.
     const keyless = selectChunkSql(leaf, cols, null, { start: 0, end: 10 });
     expect(keyless).not.toContain('jsonb_object');
-    expect(keyless).not.toContain('$5');
+    expect(keyless).toContain('$5::text) then false');
+    expect(keyless).not.toContain('$6');
     expect(keyless).toContain('$4::int[]');
+    // With wanted versions' prefixes (selectChunkParams): each tested before the regexp.
+    const quick = selectChunkSql(leaf, ['c'], null, { start: 0, end: 10 }, 2);
+    expect(quick).toContain('case when starts_with(substr(t."c", 1, 12) collate "C", $5::text) then false when starts_with(substr(t."c", 1, 12) collate "C", $6::text) then true when starts_with(substr(t."c", 1, 12) collate "C", $7::text) then true else (');
+    expect(selectChunkParams({ start: 0, end: 10 }, 2, undefined, null, [1, 2, 3])).toEqual({ values: [0, 10, 2, null, 'v2:', 'v1:', 'v3:'], fast: 2 });
+    expect(selectChunkParams({ start: 4, end: null }, 3, new Set([1]), ['id'], [1, 2, 3])).toEqual({ values: [4, 3, [1], ['id'], 'v3:', 'v1:'], fast: 1 });
   });
 
   it('CAS update: quotes identifiers, bounds the chunk and guards every rewritten column', () => {

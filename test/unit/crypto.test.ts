@@ -5,7 +5,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { decodeBase64Strict, parseVersioned } from '../../src/crypto/envelope.js';
 import { KeyRing } from '../../src/crypto/key-ring.js';
 import { decryptValue, encryptValue, rewriteValue } from '../../src/crypto/rewrite.js';
-import { freshNonce, initSodium, open, reseal, seal } from '../../src/crypto/secretbox.js';
+import fc from 'fast-check';
+import { freshNonce, initSodium, open, reseal, resealBase64, seal } from '../../src/crypto/secretbox.js';
 
 interface Vector { version: number; plaintext_hex: string; nonce_hex: string; stored: string }
 const fixture = JSON.parse(readFileSync(new URL('../fixtures/secretbox-vectors.json', import.meta.url), 'utf8')) as {
@@ -92,6 +93,37 @@ describe('secretbox compatibility with libsodium outside libsodium-wrappers', ()
     expect(reseal(flipped, keyBytes(1), keyBytes(2))).toEqual({ ok: false, reason: 'mac-failure' });
     expect(reseal(sealed.subarray(0, 39), keyBytes(1), keyBytes(2))).toEqual({ ok: false, reason: 'mac-failure' });
     expect(reseal(sealed, keyBytes(1), keyBytes(2)).ok).toBe(true);
+  });
+
+  it('resealBase64 is decodeBase64Strict, the length check and reseal in one: same outcome, same output for the same nonce', () => {
+    const nonce = Buffer.alloc(24, 9);
+    const viaBuffers = (body: string) => {
+      const sealed = decodeBase64Strict(body);
+      if (!sealed) return { ok: false, reason: 'bad-base64' };
+      if (sealed.length < 40) return { ok: false, reason: 'too-short' };
+      const out = reseal(sealed, keyBytes(1), keyBytes(2), nonce);
+      return out.ok ? { ok: true, body: out.sealed.toString('base64') } : out;
+    };
+    const good = (msg: Uint8Array) => {
+      const n1 = nacl.randomBytes(24);
+      return Buffer.concat([n1, nacl.secretbox(msg, n1, keyBytes(1))]).toString('base64');
+    };
+    const bodies = fc.oneof(
+      fc.uint8Array({ maxLength: 300 }).map(good),
+      fc.uint8Array({ maxLength: 80 }).map((b) => Buffer.from(b).toString('base64')),
+      fc.tuple(fc.uint8Array({ maxLength: 100 }).map(good), fc.nat(), fc.constantFrom('!', '=', 'A', '\n', ' ', '-', '')).map(([b, i, c]) => b.slice(0, i % (b.length + 1)) + c + b.slice(i % (b.length + 1) + 1)),
+      fc.string({ maxLength: 60 }),
+    );
+    fc.assert(
+      fc.property(bodies, (body) => {
+        expect(resealBase64(body, keyBytes(1), keyBytes(2), nonce)).toEqual(viaBuffers(body));
+      }),
+      { numRuns: 2000 },
+    );
+    for (const size of [0, 100, 65_536 - 40, 65_536, 200_000, 2_000_000, 5]) {
+      const body = good(Buffer.alloc(size, size & 0xff));
+      expect(resealBase64(body, keyBytes(1), keyBytes(2), nonce), `size ${size}`).toEqual(viaBuffers(body));
+    }
   });
 
   it('hands out distinct nonces across pool refills', () => {
