@@ -157,8 +157,17 @@ describe('connections cut under the daemon', () => {
     await prefill(db.pool, 'calls', ring, ledger, { rows: 8_000, version: 1, xmlEvery: 10, seed: SEED });
     const proxy = await startTcpProxy({ target: db.url });
     proxies.push(proxy);
-    // A slow sweep, so cuts land mid-chunk as well as mid-stream.
-    const files = writeDaemonFiles(proxy.urlFor(db.url), [{ name: 'calls', columns: ['title', 'raw_xml'] }], { sweep: { chunk_time: 0, chunk_blocks: 8, nice_ratio: 2 } });
+    // A slow sweep, so cuts land mid-chunk as well as mid-stream, and its chunks go on long enough for
+    // the cut-at-commit rules (each fires on every 3rd chunk): the table is ~70 blocks, 9 chunks of 8,
+    // which a fast pass could finish before they fired (CI, PostgreSQL 18, with mode auto's rate).
+    // Duty mode and a hard rate limit: ~18 chunks of 4 blocks over 4 s or more.
+    const files = writeDaemonFiles(proxy.urlFor(db.url), [{ name: 'calls', columns: ['title', 'raw_xml'] }], {
+      sweep: { mode: 'duty', chunk_time: 0, chunk_blocks: 4, nice_ratio: 2, max_rate: 2000 },
+      // Stream batches of 50 ms (the default is 20): every flush is a transaction the random cuts can hit, and each
+      // stream failure doubles the next reconnect pause (up to 30 s); with 2.5x the flushes, a run saw the stream
+      // spend most of a minute in those pauses (5 flushes) before the cut-at-commit rules had all fired.
+      daemon: { stream_batch_delay: '50ms' },
+    });
     expect((await runCli(['setup', ...direct(files, db.url)])).code).toBe(0);
     const d: RunningDaemon = await startDaemon(files);
     procs.push(d.proc);
@@ -191,11 +200,15 @@ describe('connections cut under the daemon', () => {
     }
     await sleep(6_000 - (Date.now() - t0));
     // Each stream failure doubles its reconnect pause (and each reconnect proves the lease and the server first): a busy machine needs longer.
-    await eventually('every cut-at-commit rule fired', async () => rules.every((r) => r.fired === r.times), 60_000);
+    await eventually('every cut-at-commit rule fired', async () => rules.every((r) => r.fired === r.times), 60_000).catch(async (e: Error) => {
+      const seg = await db.pool.query(`select state, generation, next_block, total_blocks, chunks from pgrekey.sweep_segment`);
+      const waits = logLines(d.proc, /next attempt in|replication connection failed|retrying|CONVERGED|pass/).slice(-15).map((l) => `${l.msg} ${JSON.stringify(l.retryInSec ?? l.waitMs ?? '')}`);
+      throw new Error([e.message, `rules: ${JSON.stringify(rules)}`, `segment: ${JSON.stringify(seg.rows)}`, ...waits].join('\n'));
+    });
     proxy.stopChaos();
     const sweptDuringCuts = Number((await db.pool.query(`select next_block from pgrekey.sweep_segment`)).rows[0].next_block);
     // The network is fine again: let the sweep finish at full speed (runtime settings, picked up between chunks).
-    expect((await runCli(['set', 'nice-ratio=0', 'chunk-blocks=256', ...direct(files, db.url)])).code).toBe(0);
+    expect((await runCli(['set', 'nice-ratio=0', 'chunk-blocks=256', 'max-rate=0', ...direct(files, db.url)])).code).toBe(0);
     await sleep(500);
     const stats = await w.stop();
     workloads.splice(workloads.indexOf(w), 1);
