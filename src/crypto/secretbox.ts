@@ -112,8 +112,7 @@ export function reseal(sealed: Uint8Array, oldKey: Uint8Array, newKey: Uint8Arra
     oldKey,
     newKey,
     nonce,
-    (h, at, len) => Buffer.from(h.subarray(at, at + len)),
-    (sealed) => ({ ok: true, sealed }),
+    (h, at, len) => ({ ok: true, sealed: Buffer.from(h.subarray(at, at + len)) }),
   );
 }
 
@@ -139,25 +138,23 @@ export function resealBase64(body: string, oldKey: Uint8Array, newKey: Uint8Arra
     oldKey,
     newKey,
     nonce,
-    (h, at, len) => h.toString('base64', at, at + len),
-    (b): ResealBase64Outcome => ({ ok: true, body: b }),
+    (h, at, len): ResealBase64Outcome => ({ ok: true, body: h.toString('base64', at, at + len) }),
   );
   return bad ? { ok: false, reason: bad } : out;
 }
 
 /**
  * The shared core: `load` puts a sealed value (at most `room` bytes) into WebAssembly memory at
- * `at` and returns its length (-1: refused, nothing else is done); `emit` reads nonce || box of
- * the result before everything is wiped.
+ * `at` and returns its length (-1: refused, nothing else is done); `emit` makes the outcome from
+ * nonce || box of the result, before everything is wiped.
  */
-function resealIn<T, F>(
+function resealIn<F>(
   room: number,
   load: (h: Buffer, at: number, room: number) => number,
   oldKey: Uint8Array,
   newKey: Uint8Array,
   nonce: Uint8Array | undefined,
-  emit: (h: Buffer, at: number, len: number) => T,
-  ok: (x: T) => F,
+  emit: (h: Buffer, at: number, len: number) => F,
 ): F | { ok: false; reason: 'mac-failure' | 'roundtrip-failed' } {
   const r = raw;
   if (!r) throw new Error('initSodium() must be awaited before using the codec');
@@ -192,7 +189,7 @@ function resealIn<T, F>(
     const opened = r._crypto_secretbox_open_easy(D, C, clen, 0, T, K) === 0;
     h = heap(r);
     if (!opened || h.compare(h, D, D + mlen, P, P + mlen) !== 0) return { ok: false, reason: 'roundtrip-failed' };
-    return ok(emit(h, T, NONCE_BYTES + clen));
+    return emit(h, T, NONCE_BYTES + clen);
   } finally {
     h = heap(r);
     h.fill(0, K, K + 32);
