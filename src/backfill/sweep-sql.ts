@@ -15,7 +15,12 @@ import type { ChunkRange } from './chunk-plan.js';
  * its equality could match a value that differs in bytes).
  */
 export function versionExpr(columnSql: string): string {
-  return `substring(substr(${columnSql}, 1, 12) collate "C" from '^v([1-9][0-9]{0,8}):')::int`;
+  return `substring(${envelopeHead(columnSql)} from '^v([1-9][0-9]{0,8}):')::int`;
+}
+
+/** A stored value's first 12 characters, as bytes (see versionExpr): what every prefix test looks at. */
+export function envelopeHead(columnSql: string): string {
+  return `substr(${columnSql}, 1, 12) collate "C"`;
 }
 
 /**
@@ -46,7 +51,7 @@ export function selectChunkSql(leaf: QualifiedName, columns: readonly string[], 
   // rows: a value that starts with `vN:` is version N.
   const wanted = columns
     .map((c) => {
-      const head = `substr(t.${quoteIdent(c)}, 1, 12) collate "C"`;
+      const head = envelopeHead(`t.${quoteIdent(c)}`);
       const quick = Array.from({ length: fast }, (_, i) => ` when starts_with(${head}, $${k + 1 + i}::text) then true`).join('');
       return `case when starts_with(${head}, $${k}::text) then false${quick} else (${head} ~ ${ours} and not starts_with(${head}, ${target})) end`;
     })

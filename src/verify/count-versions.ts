@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { versionLabel } from '../crypto/envelope.js';
 import { relationSize, type TableInfo } from '../db/catalog.js';
 import { displayName, quoteIdent, quoteQualified, type QualifiedName } from '../db/ident.js';
-import { versionExpr } from '../backfill/sweep-sql.js';
+import { envelopeHead, versionExpr } from '../backfill/sweep-sql.js';
 import { countLiveQuarantine } from '../state/quarantine.js';
 import { countedLeaves } from '../db/unlogged.js';
 
@@ -77,7 +77,7 @@ export async function countLeaves(db: pg.Pool | pg.ClientBase, label: string, le
 export async function countRelation(db: pg.Pool | pg.ClientBase, leaf: QualifiedName, cols: readonly string[], fast: readonly number[] = []): Promise<{ col: number; code: number; n: number }[]> {
   const rel = quoteQualified(leaf);
   const values = cols.map((c, i) => `(${i}, t.${quoteIdent(c)})`).join(', ');
-  const head = `substr(x.val, 1, 12) collate "C"`;
+  const head = envelopeHead('x.val');
   const sql = (openEnded: boolean) => {
     const p = openEnded ? 2 : 3;
     const quick = fast.map((_, i) => ` when starts_with(${head}, $${p + 2 * i}::text) then $${p + 2 * i + 1}::int`).join('');
