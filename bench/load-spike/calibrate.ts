@@ -16,15 +16,13 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
-import { loadKeyRing } from '../../src/crypto/key-ring.js';
-import { initSodium } from '../../src/crypto/secretbox.js';
 import { createLogger } from '../../src/logger.js';
 import { LatencyProbe } from '../../src/throttle/latency-probe.js';
 import { startBenchCluster } from './cluster.js';
-import { createTables, loadPristine, restoreIncidents } from './dataset.js';
-import type { Samples } from './latency.js';
+import { keysAndTables, restoreIncidents } from './dataset.js';
+import { quantile, type Samples } from './latency.js';
 import { startWorkload, type Workload } from './measure.js';
-import { ROOT, runCli, snapshotBuild, writeConfig, writeKeys } from './pg-rekey-cli.js';
+import { ROOT, runCli, snapshotBuild, writeConfig } from './pg-rekey-cli.js';
 import { startPgbench } from './pgbench.js';
 
 const RATES = (process.argv[2] ?? '0,2000,8000').split(',').map(Number);
@@ -37,10 +35,7 @@ const GUARD_MS = 1000;
 const WORK = path.join(ROOT, '.bench-data', 'calibrate');
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const epoch = () => performance.timeOrigin + performance.now();
-const q = (xs: number[], p: number) => {
-  const s = Float64Array.from(xs).sort();
-  return s.length ? s[Math.min(s.length - 1, Math.ceil(p * s.length) - 1)]! : NaN;
-};
+const q = (xs: number[], p: number) => quantile(Float64Array.from(xs).sort(), p);
 
 type Span = [number, number];
 interface Row {
@@ -72,10 +67,7 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   try {
     await db.connect();
-    await writeKeys(envFile);
-    await initSodium();
-    await createTables(db);
-    await loadPristine(db, ROWS, loadKeyRing({ env: {}, envFile }));
+    await keysAndTables(db, envFile, ROWS);
     const flags = (config: string) => ['-c', config, '--env-file', envFile, '--database-url', cluster.url];
     const throttle = { throttle: { pause_file: pauseFile, check_interval: '100ms' } };
     const config = (rate: number) => writeConfig(path.join(WORK, `rate-${rate}.yaml`), { max_rate: Math.max(rate, 1), latency_ratio: 100 }, throttle);

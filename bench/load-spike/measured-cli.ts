@@ -1,10 +1,9 @@
 // Runs a pg-rekey CLI (of any checkout) the way pg-rekey-cli.ts does, with mem-probe.mjs preloaded:
 // wall time, CPU, peak RSS (VmHWM), process.memoryUsage() peaks and samples, and when the sweep's
 // first pass started and ended (from its JSON log lines). For fast-path.ts and rss.ts.
-import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { trackCpu } from './sampler.js';
+import { startCli, type CliRun } from './pg-rekey-cli.js';
 
 const PROBE = path.join(import.meta.dirname, 'mem-probe.mjs');
 
@@ -17,13 +16,7 @@ export interface MemorySample {
   arrayBuffers: number;
 }
 
-export interface MeasuredRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  wallMs: number;
-  cpuSeconds: number;
-  maxRssMB: number;
+export interface MeasuredRun extends CliRun {
   /** From mem-probe.mjs (MB); null when it wrote nothing. */
   memory: { everyMs: number; peak: Omit<MemorySample, 't'>; samples: MemorySample[] } | null;
   /** Epoch ms of the log line before the first chunk (the target-key proof's) and of the first "relation swept". */
@@ -31,30 +24,13 @@ export interface MeasuredRun {
   sweptAtMs: number | null;
 }
 
-function scrubbedEnv(): NodeJS.ProcessEnv {
-  return Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(LIBSODIUM_|PG|DATABASE_URL$|NODE_OPTIONS$)/.test(k)));
-}
-
 /** `node <root>/bin/pg-rekey.js <args>` with the memory probe writing to `memFile`; `nodeOptions` are added to NODE_OPTIONS (e.g. --cpu-prof). */
 export async function runMeasured(root: string, args: string[], memFile: string, nodeOptions = ''): Promise<MeasuredRun> {
-  const started = performance.now();
-  const env = { ...scrubbedEnv(), NODE_OPTIONS: `--import ${PROBE} ${nodeOptions}`.trim(), BENCH_MEM_PROBE: memFile };
-  const child = spawn(process.execPath, [path.join(root, 'bin', 'pg-rekey.js'), ...args], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const cpu = trackCpu(child.pid!);
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await new Promise<number | null>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('close', (c) => resolve(c));
-  });
-  const wallMs = performance.now() - started;
-  const maxRssMB = cpu.maxRssMB();
-  const cpuSeconds = cpu.stop();
+  // NODE_OPTIONS replaces the caller's: the probe and `nodeOptions` only.
+  const run = await startCli(args, { root, env: { NODE_OPTIONS: `--import ${PROBE} ${nodeOptions}`.trim(), BENCH_MEM_PROBE: memFile } }).done;
   let firstChunkAtMs: number | null = null;
   let sweptAtMs: number | null = null;
-  for (const line of stderr.split('\n')) {
+  for (const line of run.stderr.split('\n')) {
     if (!line.startsWith('{')) continue;
     try {
       const l = JSON.parse(line) as { time?: number; msg?: string; component?: string };
@@ -66,5 +42,5 @@ export async function runMeasured(root: string, args: string[], memFile: string,
     }
   }
   const memory = existsSync(memFile) ? (JSON.parse(readFileSync(memFile, 'utf8')) as MeasuredRun['memory']) : null;
-  return { code, stdout, stderr, wallMs, cpuSeconds, maxRssMB, memory, firstChunkAtMs, sweptAtMs };
+  return { ...run, memory, firstChunkAtMs, sweptAtMs };
 }

@@ -56,6 +56,12 @@ function scrubbedEnv(): NodeJS.ProcessEnv {
   return Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(LIBSODIUM_|PG|DATABASE_URL$)/.test(k)));
 }
 
+/** Another checkout's CLI (`<root>/bin/pg-rekey.js`, run from `root`), and variables set on top of the scrubbed environment. */
+export interface CliOptions {
+  root?: string;
+  env?: Record<string, string>;
+}
+
 /** A CLI process started by startCli(): its output so far, a signal, and its end. */
 export interface CliProcess {
   pid: number;
@@ -67,9 +73,10 @@ export interface CliProcess {
 }
 
 /** Starts `pg-rekey <args>` and samples its CPU time and peak RSS until it exits. */
-export function startCli(args: string[]): CliProcess {
+export function startCli(args: string[], o: CliOptions = {}): CliProcess {
   const started = performance.now();
-  const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: scrubbedEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const bin = o.root ? path.join(o.root, 'bin', 'pg-rekey.js') : BIN;
+  const child = spawn(process.execPath, [bin, ...args], { cwd: o.root ?? ROOT, env: { ...scrubbedEnv(), ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const cpu = trackCpu(child.pid!);
   let stdout = '';
   let stderr = '';
