@@ -202,7 +202,7 @@ describe('connections cut under the daemon', () => {
     // Each stream failure doubles its reconnect pause (and each reconnect proves the lease and the server first): a busy machine needs longer.
     await eventually('every cut-at-commit rule fired', async () => rules.every((r) => r.fired === r.times), 60_000).catch(async (e: Error) => {
       const seg = await db.pool.query(`select state, generation, next_block, total_blocks, chunks from pgrekey.sweep_segment`);
-      const waits = logLines(d.proc, /next attempt in|replication connection failed|retrying|CONVERGED|pass/).slice(-15).map((l) => `${l.msg} ${JSON.stringify(l.retryInSec ?? l.waitMs ?? '')}`);
+      const waits = logLines(d.proc, /next attempt in|replication connection failed|retrying|CONVERGED|pass|throttled|released|paus|controller/).slice(-30).map((l) => `${l.time ?? ''} ${l.component ?? ''} ${l.msg} ${JSON.stringify(l.retryInSec ?? l.waitMs ?? l.reason ?? '')} ${JSON.stringify(l.detail ?? '')}`);
       throw new Error([e.message, `rules: ${JSON.stringify(rules)}`, `segment: ${JSON.stringify(seg.rows)}`, ...waits].join('\n'));
     });
     proxy.stopChaos();
