@@ -213,7 +213,7 @@ describe('run survives failures', () => {
     const resweeps = restarts.filter((t) => /RE-SWEEP/.test(t)).length;
     expect(restarts.filter((t) => !/RE-SWEEP/.test(t)), 'sweep restarts other than RE-SWEEPs').toEqual([]);
     expect(await generation(), restarts.join('\n')).toBe(genBefore + resweeps);
-    summary('SIGKILL x4', { commits: stats.commits, kills, sweepResumedAfterKill: resumed, resweeps, convergedMsAfterStop: convergedMs });
+    summary('SIGKILL x4', { commits: stats.commits, kills, sweepResumedAfterKill: resumed, resweeps, convergedMsAfterStop: convergedMs, ...(resweeps ? { resweepLines: restarts } : {}) });
   });
 
   it('PostgreSQL restarts while run is active: writes go on, the daemon reconnects and converges', async () => {
