@@ -262,13 +262,16 @@ export class ConvergenceRunner {
     if (again.length === 0) return;
     for (const leaf of again) {
       const n = c.remainingByLeaf[leaf];
+      const columns = this.deps.tables().find((t) => t.leaves.some((l) => displayName(l) === leaf))?.config.columns ?? [];
+      // Where they sit (row version, column, writing xid), never the values: what an operator or a bug report needs.
+      const cells = this.suspects.cells(leaf).map((x) => ({ ctid: x.ctid, column: columns[x.column] ?? String(x.column), xmin: x.xmin }));
       this.log.warn(
-        { relation: leaf, remaining: n, quarantined: c.quarantined },
+        { relation: leaf, remaining: n, quarantined: c.quarantined, cells },
         `RE-SWEEP: ${leaf} still holds ${n} old-version value(s), the same ones as at the last check, with the sweep complete and the stream caught up; sweeping it again from block 0`,
       );
       this.metrics.resweeps.inc({ reason: 'old values after complete sweep' });
-      this.suspects.forget(leaf);
     }
+    for (const leaf of again) this.suspects.forget(leaf);
     this.invalidate();
     this.deps.resweep(again);
   }

@@ -19,7 +19,7 @@ export async function oldValueIdentities(db: pg.Pool, table: TableInfo, leaf: st
   const values = cols.map((c, i) => `(${i}, t.${quoteIdent(c)})`).join(', ');
   // Quarantined values stay put by design (they wait for an operator): they are not "stuck".
   const r = await db.query<{ id: string }>(
-    `select t.ctid::text || ':' || x.col || ':' || md5(x.val) as id
+    `select t.ctid::text || ':' || x.col || ':' || md5(x.val) || ':' || t.xmin::text as id
        from only ${quoteQualified(l)} t cross join lateral (values ${values}) as x(col, val)
       where ${versionExpr('x.val')} <> $1
         and not exists (select 1 from pgrekey.quarantine q
@@ -31,19 +31,36 @@ export async function oldValueIdentities(db: pg.Pool, table: TableInfo, leaf: st
   return new Set(r.rows.map((x) => x.id));
 }
 
+/** Where a stuck value sits, for the log: row version, column (by position), the xid that wrote it. Never the value. */
+export interface StuckCell {
+  ctid: string;
+  column: number;
+  xmin: string;
+}
+
 /** Tracks, per leaf, the old-value identities of the last check; says which leaves still hold some of the same ones. */
 export class StuckValues {
   private last = new Map<string, Set<string>>();
+  private found = new Map<string, string[]>();
 
   /** Records this check's identities per leaf; returns the leaves where one seen at the previous check is still there. */
   observe(now: Map<string, Set<string>>): string[] {
-    const stuck: string[] = [];
+    this.found = new Map();
     for (const [leaf, ids] of now) {
       const before = this.last.get(leaf);
-      if (before && [...ids].some((id) => before.has(id))) stuck.push(leaf);
+      const same = before ? [...ids].filter((id) => before.has(id)) : [];
+      if (same.length) this.found.set(leaf, same);
     }
     this.last = now;
-    return stuck;
+    return [...this.found.keys()];
+  }
+
+  /** Up to `n` of the cells the last observe found stuck in `leaf` (identities `ctid:column:md5:xmin`). */
+  cells(leaf: string, n = 10): StuckCell[] {
+    return (this.found.get(leaf) ?? []).slice(0, n).map((id) => {
+      const [ctid = '', column = '', , xmin = ''] = id.split(':');
+      return { ctid, column: Number(column), xmin };
+    });
   }
 
   clear(): void {

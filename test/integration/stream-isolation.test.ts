@@ -122,8 +122,11 @@ describe('run converges by itself', () => {
     await db.pool.query(`update notes set body = $1 where id = 7`, [encryptValue(Buffer.from('hidden'), 1, ring)]);
     await db.pool.query(`alter publication ${pub} add table notes`);
     expect(await countPrefix(db.pool, 'notes', 'body', 'v1:')).toBe(1);
+    const hidden = (await db.pool.query(`select ctid::text as ctid, xmin::text as xmin from notes where id = 7`)).rows[0];
     const from = daemon.proc.lines.length;
-    await daemon.proc.waitForLine(/RE-SWEEP/, { timeoutMs: 30_000, fromIndex: from });
+    const line = await daemon.proc.waitForLine(/RE-SWEEP/, { timeoutMs: 30_000, fromIndex: from });
+    // It says where the value sits (row version, column, writing transaction), never the value.
+    expect(JSON.parse(line.text).cells).toEqual([{ ctid: hidden.ctid, column: 'body', xmin: hidden.xmin }]);
     await eventually('the hidden v1 value rewritten', async () => (await countPrefix(db.pool, 'notes', 'body', 'v1:')) === 0, 30_000);
     await daemon.proc.waitForLine(/CONVERGED/, { timeoutMs: 30_000, fromIndex: from });
     expect(await metric(daemon.httpUrl, /pg_rekey_resweeps_total\{reason="[^"]+"\} (\d+)/)).toBeGreaterThanOrEqual(1);

@@ -205,7 +205,7 @@ describe('run survives failures', () => {
     const convergedMs = await expectConvergence(db.pool, s.files, d, stoppedAt);
     expectLedgerIntact(await checkWorkloadLedger(db.pool, TABLE, s.ledger, ring), PREFILL);
     // A crash is not a lost slot: the sweep resumed from its checkpoint, the slot was not recreated.
-    const restarts = runs.flatMap((r, i) => r.proc.lines.filter((l) => /RE-SWEEP|block 0|recreated|SLOT LOST/.test(l.text)).map((l) => `run ${i + 1}: ${l.text.slice(0, 500)}`));
+    const restarts = runs.flatMap((r, i) => r.proc.lines.filter((l) => /RE-SWEEP|block 0|recreated|SLOT LOST/.test(l.text)).map((l) => `run ${i + 1}: ${l.text.slice(0, 1500)}`));
     expect((await db.pool.query(`select count(*)::int as n from pgrekey.slot_event where event = 'recreated'`)).rows[0].n, restarts.join('\n')).toBe(0);
     // The only new generations allowed are RE-SWEEPs (the checks found old values stuck after a complete
     // sweep with the stream caught up, and swept again): CI saw generation genBefore + 1 once, cause not
@@ -213,7 +213,7 @@ describe('run survives failures', () => {
     const resweeps = restarts.filter((t) => /RE-SWEEP/.test(t)).length;
     expect(restarts.filter((t) => !/RE-SWEEP/.test(t)), 'sweep restarts other than RE-SWEEPs').toEqual([]);
     expect(await generation(), restarts.join('\n')).toBe(genBefore + resweeps);
-    summary('SIGKILL x4', { commits: stats.commits, kills, sweepResumedAfterKill: resumed, resweeps, convergedMsAfterStop: convergedMs, ...(resweeps ? { resweepLines: restarts } : {}) });
+    summary('SIGKILL x4', { commits: stats.commits, kills, sweepResumedAfterKill: resumed, resweeps, convergedMsAfterStop: convergedMs, ...(resweeps ? { resweepLines: restarts.map((t) => t.slice(0, 1500)) } : {}) });
   });
 
   it('PostgreSQL restarts while run is active: writes go on, the daemon reconnects and converges', async () => {
@@ -362,7 +362,8 @@ describe('run survives failures', () => {
     // sweep's rewrite counter, across every pass, aborted ones included).
     const resweptRewrites = ((await rewritesBySource(d)).sweep ?? 0) - sweptBefore;
     expect(resweptRewrites).toBeGreaterThan(0);
-    summary('slot dropped', { dropAttempts: attempts, recreatedMsAfterDrop: recreatedMs, generations, resweptRewrites, commits: stats.commits, convergedMsAfterStop: convergedMs });
+    const resweepLines = generations > 1 ? d.proc.lines.filter((l) => /RE-SWEEP/.test(l.text)).map((l) => l.text.slice(0, 1500)) : [];
+    summary('slot dropped', { dropAttempts: attempts, recreatedMsAfterDrop: recreatedMs, generations, resweptRewrites, commits: stats.commits, convergedMsAfterStop: convergedMs, ...(resweepLines.length ? { resweepLines } : {}) });
   });
 });
 

@@ -14,4 +14,12 @@ describe('stuck old-version values (run re-sweeps only what stays put)', () => {
     s.clear();
     expect(s.observe(new Map([['public.u', new Set(['(0,1):0:dd'])]]))).toEqual([]);
   });
+
+  it('says where the stuck values sit (row version, column, writing xid) and nothing of the values', () => {
+    const s = new StuckValues();
+    s.observe(new Map([['public.t', new Set(['(3,7):1:bb:901', '(4,1):0:cc:902'])]]));
+    expect(s.observe(new Map([['public.t', new Set(['(3,7):1:bb:901', '(5,2):0:ee:950'])]]))).toEqual(['public.t']);
+    expect(s.cells('public.t')).toEqual([{ ctid: '(3,7)', column: 1, xmin: '901' }]);
+    expect(s.cells('public.u')).toEqual([]);
+  });
 });
