@@ -107,6 +107,8 @@ export function defaultSettings(): Record<string, string | number> {
     max_connections: 200,
     shared_buffers: '128MB',
     max_prepared_transactions: 20,
+    // Which origin committed a transaction (pg_xact_commit_timestamp_origin, 16+): tests can tell pg-rekey's rewrites from the application's.
+    track_commit_timestamp: 'on',
   };
 }
 
