@@ -4,13 +4,39 @@
  * Only once the source transaction is visible (see visibility.ts) is a miss
  * evidence of anything: then the row is re-read by key, and
  * - gone (deleted, or its key changed): superseded, a later message carries it;
- * - a rewritten column holds another value than the message's: superseded by
- *   a newer committed write, which the slot delivers later;
+ * - every rewritten column holds another value than the message's: superseded
+ *   by newer committed writes, which the slot delivers later (or pg-rekey's own
+ *   rewrite, which it skips);
+ * - some do and some still hold the message's old value: the row version that
+ *   changed them may be pg-rekey's own (a flush that rewrote one column carries
+ *   the others as they were, and the stream skips its own origin), so no later
+ *   message need come for the others: they are compared and swapped again, alone;
  * - every column still holds the message's old value: nothing explains the
  *   miss (a BEFORE UPDATE trigger returning NULL, an UPDATE policy): retry,
  *   and after a few attempts quarantine it ('not-applied'), never drop it.
  */
+import type { RowWork } from './rewrite-plan.js';
 export type Miss = 'superseded' | 'still-old';
+
+/** One row of a batched CAS: per configured column, the value expected and the value to write (null: column left alone). */
+export interface CasRow {
+  work: RowWork;
+  olds: (string | null)[];
+  news: (string | null)[];
+}
+
+/**
+ * A missed row re-read with `same[j]`: column j holds the old value (or is not rewritten). When
+ * some rewritten columns still hold their old values and others do not, returns the row narrowed
+ * to the former (the latter also leave its work); otherwise null (a plain miss).
+ */
+export function narrowToStillOld(c: CasRow, same: readonly boolean[], columns: readonly string[]): CasRow | null {
+  const rewritten = c.olds.map((o) => o !== null);
+  const keep = rewritten.map((r, j) => r && same[j] === true);
+  if (!keep.some(Boolean) || keep.every((k, j) => k === rewritten[j])) return null;
+  columns.forEach((col, j) => rewritten[j] && !keep[j] && c.work.rewrite.delete(col));
+  return { work: c.work, olds: c.olds.map((o, j) => (keep[j] ? o : null)), news: c.news.map((n, j) => (keep[j] ? n : null)) };
+}
 
 /** `current`: the row as re-read by key (undefined: not found); `stillOld`: every rewritten column still holds the message's old value. */
 export function classifyMiss(current: { stillOld: boolean } | undefined): Miss {

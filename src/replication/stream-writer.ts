@@ -9,7 +9,7 @@ import { withTriggersSkipped } from '../db/triggers.js';
 import { inOriginTransaction, type OriginRelation, type RewriteOrigin } from './origin.js';
 import type { Logger } from '../logger.js';
 import { backoffMs, sleep } from '../timing.js';
-import { classifyMiss, isolatedByRow, OwnTransactions, RecentXids, rowErrorReason, SanitizedDbError } from './cas-outcome.js';
+import { classifyMiss, isolatedByRow, narrowToStillOld, OwnTransactions, RecentXids, rowErrorReason, SanitizedDbError, type CasRow } from './cas-outcome.js';
 import { OldVersionSightings, type DecodedTransaction } from './old-version-sightings.js';
 import { recordSightings } from '../state/old-version-writes.js';
 import { StopWhileWaiting, waitUntilVisible } from './visibility.js';
@@ -64,12 +64,6 @@ export interface WriterHooks {
 /** Attempts of a row whose CAS matched nothing although it still holds the old value. */
 const MAX_ATTEMPTS = 4;
 
-/** One row of a batched CAS. */
-interface CasRow {
-  work: RowWork;
-  olds: (string | null)[];
-  news: (string | null)[];
-}
 
 /**
  * Collects the rows the stream must rewrite, per relation, deduplicated by
@@ -215,9 +209,8 @@ export class StreamWriter {
     const rows = [...b.rows.values()];
     const cols = rel.columns;
     const failures: QuarantineEntry[] = [];
-    const rowKeyOf = (w: RowWork) => Object.fromEntries(rel.keyColumns.map((k, i) => [k, w.key[i] ?? null]));
     const quarantine = (w: RowWork, column: string, old: string, reason: QuarantineEntry['reason'], version?: number) =>
-      failures.push({ table: rel.table, column, rowKey: rowKeyOf(w), version: version ?? parseVersioned(old)?.version ?? 0, reason, sha256: createHash('sha256').update(old).digest() });
+      failures.push({ table: rel.table, column, rowKey: rowKeyOf(rel, w), version: version ?? parseVersioned(old)?.version ?? 0, reason, sha256: createHash('sha256').update(old).digest() });
     // An old-version value in a change pg-rekey's own UPDATE made: the rewrite did not stick (an
     // AFTER trigger or a rule wrote it back). Recorded, never rewritten again (that would loop).
     for (const row of rows) {
@@ -244,8 +237,39 @@ export class StreamWriter {
     }
     const retry: RowWork[] = [];
     const written: { column: string; rowKey: Record<string, string | null> }[] = [];
-    // `triggers: skip`: the CAS alone runs in replica mode (db/triggers.ts), not the state writes below.
-    const outcome = cas.length ? await withTriggersSkipped(client, rel.skipTriggers === true, () => this.compareAndSwap(client, rel, cas)) : { applied: new Map<number, boolean>(), raised: new Map<number, unknown>() };
+    // A miss whose row still holds the old value in some rewritten columns and not in others: the
+    // changed ones are superseded (a later message, or pg-rekey's own rewrite, which the stream
+    // skips), the others are tried again at once, alone. Each round has fewer columns: it ends.
+    for (let round = cas; round.length > 0; ) {
+      round = await this.applyCas(client, rel, round, out, quarantine, written, retry, last);
+    }
+    // A value quarantined earlier and since fixed by the application was just rewritten: its entry
+    // no longer describes a stored value (the sweep clears such entries too).
+    await clearQuarantine(client, rel.table, written);
+    if (failures.length) {
+      await recordQuarantine(client, failures, 'stream');
+      out.quarantined.set(rel.table, (out.quarantined.get(rel.table) ?? 0) + failures.length);
+    }
+    return retry;
+  }
+
+  /**
+   * One batched CAS and what each row's outcome means; returns the rows to CAS again at once
+   * (narrowed to the columns that still hold their old values).
+   */
+  private async applyCas(
+    client: pg.PoolClient,
+    rel: StreamRelation,
+    cas: CasRow[],
+    out: FlushResult,
+    quarantine: (w: RowWork, column: string, old: string, reason: QuarantineEntry['reason']) => void,
+    written: { column: string; rowKey: Record<string, string | null> }[],
+    retry: RowWork[],
+    last: boolean,
+  ): Promise<CasRow[]> {
+    const cols = rel.columns;
+    // `triggers: skip`: the CAS alone runs in replica mode (db/triggers.ts), not the state writes.
+    const outcome = await withTriggersSkipped(client, rel.skipTriggers === true, () => this.compareAndSwap(client, rel, cas));
     const misses: number[] = [];
     cas.forEach((c, i) => {
       const rewrittenCols = cols.filter((_, j) => c.news[j] !== null);
@@ -262,30 +286,26 @@ export class StreamWriter {
         this.own.add(this.xid, rewrittenCols.map((column) => ({ table: rel.table, key: c.work.key, column })));
       } else if (sticks === true) {
         out.rewritten.set(rel.table, (out.rewritten.get(rel.table) ?? 0) + rewrittenCols.length);
-        rewrittenCols.forEach((column) => written.push({ column, rowKey: rowKeyOf(c.work) }));
+        rewrittenCols.forEach((column) => written.push({ column, rowKey: rowKeyOf(rel, c.work) }));
         this.own.add(this.xid, rewrittenCols.map((column) => ({ table: rel.table, key: c.work.key, column })));
       } else misses.push(i);
     });
-    if (misses.length) {
-      const now = await this.reread(client, rel, misses.map((i) => cas[i]!));
-      misses.forEach((i, n) => {
-        const c = cas[i]!;
-        if (classifyMiss(now.get(n)) === 'superseded') out.superseded++;
-        else if (!last) retry.push(c.work);
-        else {
-          out.givenUp++;
-          cols.forEach((col, j) => c.olds[j] !== null && quarantine(c.work, col, c.olds[j]!, 'not-applied'));
-        }
-      });
-    }
-    // A value quarantined earlier and since fixed by the application was just rewritten: its entry
-    // no longer describes a stored value (the sweep clears such entries too).
-    await clearQuarantine(client, rel.table, written);
-    if (failures.length) {
-      await recordQuarantine(client, failures, 'stream');
-      out.quarantined.set(rel.table, (out.quarantined.get(rel.table) ?? 0) + failures.length);
-    }
-    return retry;
+    if (misses.length === 0) return [];
+    const now = await this.reread(client, rel, misses.map((i) => cas[i]!));
+    const again: CasRow[] = [];
+    misses.forEach((i, n) => {
+      const c = cas[i]!;
+      const row = now.get(n);
+      const narrowed = row && !row.stillOld ? narrowToStillOld(c, row.columns, cols) : null;
+      if (narrowed) again.push(narrowed);
+      else if (classifyMiss(row) === 'superseded') out.superseded++;
+      else if (!last) retry.push(c.work);
+      else {
+        out.givenUp++;
+        cols.forEach((col, j) => c.olds[j] !== null && quarantine(c.work, col, c.olds[j]!, 'not-applied'));
+      }
+    });
+    return again;
   }
 
   /**
@@ -327,19 +347,19 @@ export class StreamWriter {
     return { applied, raised };
   }
 
-  /** Re-reads missed rows by key: found or not, and whether every rewritten column still holds the old value. Indexed by position in `rows`. */
-  private async reread(client: pg.PoolClient, rel: StreamRelation, rows: CasRow[]): Promise<Map<number, { stillOld: boolean }>> {
+  /** Re-reads missed rows by key: found or not, and which rewritten columns still hold the old value (all of them: stillOld). Indexed by position in `rows`. */
+  private async reread(client: pg.PoolClient, rel: StreamRelation, rows: CasRow[]): Promise<Map<number, { stillOld: boolean; columns: boolean[] }>> {
     const k = rel.keyColumns.length;
     const params: unknown[] = rel.keyColumns.map((_, i) => rows.map((r) => r.work.key[i]!));
     rel.columns.forEach((_, j) => params.push(rows.map((r) => r.olds[j])));
     const arrays = [...rel.keyColumns.map((_, i) => `$${i + 1}::text[]`), ...rel.columns.map((_, j) => `$${k + 1 + j}::text[]`)];
     const names = [...rel.keyColumns.map((_, i) => `k${i}`), ...rel.columns.map((_, j) => `o${j}`)];
-    const same = rel.columns.map((c, j) => `(v.o${j} is null or t.${quoteIdent(c)}::text collate "C" is not distinct from v.o${j})`).join(' and ');
-    const r = await client.query<{ ord: number; still_old: boolean }>(
-      `select v.ord::int as ord, ${same} as still_old from unnest(${arrays.join(', ')}) with ordinality as v(${names.join(', ')}, ord) join only ${rel.quoted} t on ${keyMatchSql(rel)}`,
+    const same = rel.columns.map((c, j) => `(v.o${j} is null or t.${quoteIdent(c)}::text collate "C" is not distinct from v.o${j})`);
+    const r = await client.query<{ ord: number; same: boolean[] }>(
+      `select v.ord::int as ord, array[${same.join(', ')}] as same from unnest(${arrays.join(', ')}) with ordinality as v(${names.join(', ')}, ord) join only ${rel.quoted} t on ${keyMatchSql(rel)}`,
       params,
     );
-    return new Map(r.rows.map((x) => [x.ord - 1, { stillOld: x.still_old }]));
+    return new Map(r.rows.map((x) => [x.ord - 1, { stillOld: x.same.every(Boolean), columns: x.same }]));
   }
 
   /** Columns sent as unchanged TOAST: fetch their current value by key. */
@@ -363,6 +383,11 @@ export class StreamWriter {
       });
     }
   }
+}
+
+/** A row's key as the state tables record it: key column name -> value as text. */
+function rowKeyOf(rel: StreamRelation, w: RowWork): Record<string, string | null> {
+  return Object.fromEntries(rel.keyColumns.map((k, i) => [k, w.key[i] ?? null]));
 }
 
 /** A database error (it has a SQLSTATE) loses its message, which may quote values; others (a dropped socket) stay as they are. */

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { fullXid, hasEnded, parseSnapshot, stillInProgress, xid32 } from '../../src/db/snapshot.js';
-import { classifyMiss, isolatedByRow, isRowError, OwnTransactions, rowErrorReason, SanitizedDbError } from '../../src/replication/cas-outcome.js';
+import { classifyMiss, isolatedByRow, narrowToStillOld, isRowError, OwnTransactions, rowErrorReason, SanitizedDbError } from '../../src/replication/cas-outcome.js';
 
 const E = 1n << 32n;
 
@@ -44,6 +44,21 @@ describe('CAS outcomes', () => {
     expect(classifyMiss(undefined)).toBe('superseded');
     expect(classifyMiss({ stillOld: false })).toBe('superseded');
     expect(classifyMiss({ stillOld: true })).toBe('still-old');
+  });
+
+  it('a miss on one column of two: the one that still holds its old value is tried again alone, the other leaves the work', () => {
+    const work = { key: ['7'], rewrite: new Map([['title', 'v1:t'], ['body', 'v1:b']]), readBack: [] };
+    const row = { work, olds: ['v1:t', 'v1:b', null], news: ['v2:t', 'v2:b', null] };
+    // title was changed (a newer write, or pg-rekey's own flush), body still holds the message's value.
+    const narrowed = narrowToStillOld(row, [false, true, true], ['title', 'body', 'other']);
+    expect(narrowed).toEqual({ work, olds: [null, 'v1:b', null], news: [null, 'v2:b', null] });
+    expect([...work.rewrite.keys()]).toEqual(['body']);
+    // Neither, or both, still old: not a partial miss (superseded, or unexplained).
+    const fresh = () => ({ work: { key: ['7'], rewrite: new Map([['title', 'v1:t'], ['body', 'v1:b']]), readBack: [] }, olds: ['v1:t', 'v1:b'], news: ['v2:t', 'v2:b'] });
+    expect(narrowToStillOld(fresh(), [false, false], ['title', 'body'])).toBeNull();
+    expect(narrowToStillOld(fresh(), [true, true], ['title', 'body'])).toBeNull();
+    // A column that was not being rewritten counts for nothing.
+    expect(narrowToStillOld({ ...fresh(), olds: ['v1:t', null], news: ['v2:t', null] }, [false, true], ['title', 'body'])).toBeNull();
   });
 
   it('row errors are data/constraint/trigger classes, never session ones', () => {
