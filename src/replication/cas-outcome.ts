@@ -16,6 +16,7 @@
  *   and after a few attempts quarantine it ('not-applied'), never drop it.
  */
 import type { RowWork } from './rewrite-plan.js';
+
 export type Miss = 'superseded' | 'still-old';
 
 /** One row of a batched CAS: per configured column, the value expected and the value to write (null: column left alone). */

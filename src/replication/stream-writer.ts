@@ -64,7 +64,6 @@ export interface WriterHooks {
 /** Attempts of a row whose CAS matched nothing although it still holds the old value. */
 const MAX_ATTEMPTS = 4;
 
-
 /**
  * Collects the rows the stream must rewrite, per relation, deduplicated by
  * key (the latest message for a row wins), and writes them in one
