@@ -254,15 +254,18 @@ export class ConvergenceRunner {
       return;
     }
     const now = new Map<string, Set<string>>();
+    const tableOf = new Map<string, TableInfo>();
     for (const leaf of Object.keys(c.remainingByLeaf)) {
       const table = this.deps.tables().find((t) => t.leaves.some((l) => displayName(l) === leaf));
-      if (table) now.set(leaf, await oldValueIdentities(this.ctx.pool, table, leaf, this.ring.target));
+      if (!table) continue;
+      tableOf.set(leaf, table);
+      now.set(leaf, await oldValueIdentities(this.ctx.pool, table, leaf, this.ring.target));
     }
     const again = this.suspects.observe(now);
     if (again.length === 0) return;
     for (const leaf of again) {
       const n = c.remainingByLeaf[leaf];
-      const columns = this.deps.tables().find((t) => t.leaves.some((l) => displayName(l) === leaf))?.config.columns ?? [];
+      const columns = tableOf.get(leaf)?.config.columns ?? [];
       // Where they sit (row version, column, writing xid), never the values: what an operator or a bug report needs.
       const cells = this.suspects.cells(leaf).map((x) => ({ ctid: x.ctid, column: columns[x.column] ?? String(x.column), xmin: x.xmin }));
       this.log.warn(
