@@ -58,15 +58,11 @@ async function v1Remaining(pool: pg.Pool): Promise<number> {
 }
 
 /**
- * After the writers stopped: no v1 value left (bounded), the daemon says CONVERGED after
- * `fromLine`, and `verify --json` agrees. Returns how long the v1 count took to reach 0.
- */
-/**
  * For RE-SWEEP lines: who committed each stuck cell's row version (the origin of the writing
  * transaction: pg-rekey's stream or sweep, or none for the application), PostgreSQL 16+.
  */
 async function writers(pool: pg.Pool, lines: string[]): Promise<Record<string, string>> {
-  const xmins = [...new Set(lines.flatMap((t) => [...t.matchAll(/\\?"xmin\\?":\\?"(\d+)/g)].map((m) => m[1]!)))];
+  const xmins = [...new Set(lines.flatMap((t) => [...t.matchAll(/"xmin":"(\d+)"/g)].map((m) => m[1]!)))];
   if (major() < 16 || xmins.length === 0) return {};
   const r = await pool.query(
     `select x::text as xmin, coalesce(o.roname, case when c.roident = 0 then 'none (application)' end, 'origin ' || c.roident) as origin
@@ -76,6 +72,10 @@ async function writers(pool: pg.Pool, lines: string[]): Promise<Record<string, s
   return Object.fromEntries(r.rows.map((x: { xmin: string; origin: string }) => [x.xmin, x.origin]));
 }
 
+/**
+ * After the writers stopped: no v1 value left (bounded), the daemon says CONVERGED after
+ * `fromLine`, and `verify --json` agrees. Returns how long the v1 count took to reach 0.
+ */
 async function expectConvergence(pool: pg.Pool, files: DaemonFiles, d: RunningDaemon, fromLine: number): Promise<number> {
   const ms = await eventually('no v1 value left', async () => (await v1Remaining(pool)) === 0, 60_000).catch(async (e: Error) => {
     throw new Error(`${e.message}\n${await diagnose(pool, d)}`);
@@ -229,7 +229,7 @@ describe('run survives failures', () => {
     const resweeps = restarts.filter((t) => /RE-SWEEP/.test(t)).length;
     expect(restarts.filter((t) => !/RE-SWEEP/.test(t)), 'sweep restarts other than RE-SWEEPs').toEqual([]);
     expect(await generation(), restarts.join('\n')).toBe(genBefore + resweeps);
-    summary('SIGKILL x4', { commits: stats.commits, kills, sweepResumedAfterKill: resumed, resweeps, convergedMsAfterStop: convergedMs, ...(resweeps ? { resweepLines: restarts.map((t) => t.slice(0, 1500)), writers: await writers(db.pool, restarts) } : {}) });
+    summary('SIGKILL x4', { commits: stats.commits, kills, sweepResumedAfterKill: resumed, resweeps, convergedMsAfterStop: convergedMs, ...(resweeps ? { resweepLines: restarts, writers: await writers(db.pool, restarts) } : {}) });
   });
 
   it('PostgreSQL restarts while run is active: writes go on, the daemon reconnects and converges', async () => {
